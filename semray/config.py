@@ -1,0 +1,162 @@
+"""Typed configuration, one dataclass per stage, with defaults that run on a laptop.
+
+A run's whole config is stored in its run directory, so evaluation and scoring use exactly the
+settings the model was trained with. YAML files override fields by section; an unknown key is an
+error (a typo must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class PatchConfig:
+    size: int = 32
+    # "patch": standardise every patch to zero mean, unit variance (the study's choice: it removes
+    # brightness drift between images). "image": one global mean/std measured on the training images
+    # (keeps absolute brightness, which makes bright beads stand out).
+    normalization: str = "patch"
+    # Training patches whose raw standard deviation is below this are mostly empty background and
+    # are redrawn; 0 keeps every patch, as the study did.
+    min_patch_std: float = 0.0
+    flips: bool = True
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "dae"  # ae | dae | cvae (see semray.models.AUTOENCODERS)
+    # Encoder channels are width, 2*width, 4*width (the study used 128; 32 trains 16x faster on a CPU
+    # and scores as well on NanoTWICE, see bench/RESULTS.md).
+    width: int = 32
+    latent_dim: int = 256
+    output: str = "linear"  # linear | tanh | sigmoid (study: tanh for AE/DAE, sigmoid for CVAE)
+    init_std: float = 0.02
+    dae_sigma: float = 1.0  # Gaussian input noise of the DAE, in normalised units
+    dae_noisy_target: bool = False  # the study's reference code reconstructed the noisy patch (a bug)
+    cvae_beta: float = 1.0  # KL weight; the study's code effectively used about 32
+    cvae_sample_at_test: bool = False  # the study drew a fresh latent at test time (stochastic scores)
+
+
+@dataclass
+class DenoiserConfig:
+    # Remez et al.: `depth` conv layers of `width` channels, each emitting 1 channel to the feature
+    # mask and width-1 channels to the next layer (64 = 63 features + 1 output).
+    depth: int = 20
+    width: int = 64
+    input_noise: float = 1.0  # sigma of the Gaussian noise added to AE(x) while training
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20  # autoencoder epochs
+    denoiser_epochs: int = 10
+    patches_per_epoch: int = 16384  # fresh random crops every epoch, split across workers
+    denoiser_patches_per_epoch: int = 4096
+    batch_size: int = 64
+    lr: float = 1e-3
+    denoiser_lr: float = 1e-3
+    adam_beta1: float = 0.9  # the study: 0.5
+    ema_decay: float = 0.999  # weights used at test time are an exponential moving average; 0 = off
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.0  # 0 = share this machine's CPUs between the workers
+    checkpoints_to_keep: int = 2
+    max_failures: int = 0  # worker failures to survive by restarting from the last checkpoint
+
+
+@dataclass
+class EvalConfig:
+    stride: int = 16
+    # A test patch is anomalous when at least this many of its pixels are defect pixels:
+    # 1 = "any pixel"; the study's code used more than 20 (= 21).
+    min_defect_pixels: int = 1
+    # Add windows flush with the bottom and right borders so every pixel is covered
+    # (the study left the last rows uncovered).
+    cover_edges: bool = True
+    batch_size: int = 512
+
+
+@dataclass
+class Config:
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "Config":
+        return _build(cls, data or {}, "config")
+
+    def updated(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with nested overrides applied ({"train": {"epochs": 3}})."""
+        merged = self.to_dict()
+        for section, values in overrides.items():
+            if section not in merged:
+                raise ValueError(f"unknown config section {section!r}; expected one of {sorted(merged)}")
+            merged[section].update(values)
+        return Config.from_dict(merged)
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        ftype = fields[name].type
+        sub = _SECTIONS.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
+    return cls(**kwargs)
+
+
+_SECTIONS = {c.__name__: c for c in (PatchConfig, ModelConfig, DenoiserConfig, TrainConfig, EvalConfig)}
+
+# The study's reference code, selectable as a whole (`--config` with `preset: study` or
+# `Config.from_preset("study")`). Capacity and budget are the study's, so it is slow on a CPU.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    "study": {
+        "patches": {"normalization": "patch", "min_patch_std": 0.0, "flips": True},
+        "model": {"width": 128, "output": "tanh", "cvae_beta": 32.0, "dae_noisy_target": True,
+                  "cvae_sample_at_test": True},
+        "denoiser": {"depth": 20, "width": 64, "input_noise": 1.0},
+        "train": {"lr": 1e-4, "denoiser_lr": 1e-4, "adam_beta1": 0.5, "batch_size": 32,
+                  "epochs": 51, "denoiser_epochs": 101, "patches_per_epoch": 51200,
+                  "denoiser_patches_per_epoch": 51200, "ema_decay": 0.999},
+        "eval": {"stride": 16, "min_defect_pixels": 21, "cover_edges": False},
+    },
+}
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then a preset named in the YAML (`preset: study`), then the YAML, then overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"{path}: cannot read config ({e})") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file must be a mapping of sections")
+    preset = data.pop("preset", "default")
+    if preset not in PRESETS:
+        raise ValueError(f"{path}: unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    cfg = Config().updated(PRESETS[preset]).updated(data)
+    if overrides:
+        cfg = cfg.updated(overrides)
+    if cfg.model.kind == "cvae" and preset == "study":
+        cfg = cfg.updated({"model": {"output": "sigmoid"}})
+    return cfg

@@ -1,0 +1,193 @@
+"""Decode SEM images (TIFF, BigTIFF, PNG) into float32 gray arrays in [0, 1].
+
+Every failure becomes one ImageReadError naming the file and the reason, so a caller that
+walks thousands of files can decide to skip or abort without knowing tifffile/PIL internals.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import tifffile
+from PIL import Image, PngImagePlugin
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+PNG_MAGIC = b"\x89PNG"
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+
+class ImageReadError(ValueError):
+    """One error type for every unreadable input; message names the file and the reason."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # keep it picklable across worker processes
+        return type(self), (self.path, self.reason)
+
+
+def _channels_last(a: np.ndarray, path: str) -> np.ndarray:
+    """Bring any supported layout to (H, W) or (H, W, C) as a view, so conversion code has one case."""
+    while a.ndim > 2 and a.shape[0] == 1:  # stray leading singleton axes (e.g. 1xHxW)
+        a = a[0]
+    if a.ndim == 2:
+        return a
+    if a.ndim == 3 and a.shape[-1] <= 4:
+        return a
+    if a.ndim == 3 and a.shape[0] <= 4:  # channels-first page (planar TIFF)
+        return np.moveaxis(a, 0, -1)
+    raise ImageReadError(path, f"unsupported image shape {a.shape}; expected 2-D gray or RGB(A)")
+
+
+def to_gray_float(array: np.ndarray, path: str = "<array>") -> np.ndarray:
+    """Normalise any gray/RGB(A) integer, bool or float array to float32 (H, W) in [0, 1]."""
+    a = _channels_last(np.asarray(array), path)
+    if a.size == 0:
+        raise ImageReadError(path, f"image is {'x'.join(map(str, a.shape))}, it has no pixels")
+    kind = a.dtype.kind
+    if kind == "b":
+        a, kind, scale = a.view(np.uint8), "u", np.float32(1)
+    elif kind in "ui":
+        scale = np.float32(np.iinfo(a.dtype).max)
+    elif kind == "f":
+        scale = None
+    else:
+        raise ImageReadError(path, f"unsupported pixel type {a.dtype}")
+
+    if a.ndim == 3:
+        if a.shape[-1] >= 3:  # RGB(A): BT.601 luma, alpha ignored; float32 only, never float64
+            out = np.multiply(a[..., 0], np.float32(LUMA[0]), dtype=np.float32)
+            out += np.multiply(a[..., 1], np.float32(LUMA[1]), dtype=np.float32)
+            out += np.multiply(a[..., 2], np.float32(LUMA[2]), dtype=np.float32)
+        else:  # gray or gray+alpha
+            out = a[..., 0].astype(np.float32)
+    else:
+        out = None
+
+    if scale is not None:
+        if out is None:
+            out = np.divide(a, scale, dtype=np.float32)
+        else:
+            out /= scale
+        if kind == "i":
+            np.maximum(out, 0, out=out)  # negative signed values carry no brightness
+        return np.minimum(out, 1, out=out) if a.ndim == 3 else out
+
+    src = a if out is None else out
+    if not np.isfinite(src).all():
+        raise ImageReadError(path, "contains NaN or infinite pixels")
+    lo, hi = float(src.min()), float(src.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return np.ascontiguousarray(src, dtype=np.float32)
+    if hi == lo:
+        return np.zeros(src.shape, np.float32)
+    out = np.subtract(src, lo, dtype=np.float32) if out is None else np.subtract(out, lo, out=out)
+    out /= np.float32(hi - lo)
+    return np.minimum(out, 1, out=out)
+
+
+def _png_array(data: bytes) -> np.ndarray:
+    # PngImageFile directly skips Pillow's decompression-bomb limit: 20k x 20k SEM scans are legit.
+    im = PngImagePlugin.PngImageFile(io.BytesIO(data))
+    im.load()
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA"):
+        im = im.convert("RGB")
+    a = np.asarray(im)
+    if im.mode == "I":  # PNG holds at most 16 bits; Pillow may widen them to int32
+        a = a.astype(np.uint16)
+    return a
+
+
+def _tiff_arrays(data: bytes, path: str, page: int | None) -> list[np.ndarray]:
+    with tifffile.TiffFile(io.BytesIO(data)) as tf:
+        pages = list(tf.pages)
+        if not pages:
+            raise ImageReadError(path, "corrupt or truncated image (TIFF has no readable pages)")
+        if page is not None:
+            if not 0 <= page < len(pages):
+                raise ImageReadError(path, f"page {page} out of range (file has {len(pages)} pages)")
+            pages = [pages[page]]
+        arrays = []
+        for p in pages:
+            # tifffile may zero-fill missing strips instead of failing: check the bytes exist.
+            ends = [o + c for o, c in zip(p.dataoffsets, p.databytecounts)]
+            if ends and max(ends) > len(data):
+                raise ImageReadError(path, "corrupt or truncated image (pixel data runs past end of file)")
+            a = p.asarray()
+            if a.ndim == 3 and "S" not in p.axes and a.shape[0] != 1 and a.shape[-1] != 1:
+                raise ImageReadError(path, f"unsupported TIFF page: {a.shape} volume with axes {p.axes}")
+            arrays.append(a)
+        return arrays
+
+
+def _decode_raw(data: bytes, path: str, page: int | None) -> list[np.ndarray]:
+    """Decoded pixel arrays in their stored dtype; the one place decoder exceptions are translated."""
+    if not data:
+        raise ImageReadError(path, "empty file")
+    head = data[:4]
+    if head not in TIFF_MAGIC and head != PNG_MAGIC:
+        raise ImageReadError(path, "not a TIFF or PNG image")
+    try:
+        if head == PNG_MAGIC:
+            if page not in (None, 0):
+                raise ImageReadError(path, f"page {page} out of range (file has 1 pages)")
+            return [_png_array(data)]
+        return _tiff_arrays(data, path, page)
+    except (ImageReadError, MemoryError):  # running out of memory is not a property of the file
+        raise
+    except Exception as e:  # tifffile/PIL/zlib raise many unrelated types for broken files
+        raise ImageReadError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+
+
+def _finish(a: np.ndarray, path: str, min_size: int) -> np.ndarray:
+    img = to_gray_float(a, path)
+    h, w = img.shape
+    if h < min_size or w < min_size:
+        raise ImageReadError(path, f"image is {h}x{w}, smaller than the {min_size}x{min_size} patch size")
+    return img
+
+
+def decode_image_bytes(data: bytes, path: str = "<bytes>", min_size: int = 32) -> list[np.ndarray]:
+    """All pages of a TIFF (or the one PNG image) as float32 (H, W) arrays in [0, 1]."""
+    return [_finish(a, path, min_size) for a in _decode_raw(data, path, None)]
+
+
+def _read_bytes(path) -> bytes:
+    p = os.fspath(path)
+    try:
+        with open(p, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageReadError(p, "no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(p, "is a directory, not an image file") from None
+    except OSError as e:
+        raise ImageReadError(p, f"cannot read file ({e.strerror or e})") from None
+
+
+def read_image_pages(path, min_size: int = 32) -> list[np.ndarray]:
+    """Every page of an image file; multi-page TIFFs hold several training images."""
+    return decode_image_bytes(_read_bytes(path), os.fspath(path), min_size)
+
+
+def read_image(path, page: int = 0, min_size: int = 32) -> np.ndarray:
+    """One page, decoding only that page so large multi-page stacks stay cheap."""
+    p = os.fspath(path)
+    return _finish(_decode_raw(_read_bytes(p), p, page)[0], p, min_size)
+
+
+def read_mask(path) -> np.ndarray:
+    """Ground-truth mask as bool (H, W): any nonzero pixel, whatever the encoding (0/1, 0/255, RGB)."""
+    p = os.fspath(path)
+    a = _channels_last(_decode_raw(_read_bytes(p), p, 0)[0], p)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ImageReadError(p, "contains NaN or infinite pixels")
+    if a.ndim == 3:
+        a = a[..., :3] if a.shape[-1] >= 3 else a[..., :1]  # alpha is not a label
+        return np.ascontiguousarray(a.any(axis=-1))
+    return np.ascontiguousarray(a != 0)

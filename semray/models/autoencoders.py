@@ -1,0 +1,111 @@
+"""The three autoencoders of the study, of equal capacity: AE, DAE and CVAE.
+
+Architecture after the study's reference code (for 32x32 patches): encoder of three 5x5 stride-2
+convolutions (w, 2w, 4w channels; LeakyReLU 0.2; batch norm on layers 2 and 3), a dense layer to the
+latent; decoder from the latent as a 1x1 map through log2(patch) 5x5 stride-2 transposed
+convolutions (batch norm + ReLU between), to one channel. The CVAE has no batch norm, as in the study.
+
+Each model knows its own training recipe (`training_loss`), so the training loop is shared.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semray.config import ModelConfig
+
+
+def _init_weights(module: nn.Module, std: float) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+_OUTPUTS = {"linear": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+class ConvAutoencoder(nn.Module):
+    """The standard autoencoder; DAE and CVAE change only the recipe around this body."""
+
+    batch_norm = True
+    latent_factor = 1  # the CVAE's encoder emits mean and log-variance
+
+    def __init__(self, cfg: ModelConfig = ModelConfig(), patch_size: int = 32):
+        super().__init__()
+        if patch_size < 8 or patch_size & (patch_size - 1):
+            raise ValueError(f"patch size must be a power of two >= 8, got {patch_size}")
+        if cfg.output not in _OUTPUTS:
+            raise ValueError(f"unknown output activation {cfg.output!r}; expected one of {sorted(_OUTPUTS)}")
+        self.cfg = cfg
+        w, bn = cfg.width, self.batch_norm
+        enc: list[nn.Module] = []
+        channels = [1, w, 2 * w, 4 * w]
+        for i in range(3):
+            enc.append(nn.Conv2d(channels[i], channels[i + 1], 5, stride=2, padding=2))
+            if bn and i > 0:
+                enc.append(nn.BatchNorm2d(channels[i + 1]))
+            enc.append(nn.LeakyReLU(0.2))
+        enc += [nn.Flatten(), nn.Linear(4 * w * (patch_size // 8) ** 2, cfg.latent_dim * self.latent_factor)]
+        self.encoder = nn.Sequential(*enc)
+
+        ups = int(math.log2(patch_size))
+        dec_channels = [cfg.latent_dim] + [max(4 * w // 2 ** i, 8) for i in range(ups - 1)] + [1]
+        dec: list[nn.Module] = [nn.Unflatten(1, (cfg.latent_dim, 1, 1))]
+        for i in range(ups):
+            dec.append(nn.ConvTranspose2d(dec_channels[i], dec_channels[i + 1], 5, stride=2, padding=2, output_padding=1))
+            if i < ups - 1:
+                if bn:
+                    dec.append(nn.BatchNorm2d(dec_channels[i + 1]))
+                dec.append(nn.ReLU())
+        dec.append(_OUTPUTS[cfg.output]())
+        self.decoder = nn.Sequential(*dec)
+        _init_weights(self, cfg.init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self(x), x)
+
+
+class DenoisingAutoencoder(ConvAutoencoder):
+    """Sees the patch plus Gaussian noise while training and must give back the clean patch."""
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        noisy = x + self.cfg.dae_sigma * torch.randn_like(x)
+        target = noisy if self.cfg.dae_noisy_target else x
+        return F.mse_loss(self(noisy), target)
+
+
+class ConvVAE(ConvAutoencoder):
+    """Convolutional VAE: reparameterised Gaussian latent; loss = reconstruction + beta * KL.
+
+    Both terms are sums per patch averaged over the batch, so beta=1 is the textbook ELBO.
+    At test time the latent mean is decoded (deterministic scores) unless cfg.cvae_sample_at_test.
+    """
+
+    batch_norm = False
+    latent_factor = 2
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(-20.0, 10.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, logvar = self.encode(x)
+        if self.training or self.cfg.cvae_sample_at_test:
+            mean = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        return self.decoder(mean)
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        mean, logvar = self.encode(x)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        recon = self.decoder(z)
+        rec = (recon - x).pow(2).flatten(1).sum(1).mean()
+        kl = (-0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(1)).mean()
+        return (rec + self.cfg.cvae_beta * kl) / x[0].numel()

@@ -1,0 +1,39 @@
+"""An autoencoder and its denoiser chained into one module that yields the three scores.
+
+Normalisation lives here too, so every caller (evaluation, the Ray Data scoring actors, a notebook)
+feeds raw [0,1] patches and gets the same numbers the training saw.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from semray.data.patches import normalize_patches
+from semray.scores import all_scores
+
+
+class AnomalyDetector(nn.Module):
+    def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, normalization: str = "patch",
+                 mean: float = 0.5, std: float = 0.25):
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.denoiser = denoiser
+        self.normalization = normalization
+        self.mean, self.std = mean, std
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return normalize_patches(raw, self.normalization, self.mean, self.std)
+
+    @torch.no_grad()
+    def forward(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """raw (N,1,S,S) in [0,1] -> the stages (normalised space) and the three scores."""
+        x = self.normalize(raw)
+        reconstruction = self.autoencoder(x)
+        mask, smooth = self.denoiser(reconstruction)
+        return {"x": x, "reconstruction": reconstruction, "feature_mask": mask, "smooth": smooth,
+                **all_scores(x, reconstruction, smooth, mask)}
+
+    @torch.no_grad()
+    def scores(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self(raw)
+        return {k: out[k] for k in ("reconstruction", "smooth", "feature")}

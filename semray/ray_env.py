@@ -1,0 +1,37 @@
+"""Connecting to Ray: a cluster when one is named (--address or RAY_ADDRESS), else a local one.
+
+Kept in one place so every command (train, evaluate, tune, score) starts Ray the same way.
+"""
+from __future__ import annotations
+
+import os
+
+# Quiet, lean defaults for a laptop; a user's own environment wins.
+_DEFAULT_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+for _k, _v in _DEFAULT_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=not quiet)
+        return
+    ray.init(
+        address="local",  # never attach by accident to a cluster left running by `ray start`
+        num_cpus=num_cpus or os.cpu_count(),
+        # The dashboard hosts the State API that Ray Train's placement-group cleaner polls;
+        # without it Train warns in a loop and Tune + ASHA leaks placement groups.
+        include_dashboard=True,
+        log_to_driver=not quiet,
+        configure_logging=True,
+        logging_level="WARNING",
+    )

@@ -1,0 +1,92 @@
+"""A run directory: where one trained model lives, and the only format other commands read.
+
+    RUN_DIR/config.yaml      the full config the run was trained with
+    RUN_DIR/ray/             Ray Train's own storage: per-epoch checkpoints of both stages
+    RUN_DIR/autoencoder.pt   stage 1 result (EMA weights), written when stage 1 ends
+    RUN_DIR/model.pt         the trained detector: config, normalisation, both state dicts
+
+All .pt files hold only tensors and plain Python values, so they load with
+torch.load(..., weights_only=True): opening a run never executes pickled code.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from semray import __version__
+from semray.config import Config
+from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
+
+MODEL_FILE = "model.pt"
+AUTOENCODER_FILE = "autoencoder.pt"
+CONFIG_FILE = "config.yaml"
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used, with what to do about it."""
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file then rename, so a killed process never leaves half a model."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; is this a finished `semray train` run directory?") from None
+    except Exception as e:  # corrupt file, or not a semray checkpoint
+        raise RunError(f"{path}: cannot load checkpoint ({e})") from e
+
+
+def save_config(run_dir: Path, cfg: Config) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_config(run_dir: Path) -> Config | None:
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return None
+    return Config.from_dict(yaml.safe_load(path.read_text()))
+
+
+def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict) -> Path:
+    path = run_dir / MODEL_FILE
+    atomic_torch_save({
+        "format": 1,
+        "semray_version": __version__,
+        "config": cfg.to_dict(),
+        "normalization": normalization,
+        "autoencoder": autoencoder,
+        "denoiser": denoiser,
+    }, path)
+    return path
+
+
+def checkpoint_hash(run_dir: Path) -> str:
+    """Short content hash of the trained model, recorded beside every output made with it."""
+    digest = hashlib.sha256((Path(run_dir) / MODEL_FILE).read_bytes()).hexdigest()
+    return digest[:16]
+
+
+def load_detector(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[AnomalyDetector, Config]:
+    """The trained detector of a run, in eval mode on `device`, with the config it was trained with."""
+    run_dir = Path(run_dir)
+    state = load_state(run_dir / MODEL_FILE)
+    cfg = Config.from_dict(state["config"])
+    autoencoder = create_autoencoder(cfg.model, cfg.patches.size)
+    autoencoder.load_state_dict(state["autoencoder"])
+    denoiser = create_denoiser(cfg.denoiser)
+    denoiser.load_state_dict(state["denoiser"])
+    norm = state["normalization"]
+    detector = AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"])
+    return detector.to(device).eval(), cfg

@@ -1,0 +1,285 @@
+"""Training on Ray Train: stage 1 the autoencoder, stage 2 the denoiser on the frozen autoencoder.
+
+Both stages share one loop (`_train_stage`); what differs is the objective module, whose forward
+returns the loss, so DDP sees every forward pass and synchronises gradients. Each worker draws its
+own fresh random crops every epoch from the normal images (seeded by seed, rank and epoch), which
+keeps the input pipeline free and makes a resumed run draw exactly the patches it would have drawn.
+
+Every epoch ends with a checkpoint (model, EMA weights, optimizer); running `semray train` again on
+the same run directory resumes from the last one (Ray Train resumes a run with the same name and
+storage path).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from semray.config import Config
+from semray.data.datasets import load_normal_images
+from semray.data.patches import image_statistics, normalize_patches, sample_patches
+from semray.models import create_autoencoder, create_denoiser
+from semray.runs import (AUTOENCODER_FILE, MODEL_FILE, RunError, atomic_torch_save, load_state,
+                         read_config, save_config, save_model)
+
+STATE_FILE = "state.pt"
+
+
+# ---------------------------------------------------------------- objectives (forward = loss)
+class AutoencoderObjective(nn.Module):
+    def __init__(self, autoencoder: nn.Module):
+        super().__init__()
+        self.model = autoencoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.training_loss(x)
+
+
+class DenoiserObjective(nn.Module):
+    """L = ||x - Den(AE(x) + noise)||^2 with the autoencoder frozen (and kept in eval mode)."""
+
+    def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, input_noise: float):
+        super().__init__()
+        self.autoencoder = autoencoder.requires_grad_(False)
+        self.model = denoiser
+        self.input_noise = input_noise
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.autoencoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            noisy = self.autoencoder(x) + self.input_noise * torch.randn_like(x)
+        _, smooth = self.model(noisy)
+        return F.mse_loss(smooth, x)
+
+
+# ---------------------------------------------------------------- the shared loop
+def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**63)
+
+
+def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr: float, epochs: int,
+                 patches_per_epoch: int) -> None:
+    """Runs inside each Ray Train worker (also usable without Ray through `plain_loop`)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = Config.from_dict(loop_cfg["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(loop_cfg["threads"])))
+    device = ray.train.torch.get_device()
+
+    trainable = objective.model
+    optimizer = torch.optim.Adam(trainable.parameters(), lr=lr, betas=(cfg.train.adam_beta1, 0.999))
+    start_epoch, state = 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        trainable.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+        if rank == 0:
+            print(f"[{stage}] resuming from the checkpoint of epoch {start_epoch}/{epochs}", flush=True)
+
+    wrapped = ray.train.torch.prepare_model(objective)  # to device; DDP when world > 1
+    _move_optimizer_state(optimizer, device)
+    ema = _make_ema(trainable, cfg.train.ema_decay)
+    if ema is not None and state is not None:
+        ema.load_state_dict(state["ema"])
+
+    images = [torch.as_tensor(np.array(im), device=device) for im in _get(loop_cfg["images"])]
+    norm = loop_cfg["normalization"]
+    per_worker = max(cfg.train.batch_size, patches_per_epoch // world)
+    for epoch in range(start_epoch, epochs):
+        seed = _epoch_seed(cfg.train.seed, rank, epoch)
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        wrapped.train()
+        started = time.perf_counter()
+        raw = sample_patches(images, per_worker, cfg.patches.size, generator,
+                             cfg.patches.min_patch_std, cfg.patches.flips)
+        x_all = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"])
+        total, steps = 0.0, 0
+        for x in x_all.split(cfg.train.batch_size):
+            loss = wrapped(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if ema is not None:
+                ema.update_parameters(trainable)
+            total += float(loss.detach())
+            steps += 1
+        elapsed = time.perf_counter() - started
+        mean_loss = total / max(steps, 1)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"[{stage}] loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate")
+        metrics = {"stage": stage, "epoch": epoch + 1, "loss": mean_loss,
+                   "patches_per_s": per_worker * world / elapsed}
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                torch.save({"epoch": epoch, "model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
+                            "ema": ema.state_dict() if ema is not None else {}, "loss": mean_loss},
+                           Path(tmp) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                print(f"[{stage}] epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} "
+                      f"{metrics['patches_per_s']:.0f} patches/s", flush=True)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _get(ref_or_value):
+    import ray
+
+    return ray.get(ref_or_value) if isinstance(ref_or_value, ray.ObjectRef) else ref_or_value
+
+
+def _make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for s in optimizer.state.values():
+        for k, v in s.items():
+            if torch.is_tensor(v) and k != "step":
+                s[k] = v.to(device)
+
+
+def autoencoder_loop(loop_cfg: dict[str, Any]) -> None:
+    cfg = Config.from_dict(loop_cfg["config"])
+    torch.manual_seed(cfg.train.seed)
+    objective = AutoencoderObjective(create_autoencoder(cfg.model, cfg.patches.size))
+    _train_stage(loop_cfg, f"autoencoder {cfg.model.kind}", objective, cfg.train.lr,
+                 cfg.train.epochs, cfg.train.patches_per_epoch)
+
+
+def denoiser_loop(loop_cfg: dict[str, Any]) -> None:
+    cfg = Config.from_dict(loop_cfg["config"])
+    torch.manual_seed(cfg.train.seed + 1)
+    autoencoder = create_autoencoder(cfg.model, cfg.patches.size)
+    autoencoder.load_state_dict(loop_cfg["autoencoder"])
+    objective = DenoiserObjective(autoencoder, create_denoiser(cfg.denoiser, cfg.model.init_std),
+                                  cfg.denoiser.input_noise)
+    _train_stage(loop_cfg, f"denoiser {cfg.model.kind}", objective, cfg.train.denoiser_lr,
+                 cfg.train.denoiser_epochs, cfg.train.denoiser_patches_per_epoch)
+
+
+# ---------------------------------------------------------------- driver side
+_RESOURCE_FIELDS = {"num_workers", "use_gpu", "cpus_per_worker"}
+
+
+def _check_same_run(run_dir: Path, cfg: Config) -> None:
+    """Resuming with a different config would silently mix two runs: refuse, except for resources."""
+    old = read_config(run_dir)
+    if old is None:
+        return
+    a, b = old.to_dict(), cfg.to_dict()
+    for d in (a, b):
+        for k in _RESOURCE_FIELDS:
+            d["train"].pop(k)
+    if a != b:
+        diff = [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in a for k in a[s] if a[s][k] != b[s][k]]
+        raise RunError(f"{run_dir} already holds a run trained with another config ({'; '.join(diff)}); "
+                       "use a new --run directory, or the same settings to resume it")
+
+
+def _ema_or_model(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to use at test time: the EMA's averaged module when there is one."""
+    if state["ema"]:
+        prefix = "module."
+        return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    return state["model"]
+
+
+def _fit(loop: Callable, loop_cfg: dict[str, Any], cfg: Config, run_dir: Path, name: str) -> dict[str, Any]:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    resources = {"CPU": loop_cfg["threads"]}
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(run_dir / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=0),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RunError(f"{run_dir}: stage {name} ended without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def worker_threads(cfg: Config) -> int:
+    """CPUs per worker: as asked, else this machine's (or cluster's) CPUs shared between workers."""
+    import ray
+
+    if cfg.train.cpus_per_worker > 0:
+        return max(1, int(cfg.train.cpus_per_worker))
+    total = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    return max(1, total // max(cfg.train.num_workers, 1))
+
+
+def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: str | None = None,
+              log: Callable[[str], None] = print) -> Path:
+    """Train both stages into run_dir (resuming whatever an earlier attempt left) -> path of model.pt."""
+    import ray
+
+    from semray.ray_env import init_ray
+
+    run_dir = Path(run_dir).resolve()
+    _check_same_run(run_dir, cfg)
+    if (run_dir / MODEL_FILE).exists():
+        log(f"{run_dir / MODEL_FILE} exists: this run is already trained")
+        return run_dir / MODEL_FILE
+    save_config(run_dir, cfg)
+    normal = load_normal_images(data_dir, min_size=cfg.patches.size)
+    images = [image for _, image in normal]
+    mean, std = image_statistics(images)
+    normalization = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
+
+    init_ray(address)
+    if cfg.train.use_gpu:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < cfg.train.num_workers:
+            raise RunError(f"--gpu asks for {cfg.train.num_workers} GPU worker(s) but the Ray cluster has "
+                           f"{gpus:g} GPU(s); drop --gpu or add GPU nodes")
+    loop_cfg = {"config": cfg.to_dict(), "images": ray.put(images), "normalization": normalization,
+                "threads": worker_threads(cfg)}
+    log(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
+        f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
+
+    ae_path = run_dir / AUTOENCODER_FILE
+    if ae_path.exists():
+        autoencoder = load_state(ae_path)
+    else:
+        autoencoder = _ema_or_model(_fit(autoencoder_loop, loop_cfg, cfg, run_dir, "autoencoder"))
+        atomic_torch_save(autoencoder, ae_path)
+    state = _fit(denoiser_loop, {**loop_cfg, "autoencoder": autoencoder}, cfg, run_dir, "denoiser")
+    path = save_model(run_dir, cfg, normalization, autoencoder, _ema_or_model(state))
+    log(f"trained model written to {path}")
+    return path
