@@ -103,6 +103,10 @@ class Config:
         for section, values in overrides.items():
             if section not in merged:
                 raise ValueError(f"unknown config section {section!r}; expected one of {sorted(merged)}")
+            if values is None:  # a section whose keys are all commented out: no overrides
+                continue
+            if not isinstance(values, dict):
+                raise ValueError(f"config section {section!r} must be a mapping of keys, got {values!r}")
             merged[section].update(values)
         return Config.from_dict(merged)
 
@@ -124,8 +128,8 @@ def _build(cls, data: dict[str, Any], where: str):
 
 _SECTIONS = {c.__name__: c for c in (PatchConfig, ModelConfig, DenoiserConfig, TrainConfig, EvalConfig)}
 
-# The study's reference code, selectable as a whole (`--config` with `preset: study` or
-# `Config.from_preset("study")`). Capacity and budget are the study's, so it is slow on a CPU.
+# The study's reference code, selectable as a whole (`--config` with `preset: study`, or
+# `load_config(overrides=...)` on top of `Config().updated(PRESETS["study"])`). Capacity and budget are the study's, so it is slow on a CPU.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "study": {
@@ -154,9 +158,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     preset = data.pop("preset", "default")
     if preset not in PRESETS:
         raise ValueError(f"{path}: unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    cfg = Config().updated(PRESETS[preset]).updated(data)
-    if overrides:
-        cfg = cfg.updated(overrides)
-    if cfg.model.kind == "cvae" and preset == "study":
-        cfg = cfg.updated({"model": {"output": "sigmoid"}})
+    overrides = overrides or {}
+    cfg = Config().updated(PRESETS[preset]).updated(data).updated(overrides)
+    explicit_output = any("output" in (src.get("model") or {}) for src in (data, overrides))
+    if cfg.model.kind == "cvae" and preset == "study" and not explicit_output:
+        cfg = cfg.updated({"model": {"output": "sigmoid"}})  # the study's CVAE decoder ended in a sigmoid
     return cfg

@@ -26,14 +26,14 @@ class AnomalyDetector(nn.Module):
 
     @torch.no_grad()
     def forward(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """raw (N,1,S,S) in [0,1] -> the stages (normalised space) and the three scores."""
+        """raw (N,1,S,S) in [0,1] -> the stages (normalised space), and the three scores under "scores"
+        (their names overlap the stage names: "reconstruction" is both a patch and an error)."""
         x = self.normalize(raw)
         reconstruction = self.autoencoder(x)
         mask, smooth = self.denoiser(reconstruction)
         return {"x": x, "reconstruction": reconstruction, "feature_mask": mask, "smooth": smooth,
-                **all_scores(x, reconstruction, smooth, mask)}
+                "scores": all_scores(x, reconstruction, smooth, mask)}
 
     @torch.no_grad()
     def scores(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self(raw)
-        return {k: out[k] for k in ("reconstruction", "smooth", "feature")}
+        return self(raw)["scores"]

@@ -1,0 +1,351 @@
+"""Unit tests for semray.models: the autoencoder registry, the Remez denoiser and the detector."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semray.config import DenoiserConfig, ModelConfig
+from semray.data.patches import normalize_patches
+from semray.models import (
+    AUTOENCODERS,
+    AnomalyDetector,
+    ConvAutoencoder,
+    ConvVAE,
+    Denoiser,
+    DenoisingAutoencoder,
+    create_autoencoder,
+    create_denoiser,
+)
+from semray.scores import feature_score, reconstruction_score, smooth_score
+
+SMALL = dict(width=8, latent_dim=16)
+KINDS = sorted(AUTOENCODERS)
+
+
+def small_cfg(kind: str = "ae", **kw) -> ModelConfig:
+    return ModelConfig(kind=kind, **{**SMALL, **kw})
+
+
+def batch(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def conv_param_count(model: nn.Module) -> int:
+    return sum(p.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+               for p in m.parameters())
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# ---------------------------------------------------------------- registry and autoencoders
+def test_registry_contents():
+    assert AUTOENCODERS == {"ae": ConvAutoencoder, "dae": DenoisingAutoencoder, "cvae": ConvVAE}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_create_autoencoder_returns_registered_class(kind):
+    model = create_autoencoder(small_cfg(kind))
+    assert type(model) is AUTOENCODERS[kind]
+    assert model.cfg.kind == kind
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_autoencoder_output_shape_and_training_loss(kind, size):
+    torch.manual_seed(0)
+    model = create_autoencoder(small_cfg(kind), patch_size=size)
+    x = batch(4, size)
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == x.shape
+    model.train()
+    assert model(x).shape == x.shape
+    model.zero_grad()
+    loss = model.training_loss(x)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    missing = [name for name, g in grads.items() if g is None]
+    assert not missing, f"no gradient for {missing}"
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    # every weight tensor (biases just before a batch norm legitimately get ~0) receives signal
+    dead = [name for name, g in grads.items() if name.endswith("weight") and g.abs().sum() == 0]
+    assert not dead, f"zero gradient for {dead}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_autoencoder_eval_output_deterministic(kind):
+    torch.manual_seed(0)
+    model = create_autoencoder(small_cfg(kind)).eval()
+    x = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind,bn", [("ae", True), ("dae", True), ("cvae", False)])
+def test_batch_norm_presence(kind, bn):
+    assert has_batch_norm(create_autoencoder(small_cfg(kind))) is bn
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_same_conv_capacity_for_all_kinds(size):
+    counts = {k: conv_param_count(create_autoencoder(small_cfg(k), patch_size=size)) for k in KINDS}
+    assert len(set(counts.values())) == 1, counts
+    assert counts["ae"] > 0
+
+
+def test_unknown_kind_raises():
+    with pytest.raises(ValueError, match="vae"):
+        create_autoencoder(small_cfg("vae"))
+
+
+@pytest.mark.parametrize("size", [4, 24, 33])
+def test_bad_patch_size_raises(size):
+    with pytest.raises(ValueError, match="patch size"):
+        create_autoencoder(small_cfg("ae"), patch_size=size)
+
+
+def test_unknown_output_activation_raises():
+    with pytest.raises(ValueError, match="relu"):
+        create_autoencoder(small_cfg("ae", output="relu"))
+
+
+@pytest.mark.parametrize("output,lo,hi", [("tanh", -1.0, 1.0), ("sigmoid", 0.0, 1.0)])
+def test_output_activation_bounds(output, lo, hi):
+    torch.manual_seed(0)
+    model = create_autoencoder(small_cfg("ae", output=output, init_std=0.5)).eval()
+    with torch.no_grad():
+        y = model(batch() * 10)
+    assert y.min() >= lo and y.max() <= hi
+
+
+# ---------------------------------------------------------------- DAE vs AE
+def _ae_and_dae(**kw) -> tuple[ConvAutoencoder, DenoisingAutoencoder]:
+    torch.manual_seed(0)
+    ae = create_autoencoder(small_cfg("ae", **kw))
+    dae = create_autoencoder(small_cfg("dae", **kw))
+    assert {k: v.shape for k, v in ae.state_dict().items()} == {k: v.shape for k, v in dae.state_dict().items()}
+    dae.load_state_dict(ae.state_dict())
+    return ae, dae
+
+
+def test_dae_same_network_as_ae_at_test_time():
+    ae, dae = _ae_and_dae()
+    ae.eval(), dae.eval()
+    x = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(dae(x), ae(x), rtol=0, atol=0)
+
+
+def test_dae_training_loss_is_ae_loss_on_noisy_input():
+    sigma = 0.7
+    ae, dae = _ae_and_dae(dae_sigma=sigma)
+    x = batch()
+    torch.manual_seed(123)
+    got = dae.training_loss(x)
+    torch.manual_seed(123)
+    noisy = x + sigma * torch.randn_like(x)
+    expected = F.mse_loss(ae(noisy), x)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, ae.training_loss(x))
+
+
+def test_dae_noisy_target_reconstructs_noisy_patch():
+    ae, dae = _ae_and_dae(dae_sigma=0.5, dae_noisy_target=True)
+    x = batch()
+    torch.manual_seed(5)
+    got = dae.training_loss(x)
+    torch.manual_seed(5)
+    noisy = x + 0.5 * torch.randn_like(x)
+    torch.testing.assert_close(got, F.mse_loss(ae(noisy), noisy))
+
+
+def test_dae_without_noise_is_ae():
+    ae, dae = _ae_and_dae(dae_sigma=0.0)
+    x = batch()
+    torch.testing.assert_close(dae.training_loss(x), ae.training_loss(x))
+
+
+# ---------------------------------------------------------------- CVAE
+def test_cvae_eval_deterministic_unless_sampling_at_test():
+    torch.manual_seed(0)
+    model = create_autoencoder(small_cfg("cvae")).eval()
+    sampling = create_autoencoder(small_cfg("cvae", cvae_sample_at_test=True)).eval()
+    sampling.load_state_dict(model.state_dict())
+    x = batch()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        mean, _ = model.encode(x)
+        torch.testing.assert_close(a, model.decoder(mean), rtol=0, atol=0)
+        s1, s2 = sampling(x), sampling(x)
+    assert not torch.equal(s1, s2)
+
+
+def test_cvae_training_mode_forward_samples():
+    torch.manual_seed(0)
+    model = create_autoencoder(small_cfg("cvae")).train()
+    x = batch()
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))
+
+
+def test_cvae_encode_splits_latent():
+    torch.manual_seed(0)
+    model = create_autoencoder(small_cfg("cvae"))
+    mean, logvar = model.encode(batch(3))
+    assert mean.shape == logvar.shape == (3, SMALL["latent_dim"])
+
+
+def _cvae_loss(model: ConvVAE, x: torch.Tensor, beta: float, seed: int) -> torch.Tensor:
+    model.cfg = dataclasses.replace(model.cfg, cvae_beta=beta)
+    torch.manual_seed(seed)
+    return model.training_loss(x)
+
+
+def test_cvae_training_loss_includes_kl_term():
+    torch.manual_seed(0)
+    model = create_autoencoder(small_cfg("cvae", init_std=0.2))
+    x = batch()
+    loss0 = _cvae_loss(model, x, 0.0, seed=9)
+    loss10 = _cvae_loss(model, x, 10.0, seed=9)
+    assert not torch.allclose(loss0, loss10)
+    # the difference is exactly beta * KL / pixels, with the textbook Gaussian KL
+    with torch.no_grad():
+        mean, logvar = model.encode(x)
+        kl = (-0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(1)).mean()
+    assert kl > 0
+    torch.testing.assert_close(loss10 - loss0, 10.0 * kl / x[0].numel(), rtol=1e-4, atol=1e-6)
+    # and beta=0 leaves the per-pixel reconstruction error of a sampled latent
+    torch.manual_seed(9)
+    mean, logvar = model.encode(x)
+    z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+    rec = (model.decoder(z) - x).pow(2).flatten(1).sum(1).mean() / x[0].numel()
+    torch.testing.assert_close(loss0, rec)
+
+
+# ---------------------------------------------------------------- denoiser
+def _convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_denoiser_default_is_remez_20_layers_of_64_channels():
+    model = Denoiser()
+    convs = _convs(model)
+    assert len(convs) == 20
+    assert convs[0].in_channels == 1
+    assert all(c.out_channels == 64 for c in convs[:-1])  # 63 features + 1 mask channel
+    assert all(c.in_channels == 63 for c in convs[1:])
+    assert convs[-1].out_channels == 1  # the last layer only emits its mask channel
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
+    assert not has_batch_norm(model)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 7])
+def test_denoiser_conv_count_equals_depth(depth):
+    assert len(_convs(Denoiser(DenoiserConfig(depth=depth, width=8)))) == depth
+
+
+@pytest.mark.parametrize("depth,width", [(1, 8), (3, 1)])
+def test_denoiser_rejects_degenerate_shapes(depth, width):
+    with pytest.raises(ValueError):
+        Denoiser(DenoiserConfig(depth=depth, width=width))
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 32, 32), (2, 1, 17, 23), (1, 1, 64, 40)])
+def test_denoiser_smooth_is_input_plus_mask(shape):
+    torch.manual_seed(0)
+    model = create_denoiser(DenoiserConfig(depth=3, width=8), init_std=0.3)
+    x = torch.randn(*shape)
+    mask, smooth = model(x)
+    assert mask.shape == smooth.shape == (shape[0], 1, *shape[2:])
+    assert torch.equal(smooth, x + mask)
+    assert mask.abs().sum() > 0
+
+
+def test_denoiser_mask_is_sum_of_first_channels():
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(depth=4, width=6), init_std=0.3)
+    for layer in model.layers:  # non-zero biases so their routing is checked too
+        nn.init.normal_(layer.bias, 0.0, 0.1)
+    x = torch.randn(2, 1, 12, 12)
+    h, expected = x, torch.zeros_like(x)
+    for layer in model.layers[:-1]:
+        out = F.conv2d(h, layer.weight, layer.bias, padding=1)
+        expected = expected + out[:, :1]
+        h = F.relu(out[:, 1:])
+    expected = expected + F.conv2d(h, model.layers[-1].weight, model.layers[-1].bias, padding=1)
+    mask, smooth = model(x)
+    torch.testing.assert_close(mask, expected)
+
+
+def test_create_denoiser_init_std():
+    torch.manual_seed(0)
+    model = create_denoiser(DenoiserConfig(depth=3, width=32), init_std=0.05)
+    assert model.layers[1].weight.std().item() == pytest.approx(0.05, rel=0.1)
+    assert all((layer.bias == 0).all() for layer in model.layers)
+
+
+def test_denoiser_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(depth=3, width=8), init_std=0.3)
+    x = torch.randn(2, 1, 16, 16)
+    mask, smooth = model(x)
+    F.mse_loss(smooth, torch.zeros_like(x)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- detector
+def _detector(kind: str = "dae", normalization: str = "patch") -> AnomalyDetector:
+    torch.manual_seed(0)
+    ae = create_autoencoder(small_cfg(kind, init_std=0.1))
+    den = create_denoiser(DenoiserConfig(depth=3, width=8), init_std=0.1)
+    return AnomalyDetector(ae, den, normalization, mean=0.4, std=0.2).eval()
+
+
+def _raw(n: int = 5) -> torch.Tensor:
+    return torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("normalization", ["patch", "image"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_detector_scores_consistent_with_score_functions(kind, normalization):
+    det = _detector(kind, normalization)
+    raw = _raw()
+    out = det(raw)
+    x = normalize_patches(raw, normalization, 0.4, 0.2)
+    with torch.no_grad():
+        rec = det.autoencoder(x)
+        mask, smooth = det.denoiser(rec)
+    torch.testing.assert_close(out["x"], x)
+    torch.testing.assert_close(out["feature_mask"], mask)
+    expected = {"reconstruction": reconstruction_score(x, rec), "smooth": smooth_score(x, smooth),
+                "feature": feature_score(x, mask)}
+    for name, value in expected.items():
+        assert out["scores"][name].shape == (5,)
+        torch.testing.assert_close(out["scores"][name], value)
+    scores = det.scores(raw)
+    assert set(scores) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(scores[name], value)
+    assert not any(v.requires_grad for v in [*out["scores"].values(), out["x"], out["feature_mask"]])
+
+
+def test_detector_forward_returns_all_stages():
+    det = _detector("dae")
+    raw = _raw()
+    out = det(raw)
+    x = normalize_patches(raw, "patch")
+    with torch.no_grad():
+        rec = det.autoencoder(x)
+        mask, smooth = det.denoiser(rec)
+    stages = {"x": x, "reconstruction": rec, "feature_mask": mask, "smooth": smooth}
+    tensors = [t for t in out.values() if torch.is_tensor(t)]
+    for name, stage in stages.items():
+        assert any(t.shape == stage.shape and torch.allclose(t, stage) for t in tensors), f"stage {name} missing"
