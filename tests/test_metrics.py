@@ -1,0 +1,135 @@
+"""Unit tests for semray.metrics against cases worked out by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from semray.metrics import at_threshold, auroc, average_precision, best_f1, patch_metrics
+
+# labels [0,0,1,1], scores [0.1,0.4,0.35,0.8]:
+#   AUROC: positive/negative pairs (0.35>0.1 yes, 0.35>0.4 no, 0.8>0.1 yes, 0.8>0.4 yes) -> 3/4
+#   ranked 0.8(+) 0.4(-) 0.35(+) 0.1(-): AP = 1/2 * 1 + 1/2 * 2/3 = 5/6
+#   thresholds: >=0.8 P=1 R=1/2 F1=2/3; >=0.4 P=1/2 R=1/2 F1=1/2; >=0.35 P=2/3 R=1 F1=4/5; >=0.1 P=1/2 R=1 F1=2/3
+LABELS = [0, 0, 1, 1]
+SCORES = [0.1, 0.4, 0.35, 0.8]
+
+
+# ---------------------------------------------------------------- auroc
+def test_auroc_perfect_reversed_and_hand_case():
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(1.0)
+    assert auroc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == pytest.approx(0.0)
+    assert auroc(LABELS, SCORES) == pytest.approx(0.75)
+
+
+def test_auroc_ties_count_half():
+    assert auroc([0, 1, 0, 1, 1], [0.5] * 5) == pytest.approx(0.5)
+    # pos 0.5 ties neg 0.5 (1/2) and beats 0.2 (1); pos 0.9 beats both (2) -> 3.5 / 4
+    assert auroc([0, 0, 1, 1], [0.5, 0.2, 0.5, 0.9]) == pytest.approx(0.875)
+
+
+def test_auroc_accepts_bool_and_2d_inputs():
+    labels = np.array([[False, True], [False, True]])
+    scores = np.array([[0.1, 0.35], [0.4, 0.8]])
+    assert auroc(labels, scores) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0], [1, 1, 1]])
+def test_auroc_single_class_is_nan(labels):
+    assert math.isnan(auroc(labels, [0.1, 0.2, 0.3]))
+
+
+# ---------------------------------------------------------------- average precision
+def test_average_precision_hand_case():
+    assert average_precision(LABELS, SCORES) == pytest.approx(5 / 6)
+    assert average_precision([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(1.0)
+    # ranked 0.9(-) 0.8(+) 0.1(+): AP = 1/2 * 1/2 + 1/2 * 2/3 = 7/12
+    assert average_precision([1, 0, 1], [0.8, 0.9, 0.1]) == pytest.approx(7 / 12)
+
+
+def test_average_precision_no_positives_is_nan_all_positives_is_one():
+    assert math.isnan(average_precision([0, 0], [0.1, 0.2]))
+    assert average_precision([1, 1], [0.1, 0.2]) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- best F1
+def test_best_f1_hand_case():
+    result = best_f1(LABELS, SCORES)
+    assert result["threshold"] == pytest.approx(0.35)
+    assert result["precision"] == pytest.approx(2 / 3)
+    assert result["recall"] == pytest.approx(1.0)
+    assert result["f1"] == pytest.approx(0.8)
+
+
+def test_best_f1_second_hand_case():
+    # scores 0.9 0.8 0.7 0.3 0.2 0.1 with labels 1 0 1 0 1 0:
+    #   >=0.9 P=1 R=1/3 F1=1/2; >=0.8 P=1/2 R=1/3 F1=2/5; >=0.7 P=2/3 R=2/3 F1=2/3;
+    #   >=0.3 P=1/2 R=2/3 F1=4/7; >=0.2 P=3/5 R=1 F1=3/4; >=0.1 P=1/2 R=1 F1=2/3
+    result = best_f1([1, 0, 1, 0, 1, 0], [0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    assert result == pytest.approx({"precision": 0.6, "recall": 1.0, "f1": 0.75, "threshold": 0.2})
+
+
+def test_best_f1_perfect_separation():
+    result = best_f1([0, 1, 0, 1], [0.2, 0.7, 0.1, 0.9])
+    assert result == pytest.approx({"precision": 1.0, "recall": 1.0, "f1": 1.0, "threshold": 0.7})
+
+
+def test_best_f1_agrees_with_at_threshold():
+    rng = np.random.default_rng(0)
+    labels = rng.random(200) < 0.3
+    scores = rng.random(200) + 0.3 * labels
+    best = best_f1(labels, scores)
+    again = at_threshold(labels, scores, best["threshold"])
+    assert again == pytest.approx(best)
+    # no other threshold does better
+    assert all(at_threshold(labels, scores, t)["f1"] <= best["f1"] + 1e-12 for t in np.unique(scores))
+
+
+def test_best_f1_no_positives_is_nan():
+    result = best_f1([0, 0, 0], [0.1, 0.2, 0.3])
+    assert set(result) == {"precision", "recall", "f1", "threshold"}
+    assert all(math.isnan(v) for v in result.values())
+
+
+# ---------------------------------------------------------------- at_threshold
+def test_at_threshold_hand_cases():
+    # >= is inclusive: 0.35 flags 0.35, 0.4, 0.8
+    assert at_threshold(LABELS, SCORES, 0.35) == pytest.approx(
+        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "threshold": 0.35})
+    assert at_threshold(LABELS, SCORES, 0.4) == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "threshold": 0.4})
+    assert at_threshold(LABELS, SCORES, 0.0) == pytest.approx(
+        {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "threshold": 0.0})
+
+
+def test_at_threshold_nothing_flagged():
+    assert at_threshold(LABELS, SCORES, 5.0) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "threshold": 5.0}
+
+
+def test_at_threshold_no_positives():
+    result = at_threshold([0, 0, 0], [0.1, 0.5, 0.9], 0.4)
+    assert result["precision"] == 0.0 and math.isnan(result["recall"]) and result["f1"] == 0.0
+
+
+# ---------------------------------------------------------------- patch_metrics and validation
+def test_patch_metrics_combines_all():
+    result = patch_metrics(LABELS, SCORES)
+    assert result == pytest.approx({"auroc": 0.75, "average_precision": 5 / 6, "precision": 2 / 3,
+                                    "recall": 1.0, "f1": 0.8, "threshold": 0.35})
+
+
+FUNCTIONS = [auroc, average_precision, best_f1, patch_metrics, lambda l, s: at_threshold(l, s, 0.5)]
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_mismatched_lengths_raise(fn):
+    with pytest.raises(ValueError, match="labels"):
+        fn([0, 1, 1], [0.1, 0.2])
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_non_finite_scores_raise(fn, bad):
+    with pytest.raises(ValueError, match="NaN"):
+        fn([0, 1, 0, 1], [0.1, bad, 0.3, 0.4])

@@ -1,0 +1,61 @@
+"""Unit tests for semray.scores on tiny hand-computed tensors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semray.scores import SCORE_NAMES, all_scores, feature_score, reconstruction_score, smooth_score
+
+SCORE_FUNCTIONS = [reconstruction_score, smooth_score, feature_score]
+
+
+def t(*rows) -> torch.Tensor:
+    """(N,1,2,2) tensor from N flattened 2x2 patches."""
+    return torch.tensor(rows, dtype=torch.float32).view(len(rows), 1, 2, 2)
+
+
+@pytest.mark.parametrize("fn", SCORE_FUNCTIONS)
+def test_score_is_per_patch_mean_squared_error(fn):
+    x = t([1, 2, 3, 4], [0, 0, 0, 0], [1, 1, 1, 1])
+    other = t([1, 2, 3, 4], [1, -1, 2, 0], [3, 1, 1, 1])
+    # patch 0: identical -> 0; patch 1: (1 + 1 + 4 + 0) / 4 = 1.5; patch 2: (4 + 0 + 0 + 0) / 4 = 1
+    got = fn(x, other)
+    assert got.shape == (3,)
+    torch.testing.assert_close(got, torch.tensor([0.0, 1.5, 1.0]))
+
+
+@pytest.mark.parametrize("fn", SCORE_FUNCTIONS)
+def test_score_symmetric_and_nonnegative(fn):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 1, 5, 5, generator=g), torch.randn(7, 1, 5, 5, generator=g)
+    torch.testing.assert_close(fn(a, b), fn(b, a))
+    assert (fn(a, b) >= 0).all()
+    torch.testing.assert_close(fn(a, b), ((a - b) ** 2).mean(dim=(1, 2, 3)))
+
+
+def test_score_is_size_independent_mean_not_sum():
+    # a constant offset of 2 gives 4 for any patch size (a sum would scale with the pixel count)
+    for size in (2, 8, 32):
+        x = torch.zeros(1, 1, size, size)
+        torch.testing.assert_close(reconstruction_score(x, x + 2), torch.tensor([4.0]))
+
+
+def test_all_scores_keys_and_values():
+    x = t([1, 2, 3, 4], [0, 0, 0, 0])
+    rec = t([1, 2, 3, 2], [0, 0, 0, 0])       # errors: [4/4, 0] -> [1, 0]
+    smooth = t([1, 2, 3, 4], [1, 1, 1, 1])    # errors: [0, 4/4] -> [0, 1]
+    mask = t([0, 0, 0, 0], [2, 0, 0, 0])      # errors: [(1+4+9+16)/4, 4/4] -> [7.5, 1]
+    out = all_scores(x, rec, smooth, mask)
+    assert set(out) == {"reconstruction", "smooth", "feature"} == set(SCORE_NAMES)
+    torch.testing.assert_close(out["reconstruction"], torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(out["smooth"], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(out["feature"], torch.tensor([7.5, 1.0]))
+
+
+def test_all_scores_argument_order():
+    # each stage feeds exactly its own score
+    x = torch.zeros(1, 1, 2, 2)
+    out = all_scores(x, x + 1, x + 2, x + 3)
+    torch.testing.assert_close(out["reconstruction"], torch.tensor([1.0]))
+    torch.testing.assert_close(out["smooth"], torch.tensor([4.0]))
+    torch.testing.assert_close(out["feature"], torch.tensor([9.0]))
