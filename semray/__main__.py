@@ -1,0 +1,5 @@
+import sys
+
+from semray.cli import main
+
+sys.exit(main())
