@@ -53,9 +53,9 @@ class DenoiserConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20  # autoencoder epochs
+    epochs: int = 30  # autoencoder epochs (fewer leave defects reconstructed *better* than fibres)
     denoiser_epochs: int = 10
-    patches_per_epoch: int = 16384  # fresh random crops every epoch, split across workers
+    patches_per_epoch: int = 20000  # fresh random crops every epoch, split across workers
     denoiser_patches_per_epoch: int = 4096
     batch_size: int = 64
     lr: float = 1e-3

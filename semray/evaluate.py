@@ -13,7 +13,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from semray.data.datasets import load_anomalous_images
+from semray.config import Config
+from semray.data.datasets import LabelledImage, load_anomalous_images
 from semray.data.patches import grid_coordinates, iter_patch_batches, patch_labels
 from semray.metrics import patch_metrics
 from semray.models import AnomalyDetector
@@ -44,32 +45,41 @@ def score_image(detector: AnomalyDetector, image: np.ndarray, size: int, stride:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None = None,
-                 min_defect_pixels: int | None = None, use_gpu: bool | None = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """The study's table for one run, as a JSON-ready dict (see `format_table`)."""
-    detector, cfg = load_detector(run_dir, pick_device(use_gpu))
+def score_dataset(detector: AnomalyDetector, cfg: Config, data_dir: str | Path, stride: int,
+                  progress: bool = True) -> list[tuple[LabelledImage, dict[str, np.ndarray]]]:
+    """Every anomalous image of data_dir with its window scores (the expensive part, done once)."""
+    images = load_anomalous_images(data_dir, min_size=cfg.patches.size)
+    return [(item, score_image(detector, item.image, cfg.patches.size, stride, cfg.eval.cover_edges,
+                               cfg.eval.batch_size))
+            for item in _progress(images, progress, f"scoring {cfg.model.kind}")]
+
+
+def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Config, stride: int,
+              min_defect_pixels: int) -> dict[str, Any]:
+    """The study's table for one labelling rule, as a JSON-ready dict (see `format_table`)."""
     size = cfg.patches.size
-    stride = stride or cfg.eval.stride
-    min_pixels = min_defect_pixels or cfg.eval.min_defect_pixels
-    images = load_anomalous_images(data_dir, min_size=size)
-    labels, scores = [], {k: [] for k in SCORE_NAMES}
-    for item in _progress(images, progress, f"scoring {cfg.model.kind}"):
-        result = score_image(detector, item.image, size, stride, cfg.eval.cover_edges, cfg.eval.batch_size)
-        labels.append(patch_labels(item.mask, result["ys"], result["xs"], size, min_pixels))
-        for k in SCORE_NAMES:
-            scores[k].append(result[k])
-    y = np.concatenate(labels)
+    y = np.concatenate([patch_labels(item.mask, r["ys"], r["xs"], size, min_defect_pixels)
+                        for item, r in scored])
     return {
         "model": cfg.model.kind,
         "patch_size": size,
         "stride": stride,
-        "scores": {k: patch_metrics(y, np.concatenate(scores[k])) for k in SCORE_NAMES},
+        "scores": {k: patch_metrics(y, np.concatenate([r[k] for _, r in scored])) for k in SCORE_NAMES},
         "patches": int(y.size),
         "anomalous_patches": int(y.sum()),
-        "min_defect_pixels": min_pixels,
-        "images": len(images),
+        "min_defect_pixels": min_defect_pixels,
+        "images": len(scored),
     }
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None = None,
+                 min_defect_pixels: int | None = None, use_gpu: bool | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Score the anomalous images of data_dir with a trained run and compute the study's table."""
+    detector, cfg = load_detector(run_dir, pick_device(use_gpu))
+    stride = stride or cfg.eval.stride
+    scored = score_dataset(detector, cfg, data_dir, stride, progress)
+    return summarize(scored, cfg, stride, min_defect_pixels or cfg.eval.min_defect_pixels)
 
 
 def _progress(items: list, enabled: bool, desc: str) -> Iterable:

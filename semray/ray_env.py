@@ -11,6 +11,9 @@ _DEFAULT_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_DEDUP_LOGS": "0",
+    # Train V2 copies every worker print() into its logger, which also reaches the console:
+    # each progress line would show twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 for _k, _v in _DEFAULT_ENV.items():
     os.environ.setdefault(_k, _v)

@@ -11,6 +11,7 @@ storage path).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -77,6 +78,7 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
     import ray.train.torch
 
     cfg = Config.from_dict(loop_cfg["config"])
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one INFO line per report
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(loop_cfg["threads"])))
@@ -105,26 +107,8 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
     norm = loop_cfg["normalization"]
     per_worker = max(cfg.train.batch_size, patches_per_epoch // world)
     for epoch in range(start_epoch, epochs):
-        seed = _epoch_seed(cfg.train.seed, rank, epoch)
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        wrapped.train()
-        started = time.perf_counter()
-        raw = sample_patches(images, per_worker, cfg.patches.size, generator,
-                             cfg.patches.min_patch_std, cfg.patches.flips)
-        x_all = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"])
-        total, steps = 0.0, 0
-        for x in x_all.split(cfg.train.batch_size):
-            loss = wrapped(x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(trainable)
-            total += float(loss.detach())
-            steps += 1
-        elapsed = time.perf_counter() - started
-        mean_loss = total / max(steps, 1)
+        mean_loss, elapsed = run_epoch(wrapped, trainable, optimizer, ema, images, norm, cfg,
+                                       per_worker, _epoch_seed(cfg.train.seed, rank, epoch))
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"[{stage}] loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate")
         metrics = {"stage": stage, "epoch": epoch + 1, "loss": mean_loss,
@@ -133,12 +117,59 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
             ckpt = None
             if rank == 0:
                 torch.save({"epoch": epoch, "model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
-                            "ema": ema.state_dict() if ema is not None else {}, "loss": mean_loss},
+                            "ema": ema.state_dict() if ema is not None else {}, "loss": mean_loss,
+                            "patches_per_s": metrics["patches_per_s"]},
                            Path(tmp) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 print(f"[{stage}] epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} "
                       f"{metrics['patches_per_s']:.0f} patches/s", flush=True)
             ray.train.report(metrics, checkpoint=ckpt)
+
+
+def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim.Optimizer,
+              ema: AveragedModel | None, images: list[torch.Tensor], norm: dict[str, Any], cfg: Config,
+              n_patches: int, seed: int) -> tuple[float, float]:
+    """One epoch of fresh random crops -> (mean loss, seconds). The same code with or without Ray."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    objective.train()
+    started = time.perf_counter()
+    raw = sample_patches(images, n_patches, cfg.patches.size, generator, cfg.patches.min_patch_std,
+                         cfg.patches.flips)
+    x_all = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"])
+    total, steps = 0.0, 0
+    for x in x_all.split(cfg.train.batch_size):
+        loss = objective(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            ema.update_parameters(trainable)
+        total += float(loss.detach())
+        steps += 1
+    return total / max(steps, 1), time.perf_counter() - started
+
+
+def plain_autoencoder_loop(cfg: Config, images: list[np.ndarray], epochs: int | None = None,
+                           threads: int | None = None) -> list[float]:
+    """Stage 1 as a bare PyTorch loop in this process (no Ray): the baseline Ray Train is measured
+    against -> patches/s of each epoch."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg.train.seed)
+    model = create_autoencoder(cfg.model, cfg.patches.size)
+    objective = AutoencoderObjective(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.adam_beta1, 0.999))
+    ema = _make_ema(model, cfg.train.ema_decay)
+    mean, std = image_statistics(images)
+    norm = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
+    tensors = [torch.as_tensor(np.array(im)) for im in images]
+    rates = []
+    for epoch in range(epochs or cfg.train.epochs):
+        _, elapsed = run_epoch(objective, model, optimizer, ema, tensors, norm, cfg, cfg.train.patches_per_epoch,
+                               _epoch_seed(cfg.train.seed, 0, epoch))
+        rates.append(cfg.train.patches_per_epoch / elapsed)
+    return rates
 
 
 def _get(ref_or_value):
