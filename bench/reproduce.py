@@ -1,0 +1,79 @@
+"""Reproduce the study's table on NanoTWICE: train AE, DAE and CVAE (Ray Train), score the anomalous
+images once, and print the nine AUROCs beside the published ones, for both patch-labelling rules
+(any defect pixel, and the study code's more than 20 pixels).
+
+    .venv/bin/python bench/reproduce.py [--data ../shared/data/nanotwice] [--config bench/configs/cpu_denoiser.yaml]
+
+Runs are kept under --out, so a second call re-uses (or resumes) the training and only re-scores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from semray.config import load_config
+from semray.evaluate import format_table, pick_device, score_dataset, summarize
+from semray.runs import load_detector
+from semray.scores import SCORE_NAMES
+from semray.train import train_run
+
+HERE = Path(__file__).resolve().parent
+PUBLISHED_AUROC = {  # the study's table on NanoTWICE: reconstruction / smooth / feature
+    "ae": (0.639, 0.786, 0.764),
+    "dae": (0.614, 0.750, 0.800),
+    "cvae": (0.708, 0.719, 0.685),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
+    p.add_argument("--config", default=str(HERE / "configs" / "cpu_denoiser.yaml"),
+                   help="YAML on top of the defaults ('' for the plain defaults)")
+    p.add_argument("--out", default=str(HERE / "out" / "reproduce"))
+    p.add_argument("--models", nargs="+", default=list(PUBLISHED_AUROC))
+    p.add_argument("--stride", type=int, default=16, help="the study's test stride")
+    p.add_argument("--gpu", action="store_true")
+    args = p.parse_args()
+
+    started = time.time()
+    rows: dict[int, list[dict]] = {1: [], 21: []}
+    timings = {}
+    for kind in args.models:
+        cfg = load_config(args.config or None, {"model": {"kind": kind}, "train": {"use_gpu": args.gpu}})
+        run = Path(args.out) / kind
+        t0 = time.time()
+        train_run(args.data, run, cfg)
+        t1 = time.time()
+        detector, cfg = load_detector(run, pick_device(args.gpu or None))
+        scored = score_dataset(detector, cfg, args.data, args.stride)
+        t2 = time.time()
+        timings[kind] = {"train_s": round(t1 - t0), "score_s": round(t2 - t1)}
+        for rule in rows:
+            rows[rule].append(summarize(scored, cfg, args.stride, rule))
+        print(f"[reproduce] {kind}: trained in {t1 - t0:.0f} s, scored in {t2 - t1:.0f} s", flush=True)
+
+    for rule, results in rows.items():
+        print(f"\n== patches labelled anomalous with >= {rule} defect pixel(s) "
+              f"({results[0]['anomalous_patches']}/{results[0]['patches']} patches)")
+        print(format_table(results))
+        print(f"\nAUROC, ours vs published {'':>4}" + " ".join(f"{k:>17}" for k in SCORE_NAMES))
+        for r in results:
+            pub = PUBLISHED_AUROC[r["model"]]
+            print(f"{r['model']:<31}" + " ".join(
+                f"{r['scores'][k]['auroc']:8.3f} ({pub[i]:.3f})" for i, k in enumerate(SCORE_NAMES)))
+        best = max((r["scores"][k]["auroc"], r["model"], k) for r in results for k in SCORE_NAMES)
+        beaten = sum(r["scores"][k]["auroc"] >= PUBLISHED_AUROC[r["model"]][i]
+                     for r in results for i, k in enumerate(SCORE_NAMES))
+        print(f"best: {best[1]} + {best[2]} AUROC {best[0]:.3f}; cells at or above published: {beaten}/"
+              f"{3 * len(results)}")
+    print(f"\ntotal {time.time() - started:.0f} s; per model {timings}")
+    out = Path(args.out) / "results.json"
+    out.write_text(json.dumps({"by_rule": rows, "timings": timings, "config": args.config}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
