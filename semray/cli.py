@@ -48,7 +48,7 @@ def cmd_evaluate(args) -> int:
     from semray.evaluate import evaluate_run, format_table, write_json
 
     result = evaluate_run(args.run, args.data, stride=args.stride, min_defect_pixels=args.min_defect_pixels,
-                          use_gpu=True if args.gpu else None)
+                          use_gpu=True if args.gpu else None, smoothing_px=args.smoothing_px)
     print(format_table([result]))
     if args.json:
         write_json(result, args.json)
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--stride", type=int)
     e.add_argument("--min-defect-pixels", type=int, help="defect pixels that make a patch anomalous (default 1)")
+    e.add_argument("--smoothing-px", type=int,
+                   help="average each window's score with neighbours within this many pixels (0 = off)")
     e.add_argument("--json")
     e.add_argument("--gpu", action="store_true")
     e.set_defaults(func=cmd_evaluate)

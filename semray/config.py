@@ -79,6 +79,9 @@ class EvalConfig:
     # Add windows flush with the bottom and right borders so every pixel is covered
     # (the study left the last rows uncovered).
     cover_edges: bool = True
+    # Average each window's score with its neighbours' (corners within this many pixels; 16 at
+    # stride 16 = the 3x3 windows around it). 0 = each window on its own, as the study scored.
+    smoothing_px: int = 16
     batch_size: int = 512
 
 
@@ -140,7 +143,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"lr": 1e-4, "denoiser_lr": 1e-4, "adam_beta1": 0.5, "batch_size": 32,
                   "epochs": 51, "denoiser_epochs": 101, "patches_per_epoch": 51200,
                   "denoiser_patches_per_epoch": 51200, "ema_decay": 0.999},
-        "eval": {"stride": 16, "min_defect_pixels": 21, "cover_edges": False},
+        "eval": {"stride": 16, "min_defect_pixels": 21, "cover_edges": False, "smoothing_px": 0},
     },
 }
 

@@ -15,7 +15,7 @@ import torch
 
 from semray.config import Config
 from semray.data.datasets import LabelledImage, load_anomalous_images
-from semray.data.patches import grid_coordinates, iter_patch_batches, patch_labels
+from semray.data.patches import iter_patch_batches, neighbourhood_mean, patch_labels
 from semray.metrics import patch_metrics
 from semray.models import AnomalyDetector
 from semray.runs import load_detector
@@ -55,31 +55,35 @@ def score_dataset(detector: AnomalyDetector, cfg: Config, data_dir: str | Path, 
 
 
 def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Config, stride: int,
-              min_defect_pixels: int) -> dict[str, Any]:
+              min_defect_pixels: int, smoothing_px: int | None = None) -> dict[str, Any]:
     """The study's table for one labelling rule, as a JSON-ready dict (see `format_table`)."""
     size = cfg.patches.size
+    smoothing_px = cfg.eval.smoothing_px if smoothing_px is None else smoothing_px
     y = np.concatenate([patch_labels(item.mask, r["ys"], r["xs"], size, min_defect_pixels)
                         for item, r in scored])
+    pooled = [{k: neighbourhood_mean(r[k], r["ys"], r["xs"], smoothing_px) for k in SCORE_NAMES}
+              for _, r in scored]
     return {
         "model": cfg.model.kind,
         "patch_size": size,
         "stride": stride,
-        "scores": {k: patch_metrics(y, np.concatenate([r[k] for _, r in scored])) for k in SCORE_NAMES},
+        "scores": {k: patch_metrics(y, np.concatenate([r[k] for r in pooled])) for k in SCORE_NAMES},
         "patches": int(y.size),
         "anomalous_patches": int(y.sum()),
         "min_defect_pixels": min_defect_pixels,
+        "smoothing_px": smoothing_px,
         "images": len(scored),
     }
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None = None,
                  min_defect_pixels: int | None = None, use_gpu: bool | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, smoothing_px: int | None = None) -> dict[str, Any]:
     """Score the anomalous images of data_dir with a trained run and compute the study's table."""
     detector, cfg = load_detector(run_dir, pick_device(use_gpu))
     stride = stride or cfg.eval.stride
     scored = score_dataset(detector, cfg, data_dir, stride, progress)
-    return summarize(scored, cfg, stride, min_defect_pixels or cfg.eval.min_defect_pixels)
+    return summarize(scored, cfg, stride, min_defect_pixels or cfg.eval.min_defect_pixels, smoothing_px)
 
 
 def _progress(items: list, enabled: bool, desc: str) -> Iterable:

@@ -215,7 +215,8 @@ _RESOURCE_FIELDS = {"num_workers", "use_gpu", "cpus_per_worker"}
 
 
 def _check_same_run(run_dir: Path, cfg: Config) -> None:
-    """Resuming with a different config would silently mix two runs: refuse, except for resources."""
+    """Resuming with a different config would silently mix two runs: refuse, except for resources
+    and evaluation settings, which do not change what is trained."""
     old = read_config(run_dir)
     if old is None:
         return
@@ -223,6 +224,7 @@ def _check_same_run(run_dir: Path, cfg: Config) -> None:
     for d in (a, b):
         for k in _RESOURCE_FIELDS:
             d["train"].pop(k)
+        d.pop("eval")
     if a != b:
         diff = [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in a for k in a[s] if a[s][k] != b[s][k]]
         raise RunError(f"{run_dir} already holds a run trained with another config ({'; '.join(diff)}); "

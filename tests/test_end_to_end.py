@@ -30,6 +30,7 @@ def test_synth_train_evaluate(tmp_path, synth_data, tiny_config):
     for metrics in result["scores"].values():
         assert {"auroc", "precision", "recall", "f1", "threshold"} <= set(metrics)
         assert 0.0 <= metrics["auroc"] <= 1.0 and not math.isnan(metrics["f1"])
+    assert result["smoothing_px"] == 16  # neighbourhood pooling of scores is on by default
 
 
 def test_train_refuses_a_different_config_in_the_same_run(tmp_path, synth_data, tiny_config):

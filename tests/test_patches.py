@@ -11,6 +11,7 @@ from semray.data.patches import (
     grid_coordinates,
     image_statistics,
     iter_patch_batches,
+    neighbourhood_mean,
     normalize_patches,
     patch_labels,
     sample_patches,
@@ -341,3 +342,37 @@ def test_sample_patches_min_std_rejects_flat_background():
     assert (out.flatten(1).std(1) >= min_std).all()
     for crop in out[:, 0].numpy():
         assert _is_subwindow(crop, image.numpy())
+
+
+# ---------------------------------------------------------------- neighbourhood pooling of scores
+def test_neighbourhood_mean_3x3_by_hand():
+    ys, xs = np.meshgrid([0, 16, 32], [0, 16, 32], indexing="ij")
+    v = np.arange(9, dtype=float)  # grid [[0,1,2],[3,4,5],[6,7,8]]
+    out = neighbourhood_mean(v, ys.ravel(), xs.ravel(), radius=16)
+    assert out[4] == pytest.approx(v.mean())  # centre: all nine
+    assert out[0] == pytest.approx((0 + 1 + 3 + 4) / 4)  # corner: its 2x2
+    assert out[1] == pytest.approx((0 + 1 + 2 + 3 + 4 + 5) / 6)  # edge: 2x3
+    np.testing.assert_array_equal(neighbourhood_mean(v, ys.ravel(), xs.ravel(), 0), v)
+
+
+def test_neighbourhood_mean_uses_pixel_distance_at_uneven_edges():
+    # cover_edges adds a last window flush with the border (20 here), only 4 px from its neighbour
+    ys, xs = np.meshgrid([0], [0, 16, 20], indexing="ij")
+    v = np.array([1.0, 2.0, 6.0])
+    out = neighbourhood_mean(v, ys.ravel(), xs.ravel(), radius=16)
+    np.testing.assert_allclose(out, [(1 + 2) / 2, (1 + 2 + 6) / 3, (2 + 6) / 2])
+
+
+def test_neighbourhood_mean_keeps_a_constant_and_order():
+    ys, xs = grid_coordinates(100, 130, 32, 16)
+    const = np.full(ys.size, 3.5)
+    np.testing.assert_allclose(neighbourhood_mean(const, ys, xs, 32), const)
+    perm = np.random.default_rng(0).permutation(ys.size)
+    v = np.random.default_rng(1).random(ys.size)
+    np.testing.assert_allclose(neighbourhood_mean(v[perm], ys[perm], xs[perm], 16),
+                               neighbourhood_mean(v, ys, xs, 16)[perm])
+
+
+def test_neighbourhood_mean_rejects_a_partial_grid():
+    with pytest.raises(ValueError, match="grid"):
+        neighbourhood_mean(np.ones(3), np.array([0, 0, 16]), np.array([0, 16, 0]), 16)

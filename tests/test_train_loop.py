@@ -54,3 +54,17 @@ def test_plain_loop_reports_a_rate_per_epoch():
     cfg = Config().updated(TINY)
     rates = plain_autoencoder_loop(cfg, _images(), threads=1)
     assert len(rates) == 2 and all(r > 0 for r in rates)
+
+
+def test_a_run_refuses_other_training_settings_but_not_other_resources_or_eval(tmp_path):
+    import pytest
+
+    from semray.runs import RunError, save_config
+    from semray.train import _check_same_run
+
+    cfg = Config().updated(TINY)
+    save_config(tmp_path, cfg)
+    _check_same_run(tmp_path, cfg.updated({"train": {"num_workers": 4, "use_gpu": True},
+                                           "eval": {"stride": 8, "smoothing_px": 0}}))
+    with pytest.raises(RunError, match="model.width"):
+        _check_same_run(tmp_path, cfg.updated({"model": {"width": 16}}))
