@@ -133,3 +133,18 @@ def test_mismatched_lengths_raise(fn):
 def test_non_finite_scores_raise(fn, bad):
     with pytest.raises(ValueError, match="NaN"):
         fn([0, 1, 0, 1], [0.1, bad, 0.3, 0.4])
+
+
+def test_held_out_f1_uses_the_other_folds_threshold():
+    from semray.metrics import held_out_f1
+
+    # image 0 separates at 0.5, image 1 at 5: each fold's threshold is wrong for the other
+    labels = np.array([0, 1, 0, 1])
+    scores = np.array([0.1, 0.9, 4.0, 6.0])
+    groups = np.array([0, 0, 1, 1])
+    # fold {0} at image 1's threshold 6.0: flags nothing (fn 1); fold {1} at 0.9: flags both (tp 1, fp 1)
+    assert held_out_f1(labels, scores, groups) == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    # one image only: undefined
+    assert np.isnan(held_out_f1(labels, scores, np.zeros(4)))
+    # two identical images: each fold's threshold is exactly right for the other
+    assert held_out_f1(labels, np.array([0.1, 0.9, 0.1, 0.9]), groups) == pytest.approx(1.0)
