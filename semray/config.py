@@ -54,9 +54,9 @@ class DenoiserConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 30  # autoencoder epochs (fewer leave defects reconstructed *better* than fibres)
-    denoiser_epochs: int = 10
+    denoiser_epochs: int = 24  # an undertrained denoiser makes the feature score useless (bench/RESULTS.md)
     patches_per_epoch: int = 20000  # fresh random crops every epoch, split across workers
-    denoiser_patches_per_epoch: int = 4096
+    denoiser_patches_per_epoch: int = 16000
     batch_size: int = 64
     lr: float = 1e-3
     denoiser_lr: float = 1e-3
