@@ -131,8 +131,8 @@ def _build(cls, data: dict[str, Any], where: str):
 
 _SECTIONS = {c.__name__: c for c in (PatchConfig, ModelConfig, DenoiserConfig, TrainConfig, EvalConfig)}
 
-# The study's reference code, selectable as a whole (`--config` with `preset: study`, or
-# `load_config(overrides=...)` on top of `Config().updated(PRESETS["study"])`). Capacity and budget are the study's, so it is slow on a CPU.
+# The study's reference code, selectable as a whole (`preset: study` in a `--config` YAML, or
+# `Config().updated(PRESETS["study"])`). Capacity and budget are the study's: slow on a CPU.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "study": {

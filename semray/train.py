@@ -250,7 +250,6 @@ def _ema_or_model(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _fit(loop: Callable, loop_cfg: dict[str, Any], cfg: Config, run_dir: Path, name: str) -> dict[str, Any]:
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-QUIET_RAY = {
+import semray.ray_env  # noqa: F401  (its import sets semray's own quiet Ray defaults)
+
+# Only what tests add on top of those: no login, no progress bars or metrics export, unbuffered CLI.
+TEST_ENV = {
     "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "PYTHONUNBUFFERED": "1",
 }
-for key, value in QUIET_RAY.items():
+for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)
 
 # Tiny models and budgets: the end-to-end tests check the plumbing, not the accuracy.

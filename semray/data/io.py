@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import tifffile
-from PIL import Image, PngImagePlugin
+from PIL import PngImagePlugin
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 PNG_MAGIC = b"\x89PNG"
