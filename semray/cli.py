@@ -1,4 +1,4 @@
-"""`semray`: one command with sub-commands (synth, train, evaluate, demo).
+"""`semray`: one command with sub-commands (synth, train, evaluate, tune, demo).
 
 Errors users can fix (bad images, bad configs, unusable run directories) end in one line on stderr
 and exit status 2, not a traceback.
@@ -53,6 +53,27 @@ def cmd_evaluate(args) -> int:
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from semray.tune import SearchInterrupted, load_tune_spec, read_spec, tune_search
+
+    if args.resume:
+        spec, tune_dir = read_spec(args.resume), args.resume
+    else:
+        if not (args.data and args.out):
+            raise ValueError("--data and --out are required (or --resume TUNE_DIR)")
+        settings = {k: v for k, v in (("samples", args.samples), ("gpus_per_trial", args.gpus_per_trial),
+                                      ("cpus_per_trial", args.cpus_per_trial), ("score", args.score),
+                                      ("scheduler", args.scheduler), ("max_concurrent_trials", args.max_concurrent))
+                    if v is not None}
+        spec, tune_dir = load_tune_spec(args.data, args.config, settings, args.storage or ""), args.out
+    try:
+        tune_search(spec, tune_dir, address=args.address, resume=bool(args.resume))
+    except SearchInterrupted as e:
+        print(f"semray tune: interrupted: {e}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -130,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json")
     e.add_argument("--gpu", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    u = sub.add_parser("tune", help="Ray Tune search over the nine model/score combinations")
+    u.add_argument("--data", help="data directory in the NanoTWICE layout")
+    u.add_argument("--out", help="search directory (Tune state, results.parquet, best.json, best/)")
+    u.add_argument("--config", help="YAML: config sections, plus `search:` and `tune:` sections (see README)")
+    u.add_argument("--samples", type=int, help="samples of the space; each is tried with every model kind")
+    u.add_argument("--cpus-per-trial", type=float)
+    u.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
+    u.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources hold)")
+    u.add_argument("--score", choices=["best", "reconstruction", "smooth", "feature"],
+                   help="objective: validation AUROC of this score (default: the best of the three)")
+    u.add_argument("--scheduler", choices=["asha", "fifo"])
+    u.add_argument("--resume", metavar="TUNE_DIR", help="continue an interrupted search")
+    u.add_argument("--storage", help="Tune storage path or URI (s3://..., gs://...); default: --out")
+    u.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    u.set_defaults(func=cmd_tune)
 
     d = sub.add_parser("demo", help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
     d.add_argument("--out", default="demo")

@@ -66,6 +66,7 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.0  # 0 = share this machine's CPUs between the workers
+    gpus_per_worker: float = 0.0  # with use_gpu: 0 = one whole GPU each; a fraction shares a GPU
     checkpoints_to_keep: int = 2
     max_failures: int = 0  # worker failures to survive by restarting from the last checkpoint
 
@@ -148,19 +149,27 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (empty file = {}), with the file named in any error."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read config ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of sections")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then a preset named in the YAML (`preset: study`), then the YAML, then overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: cannot read config ({e})") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must be a mapping of sections")
+    return config_from_dict(read_yaml(path) if path is not None else {}, overrides, where=str(path))
+
+
+def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None, where: str = "config") -> Config:
+    data = dict(data)
     preset = data.pop("preset", "default")
     if preset not in PRESETS:
-        raise ValueError(f"{path}: unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        raise ValueError(f"{where}: unknown preset {preset!r}; known: {sorted(PRESETS)}")
     overrides = overrides or {}
     cfg = Config().updated(PRESETS[preset]).updated(data).updated(overrides)
     explicit_output = any("output" in (src.get("model") or {}) for src in (data, overrides))

@@ -112,9 +112,9 @@ def format_table(results: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_grid(results: Iterable[dict[str, Any]], key: str = "auroc") -> str:
+def format_grid(results: Iterable[dict[str, Any]], key: str = "auroc", title: str | None = None) -> str:
     """A 3x3 grid: models as rows, scores as columns."""
-    lines = [f"{key.upper():<6} " + " ".join(f"{k:>15}" for k in SCORE_NAMES)]
+    lines = [f"{title or key.upper():<6} " + " ".join(f"{k:>15}" for k in SCORE_NAMES)]
     for r in results:
         lines.append(f"{r['model']:<6} " + " ".join(f"{r['scores'][k][key]:15.3f}" for k in SCORE_NAMES))
     return "\n".join(lines)

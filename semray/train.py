@@ -113,6 +113,9 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
             raise FloatingPointError(f"[{stage}] loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate")
         metrics = {"stage": stage, "epoch": epoch + 1, "loss": mean_loss,
                    "patches_per_s": per_worker * world / elapsed}
+        validate = loop_cfg.get("validate")
+        if validate is not None and rank == 0:
+            metrics.update(_validate(validate, objective, ema))
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
@@ -124,6 +127,20 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
                 print(f"[{stage}] epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} "
                       f"{metrics['patches_per_s']:.0f} patches/s", flush=True)
             ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _validate(validate: Callable, objective: nn.Module, ema: AveragedModel | None) -> dict[str, float]:
+    """Per-epoch validation metrics (Tune's early stopping feeds on them), computed with the weights
+    a finished run would use: the EMA's when there is one."""
+    model = ema.module if ema is not None else objective.model
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(objective, DenoiserObjective):
+            return validate(objective.autoencoder, model)
+        return validate(model, None)
+    finally:
+        model.train(was_training)
 
 
 def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim.Optimizer,
@@ -221,7 +238,7 @@ def denoiser_loop(loop_cfg: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- driver side
-_RESOURCE_FIELDS = {"num_workers", "use_gpu", "cpus_per_worker"}
+_RESOURCE_FIELDS = {"num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker"}
 
 
 def _check_same_run(run_dir: Path, cfg: Config) -> None:
@@ -249,29 +266,33 @@ def _ema_or_model(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
-def _fit(loop: Callable, loop_cfg: dict[str, Any], cfg: Config, run_dir: Path, name: str) -> dict[str, Any]:
+def _fit(loop: Callable, loop_cfg: dict[str, Any], cfg: Config, storage: str, name: str,
+         callbacks: list | None = None) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = cfg.train
-    resources = {"CPU": loop_cfg["threads"]}
+    resources = {"CPU": t.cpus_per_worker or loop_cfg["threads"]}
+    if t.use_gpu and t.gpus_per_worker:
+        resources["GPU"] = t.gpus_per_worker  # a fraction lets several small trials share one GPU
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_cfg,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
-            storage_path=str(run_dir / "ray"),
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=0),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks or None,
         ),
     )
     result = trainer.fit()
     if result.error:
         raise result.error
     if result.checkpoint is None:
-        raise RunError(f"{run_dir}: stage {name} ended without a checkpoint")
+        raise RunError(f"{storage}: stage {name} ended without a checkpoint")
     with result.checkpoint.as_directory() as d:
         return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
 
@@ -289,8 +310,6 @@ def worker_threads(cfg: Config) -> int:
 def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: str | None = None,
               log: Callable[[str], None] = print) -> Path:
     """Train both stages into run_dir (resuming whatever an earlier attempt left) -> path of model.pt."""
-    import ray
-
     from semray.ray_env import init_ray
 
     run_dir = Path(run_dir).resolve()
@@ -305,23 +324,38 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     normalization = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
 
     init_ray(address)
-    if cfg.train.use_gpu:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus < cfg.train.num_workers:
-            raise RunError(f"--gpu asks for {cfg.train.num_workers} GPU worker(s) but the Ray cluster has "
-                           f"{gpus:g} GPU(s); drop --gpu or add GPU nodes")
-    loop_cfg = {"config": cfg.to_dict(), "images": ray.put(images), "normalization": normalization,
-                "threads": worker_threads(cfg)}
     log(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
         f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
+    path = train_stages(images, normalization, cfg, run_dir)
+    log(f"trained model written to {path}")
+    return path
 
+
+def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: Config, run_dir: Path,
+                 storage: str | None = None, callbacks: list | None = None,
+                 validate: Callable | None = None) -> Path:
+    """Both stages on a running Ray: the one training path of `semray train` and of every Tune trial.
+
+    storage: where Ray Train keeps its checkpoints (a path or a cloud URI; default run_dir/ray).
+    callbacks: Ray Train callbacks (Tune passes its TuneReportCallback). validate(autoencoder,
+    denoiser or None) -> metrics is called on rank 0 after every epoch and its metrics reported.
+    """
+    import ray
+
+    if cfg.train.use_gpu:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        need = cfg.train.num_workers * (cfg.train.gpus_per_worker or 1)
+        if gpus < need:
+            raise RunError(f"--gpu asks for {need:g} GPU(s) ({cfg.train.num_workers} worker(s)) but the Ray "
+                           f"cluster has {gpus:g}; drop --gpu or add GPU nodes")
+    storage = storage or str(run_dir / "ray")
+    loop_cfg = {"config": cfg.to_dict(), "images": ray.put(images), "normalization": normalization,
+                "threads": worker_threads(cfg), "validate": validate}
     ae_path = run_dir / AUTOENCODER_FILE
     if ae_path.exists():
         autoencoder = load_state(ae_path)
     else:
-        autoencoder = _ema_or_model(_fit(autoencoder_loop, loop_cfg, cfg, run_dir, "autoencoder"))
+        autoencoder = _ema_or_model(_fit(autoencoder_loop, loop_cfg, cfg, storage, "autoencoder", callbacks))
         atomic_torch_save(autoencoder, ae_path)
-    state = _fit(denoiser_loop, {**loop_cfg, "autoencoder": autoencoder}, cfg, run_dir, "denoiser")
-    path = save_model(run_dir, cfg, normalization, autoencoder, _ema_or_model(state))
-    log(f"trained model written to {path}")
-    return path
+    state = _fit(denoiser_loop, {**loop_cfg, "autoencoder": autoencoder}, cfg, storage, "denoiser", callbacks)
+    return save_model(run_dir, cfg, normalization, autoencoder, _ema_or_model(state))

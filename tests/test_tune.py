@@ -1,0 +1,213 @@
+"""semray.tune: the search space and bookkeeping as pure functions, then real Ray Tune searches
+through the CLI (a tiny search with ASHA, and a search interrupted with Ctrl-C then resumed)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import run_cli
+from semray.config import Config
+from semray.models import create_autoencoder, create_denoiser
+from semray.scores import SCORE_NAMES
+from semray.tune import (DEFAULT_SPACE, OBJECTIVE, EpochValidator, Param, TuneSpec, cell_table,
+                         expected_trials, load_tune_spec, max_iterations, parse_space, pick_best,
+                         pick_objective, split_validation_test, trial_config)
+
+
+# Tiny models, one epoch per stage, and a denser validation grid than the default (the synthetic
+# images are small).
+TUNE_YAML = """\
+model: {width: 8, latent_dim: 16}
+denoiser: {depth: 3, width: 8}
+train: {epochs: 1, denoiser_epochs: 1, patches_per_epoch: 1024, denoiser_patches_per_epoch: 512}
+eval: {batch_size: 256}
+search: {denoiser.depth: {choice: [2, 3]}}
+tune: {val_stride: 16}
+"""
+
+
+# ---------------------------------------------------------------- search space
+@pytest.mark.parametrize("value, kind, values", [
+    (3, "fixed", [3]),
+    ({"choice": [10, 20]}, "choice", [10, 20]),
+    ({"grid": ["ae", "dae"]}, "grid", ["ae", "dae"]),
+    ({"loguniform": [1e-4, 1e-2]}, "loguniform", [1e-4, 1e-2]),
+    ({"uniform": [0.5, 1.5]}, "uniform", [0.5, 1.5]),
+])
+def test_param_parse(value, kind, values):
+    p = Param.parse("train.lr", value)
+    assert (p.kind, p.values) == (kind, values)
+    assert Param.parse("train.lr", p.to_yaml()) == p
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"normal": [0, 1]}, "expected a value or one of"),
+    ({"uniform": [2, 1]}, "low < high"),
+    ({"loguniform": [0, 1]}, "positive lower bound"),
+    ({"choice": [1], "grid": [2]}, "expected a value or one of"),
+])
+def test_param_parse_rejects_bad_entries(value, message):
+    with pytest.raises(ValueError, match=message):
+        Param.parse("train.lr", value)
+
+
+def test_space_defaults_cover_the_issue_and_reject_unknown_fields():
+    space = parse_space({"train.epochs": {"choice": [2, 4]}, "model.width": 16}, Config())
+    assert space["model.kind"] == Param("grid", ["ae", "dae", "cvae"])
+    for key in ("train.lr", "train.denoiser_lr", "model.latent_dim", "model.dae_sigma", "model.cvae_beta",
+                "denoiser.depth", "denoiser.input_noise"):
+        assert key in space and space[key].kind != "fixed"
+    assert space["train.epochs"] == Param("choice", [2, 4]) and space["model.width"] == Param("fixed", [16])
+    with pytest.raises(ValueError, match="train.lrr"):
+        parse_space({"train.lrr": 1e-3}, Config())
+
+
+def test_trial_config_applies_sampled_values():
+    cfg = trial_config(Config(), {"model.kind": "cvae", "train.lr": np.float64(2e-4), "denoiser.depth": 10})
+    assert cfg.model.kind == "cvae" and cfg.train.lr == 2e-4 and cfg.denoiser.depth == 10
+    assert type(cfg.train.lr) is float  # numpy scalars do not leak into saved configs
+
+
+def test_spec_round_trip_and_iteration_budget(tmp_path):
+    path = tmp_path / "tune.yaml"
+    path.write_text("model: {width: 8}\ntrain: {epochs: 3, denoiser_epochs: 2}\n"
+                    "search: {train.epochs: {choice: [3, 5]}}\ntune: {samples: 2, score: feature}\n")
+    spec = load_tune_spec(tmp_path, path, {"cpus_per_trial": 0.5})
+    assert spec.base.model.width == 8 and spec.settings.samples == 2 and spec.settings.cpus_per_trial == 0.5
+    assert spec.settings.score == "feature"
+    assert TuneSpec.from_dict(spec.to_dict()) == spec
+    assert max_iterations(spec) == 5 + 2 + 1  # both stages' epochs at their largest, plus the final report
+    assert expected_trials(spec) == 2 * 3  # samples x the model-kind grid
+
+
+def test_bad_tune_settings_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="score"):
+        load_tune_spec(tmp_path, None, {"score": "auroc"})
+    with pytest.raises(ValueError, match="unknown tune setting"):
+        load_tune_spec(tmp_path, None, {"trials": 3})
+
+
+# ---------------------------------------------------------------- validation / test split
+def test_split_is_deterministic_disjoint_and_even():
+    items = list(range(20))
+    val, test = split_validation_test(items, 0.5)
+    assert val == list(range(0, 20, 2)) and test == list(range(1, 20, 2))
+    assert split_validation_test(items, 0.5) == (val, test)
+    val, test = split_validation_test(items, 0.25)
+    assert len(val) == 5 and sorted(val + test) == items
+    with pytest.raises(ValueError, match="at least 2"):
+        split_validation_test([1], 0.5)
+
+
+def test_pick_objective():
+    aurocs = {"reconstruction": 0.6, "smooth": 0.7, "feature": math.nan}
+    assert pick_objective(aurocs) == "smooth"
+    assert pick_objective(aurocs, "feature") == "feature"
+
+
+def test_epoch_validator_reports_an_auroc(synth_data):
+    from semray.data.datasets import load_anomalous_images
+
+    items = load_anomalous_images(synth_data)
+    cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 2, "width": 8}})
+    validator = EpochValidator(items, 32, 16, {"mode": "patch", "mean": 0.5, "std": 0.25}, 1, "best")
+    assert validator.labels.any() and not validator.labels.all()
+    torch.manual_seed(0)
+    autoencoder = create_autoencoder(cfg.model, 32).eval()
+    stage1 = validator(autoencoder, None)
+    assert stage1["val_score"] == "reconstruction" and 0 <= stage1[OBJECTIVE] <= 1
+    stage2 = validator(autoencoder, create_denoiser(cfg.denoiser).eval())
+    assert stage2["val_score"] in SCORE_NAMES and 0 <= stage2[OBJECTIVE] <= 1
+
+
+# ---------------------------------------------------------------- results bookkeeping
+def _row(trial, model, score, val, stage="final"):
+    return {"trial_id": trial, "model": model, "score": score, "stage": stage, "val_auroc": val,
+            "test_auroc": val - 0.1, "config": json.dumps({"model": {"kind": model}})}
+
+
+def test_pick_best_and_cells_use_validation_only():
+    rows = [_row("a", "ae", "feature", 0.7), _row("b", "ae", "feature", 0.8),
+            _row("c", "dae", "smooth", 0.9, stage="stopped")]
+    best = pick_best(rows)
+    assert best["trial_id"] == "b" and best["model"] == "ae" and best["score"] == "feature"
+    grid = {r["model"]: r["scores"] for r in cell_table(rows, "test_auroc")}
+    assert grid["ae"]["feature"]["test_auroc"] == pytest.approx(0.7)
+    assert math.isnan(grid["dae"]["smooth"]["test_auroc"])  # stopped early: no test metrics
+
+
+# ---------------------------------------------------------------- real searches
+@pytest.fixture(scope="module")
+def tune_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tune") / "tune.yaml"
+    path.write_text(TUNE_YAML)
+    return path
+
+
+def test_tiny_search_writes_every_cell_and_a_usable_best_run(tmp_path, synth_data, tune_config):
+    out = tmp_path / "search"
+    proc = run_cli("tune", "--data", synth_data, "--out", out, "--config", tune_config, "--samples", 1,
+                   "--cpus-per-trial", 1, timeout=600)
+    assert "best validation AUROC per model/score" in proc.stdout
+
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert {(r["model"], r["score"]) for r in table} == {(m, s) for m in ("ae", "dae", "cvae") for s in SCORE_NAMES}
+    assert len({r["trial_id"] for r in table}) == 3
+    for r in table:
+        assert r["stage"] in ("final", "stopped")
+        if r["stage"] == "final":
+            assert 0 <= r["val_auroc"] <= 1 and 0 <= r["test_auroc"] <= 1 and 0 <= r["test_f1"] <= 1
+        assert json.loads(r["config"])["model"]["kind"] == r["model"] == r["config.model.kind"]
+
+    best = json.loads((out / "best.json").read_text())
+    assert best["model"] in ("ae", "dae", "cvae") and best["score"] in SCORE_NAMES
+    finals = [r for r in table if r["stage"] == "final"]
+    assert best["val_auroc"] == max(r["val_auroc"] for r in finals)
+    assert best["search"]["trials"] == 3 and best["search"]["epochs_planned"] == 3 * (1 + 1 + 1)
+    state = torch.load(out / "best" / "model.pt", weights_only=True)
+    assert state["config"]["model"]["kind"] == best["model"]
+    evaluation = run_cli("evaluate", "--run", best["run"], "--data", synth_data)
+    assert "feature" in evaluation.stdout
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path, synth_data, tune_config):
+    out = tmp_path / "search"
+    cmd = [sys.executable, "-m", "semray", "tune", "--data", str(synth_data), "--out", str(out), "--config",
+           str(tune_config), "--samples", "1", "--scheduler", "fifo", "--max-concurrent", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RAY_ADDRESS": ""})
+    lines = []
+    deadline = time.time() + 400
+    try:
+        for line in proc.stdout:  # wait for the first trial to finish, then press Ctrl-C
+            lines.append(line)
+            if "[tune] trial" in line and "finished" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+            assert time.time() < deadline, "".join(lines[-40:])
+        lines.extend(proc.stdout)
+        assert proc.wait(timeout=120) == 130, "".join(lines[-40:])
+    finally:
+        proc.kill()
+    assert "--resume" in "".join(lines)
+    first = next(line.split()[2] for line in lines if "[tune] trial" in line and "finished" in line)
+    first_dir = next((out / "search").glob(f"{first}_*"))
+    before = (first_dir / "result.json").read_bytes()
+    assert not (out / "best.json").exists()
+
+    resumed = run_cli("tune", "--resume", out, timeout=600)
+    assert f"trial {first} started" not in resumed.stdout  # the finished trial was not run again
+    assert (first_dir / "result.json").read_bytes() == before
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(table) == 9 and all(r["stage"] == "final" for r in table)  # FIFO: every trial to the end
+    assert json.loads((out / "best.json").read_text())["search"]["finished"] == 3
