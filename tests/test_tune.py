@@ -19,7 +19,7 @@ from conftest import run_cli
 from semray.config import Config
 from semray.models import create_autoencoder, create_denoiser
 from semray.scores import SCORE_NAMES
-from semray.tune import (DEFAULT_SPACE, OBJECTIVE, EpochValidator, Param, TuneSpec, cell_table,
+from semray.tune import (OBJECTIVE, EpochValidator, Param, TuneSpec, cell_table,
                          expected_trials, load_tune_spec, max_iterations, parse_space, pick_best,
                          pick_objective, split_validation_test, trial_config)
 

@@ -157,6 +157,30 @@ def decode_image_bytes(data: bytes, path: str = "<bytes>", min_size: int = 32) -
     return [_finish(a, path, min_size) for a in _decode_raw(data, path, None)]
 
 
+def page_count(data: bytes, path: str = "<bytes>") -> int:
+    """Pages in an image file (1 for a PNG), from its headers: no pixels are decoded."""
+    if not data:
+        raise ImageReadError(path, "empty file")
+    head = data[:4]
+    if head == PNG_MAGIC:
+        return 1
+    if head not in TIFF_MAGIC:
+        raise ImageReadError(path, "not a TIFF or PNG image")
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tf:
+            n = len(tf.pages)
+    except Exception as e:
+        raise ImageReadError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+    if n == 0:
+        raise ImageReadError(path, "corrupt or truncated image (TIFF has no readable pages)")
+    return n
+
+
+def decode_page(data: bytes, path: str, page: int, min_size: int = 32) -> np.ndarray:
+    """One page as float32 (H, W) in [0, 1]: bulk scoring decodes a stack one page at a time."""
+    return _finish(_decode_raw(data, path, page)[0], path, min_size)
+
+
 def _read_bytes(path) -> bytes:
     p = os.fspath(path)
     try:
@@ -178,7 +202,7 @@ def read_image_pages(path, min_size: int = 32) -> list[np.ndarray]:
 def read_image(path, page: int = 0, min_size: int = 32) -> np.ndarray:
     """One page, decoding only that page so large multi-page stacks stay cheap."""
     p = os.fspath(path)
-    return _finish(_decode_raw(_read_bytes(p), p, page)[0], p, min_size)
+    return decode_page(_read_bytes(p), p, page, min_size)
 
 
 def read_mask(path) -> np.ndarray:

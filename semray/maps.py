@@ -1,0 +1,88 @@
+"""From an image to its anomaly map, regions and image-level scores: what one scored image *is*.
+
+The one place that turns an image into window scores (`score_image`, used by evaluation, Tune
+trials and the Ray Data scoring actors alike) and window scores into the map users read.
+
+Maps are kept at the window grid, not at full resolution: cell (i, j) is the (neighbourhood-pooled)
+score of the window whose top-left corner is (grid_ys[i], grid_xs[j]) and which covers the
+patch_size x patch_size pixels from there. At stride 16 that is 256x smaller than a per-pixel map,
+so a 20000 x 20000 image's map is 6 MB instead of 1.6 GB, and nothing is lost: every window's score
+is there. `semray.data.patches.assemble_map` expands it to pixels when a picture needs it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from semray.data.patches import iter_patch_batches, neighbourhood_mean
+from semray.regions import find_regions
+from semray.scores import SCORE_NAMES
+
+
+def score_image(detector: torch.nn.Module, image: np.ndarray, size: int, stride: int,
+                cover_edges: bool = True, batch_size: int = 512) -> dict[str, np.ndarray]:
+    """Scores of every window of the image: {"ys", "xs", "reconstruction", "smooth", "feature"}.
+
+    Windows are cut one batch at a time (strided views of the image), so a very large image never
+    has all its patches in memory at once.
+    """
+    device = next(detector.parameters()).device
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ys", "xs", *SCORE_NAMES)}
+    for patches, ys, xs in iter_patch_batches(image, size, stride, batch_size, cover_edges):
+        raw = torch.from_numpy(patches).unsqueeze(1).to(device)
+        for name, value in detector.scores(raw).items():
+            out[name].append(value.float().cpu().numpy())
+        out["ys"].append(ys)
+        out["xs"].append(xs)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def anomaly_grid(scores: np.ndarray, ys: np.ndarray, xs: np.ndarray, smoothing_px: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window scores (in iter_patch_batches' row-major order) -> (grid (ny, nx) float32, grid_ys,
+    grid_xs), each score averaged with its neighbours' within smoothing_px (0 = as scored)."""
+    pooled = neighbourhood_mean(scores, ys, xs, smoothing_px)
+    grid_ys, grid_xs = np.unique(ys), np.unique(xs)
+    return pooled.reshape(grid_ys.size, grid_xs.size).astype(np.float32), grid_ys, grid_xs
+
+
+def grid_regions(grid: np.ndarray, grid_ys: np.ndarray, grid_xs: np.ndarray, size: int, stride: int,
+                 threshold: float) -> list[dict[str, Any]]:
+    """Connected groups of windows scoring >= threshold, as pixel boxes (half-open, y1/x1 exclusive)
+    spanning the windows, an approximate pixel area (cells x stride^2) and peak/mean scores."""
+    out = []
+    for r in find_regions(grid, threshold):
+        out.append({"y0": int(grid_ys[r.y0]), "x0": int(grid_xs[r.x0]),
+                    "y1": int(grid_ys[r.y1 - 1] + size), "x1": int(grid_xs[r.x1 - 1] + size),
+                    "area": int(r.area * stride * stride), "windows": int(r.area),
+                    "peak": float(r.peak), "mean": float(r.mean)})
+    return out
+
+
+def image_record(scores: dict[str, np.ndarray], score: str, size: int, stride: int, smoothing_px: int,
+                 threshold: float, quantile: float = 0.99) -> dict[str, Any]:
+    """Everything a maps/ row holds about one scored image, apart from where it came from."""
+    grid, grid_ys, grid_xs = anomaly_grid(scores[score], scores["ys"], scores["xs"], smoothing_px)
+    regions = grid_regions(grid, grid_ys, grid_xs, size, stride, threshold)
+    return {
+        "map_height": int(grid.shape[0]), "map_width": int(grid.shape[1]),
+        "map": grid.ravel(), "grid_ys": grid_ys.astype(np.int32), "grid_xs": grid_xs.astype(np.int32),
+        "score_max": float(grid.max()), "score_quantile": float(np.quantile(grid, quantile)),
+        "regions_count": len(regions), "regions_area": int(sum(r["area"] for r in regions)),
+        "regions": regions,
+    }
+
+
+def calibrate_threshold(normal_scores: list[np.ndarray], fpr: float = 0.01) -> float:
+    """The score above which a fraction `fpr` of normal windows lie: the (1 - fpr) quantile of the
+    (pooled) window scores of defect-free images. Needs no anomalies, so it can be trusted on a new
+    material where nobody has labelled a defect; the 'higher' rule keeps the normal false-positive
+    rate at or below fpr."""
+    if not 0 < fpr < 1:
+        raise ValueError(f"target false-positive rate must be between 0 and 1, got {fpr}")
+    values = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in normal_scores])
+    if values.size == 0:
+        raise ValueError("no normal window scores to calibrate a threshold on")
+    return float(np.quantile(values, 1 - fpr, method="higher"))
