@@ -1,4 +1,4 @@
-"""`semray`: one command with sub-commands (synth, train, evaluate, tune, demo).
+"""`semray`: one command with sub-commands (synth, train, evaluate, calibrate, tune, score, overlay, demo).
 
 Errors users can fix (bad images, bad configs, unusable run directories) end in one line on stderr
 and exit status 2, not a traceback.
@@ -74,6 +74,41 @@ def cmd_tune(args) -> int:
     except SearchInterrupted as e:
         print(f"semray tune: interrupted: {e}", file=sys.stderr)
         return 130
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from semray.data.datasets import load_normal_images
+    from semray.evaluate import calibrate_run
+
+    images = [image for _, image in load_normal_images(args.data)]
+    c = calibrate_run(args.run, images, f"the normal images in {Path(args.data).resolve() / 'Normal'}",
+                      fpr=args.fpr, stride=args.stride, use_gpu=True if args.gpu else None)
+    print(f"thresholds for a {c['fpr']:.2%} false-positive rate on {c['windows']} normal windows "
+          f"(stride {c['stride']}): " + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from semray.pipeline import job_from_args, score_archive
+
+    job = job_from_args(inputs=args.inputs, run=args.run, out=args.out, stride=args.stride, score=args.score,
+                        workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                        gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size,
+                        threshold=args.threshold, patches=args.patches)
+    summary = score_archive(job, address=args.address)
+    return 0 if summary["images"] or not summary["errors"] else 1
+
+
+def cmd_overlay(args) -> int:
+    from semray.data.io import read_image
+    from semray.overlay import render_overlay
+    from semray.pipeline import find_record
+
+    record = find_record(args.out_dir, args.image, args.page)
+    image = read_image(record["source"], record["page"])
+    render_overlay(image, record).save(args.png)
+    print(f"wrote {args.png} ({record['regions_count']} region(s) at threshold {record['threshold']:.4g})")
     return 0
 
 
@@ -167,6 +202,36 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--storage", help="Tune storage path or URI (s3://..., gs://...); default: --out")
     u.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     u.set_defaults(func=cmd_tune)
+
+    c = sub.add_parser("calibrate", help="thresholds from normal images at a target false-positive rate")
+    c.add_argument("--run", required=True)
+    c.add_argument("--data", required=True, help="data directory whose Normal/ images to calibrate on")
+    c.add_argument("--fpr", type=float, help="fraction of normal windows to flag (default: eval.threshold_fpr, 0.01)")
+    c.add_argument("--stride", type=int)
+    c.add_argument("--gpu", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
+
+    b = sub.add_parser("score", help="bulk-score images on Ray Data into Parquet anomaly maps")
+    b.add_argument("inputs", nargs="+", help="files, directories (recursive), globs or URIs (s3://...)")
+    b.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/)")
+    b.add_argument("--out", required=True, help="output directory (re-run to resume: finished images are skipped)")
+    b.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride)")
+    b.add_argument("--score", default="feature", choices=["reconstruction", "smooth", "feature"])
+    b.add_argument("--workers", type=int, help="scoring actors (default: one per CPU, or per GPU share)")
+    b.add_argument("--cpus-per-worker", type=float)
+    b.add_argument("--gpus-per-worker", type=float, help="GPUs per scoring actor (fractions share a GPU)")
+    b.add_argument("--batch-size", type=int, help="windows per forward pass (default 512)")
+    b.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
+    b.add_argument("--patches", action="store_true", help="also write one row per window to patches/")
+    b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    b.set_defaults(func=cmd_score)
+
+    o = sub.add_parser("overlay", help="draw an image's anomaly map and regions from a score output")
+    o.add_argument("out_dir", help="a `semray score --out` directory")
+    o.add_argument("--image", required=True, help="the image, as given to semray score")
+    o.add_argument("--page", type=int, default=0)
+    o.add_argument("--png", required=True)
+    o.set_defaults(func=cmd_overlay)
 
     d = sub.add_parser("demo", help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
     d.add_argument("--out", default="demo")

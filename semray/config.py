@@ -84,6 +84,8 @@ class EvalConfig:
     # stride 16 = the 3x3 windows around it). 0 = each window on its own, as the study scored.
     smoothing_px: int = 16
     batch_size: int = 512
+    # Calibrated thresholds flag this fraction of the windows of defect-free images (semray calibrate).
+    threshold_fpr: float = 0.01
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Patch-level evaluation of a trained run on the anomalous images of a data directory.
 
 In-process PyTorch (no Ray): scoring a few dozen test images is minutes on a laptop, and the bulk
-scoring of archives has its own Ray Data pipeline. `score_image` is the one place that turns an
-image into per-patch scores; everything else here is bookkeeping and printing.
+scoring of archives has its own Ray Data pipeline. Images become window scores in
+`semray.maps.score_image`; everything here is bookkeeping and printing.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import torch
 
 from semray.config import Config
 from semray.data.datasets import LabelledImage, load_anomalous_images
-from semray.data.patches import iter_patch_batches, neighbourhood_mean, patch_labels
+from semray.data.patches import neighbourhood_mean, patch_labels
+from semray.maps import calibrate_threshold, score_image
 from semray.metrics import held_out_f1, patch_metrics
 from semray.models import AnomalyDetector
-from semray.runs import load_detector
+from semray.runs import load_detector, save_threshold
 from semray.scores import SCORE_NAMES
 
 
@@ -29,20 +30,6 @@ def pick_device(use_gpu: bool | None = None) -> torch.device:
     if use_gpu or (use_gpu is None and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def score_image(detector: AnomalyDetector, image: np.ndarray, size: int, stride: int,
-                cover_edges: bool = True, batch_size: int = 512) -> dict[str, np.ndarray]:
-    """Scores of every window of the image: {"ys", "xs", "reconstruction", "smooth", "feature"}."""
-    device = next(detector.parameters()).device
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ys", "xs", *SCORE_NAMES)}
-    for patches, ys, xs in iter_patch_batches(image, size, stride, batch_size, cover_edges):
-        raw = torch.from_numpy(patches).unsqueeze(1).to(device)
-        for name, value in detector.scores(raw).items():
-            out[name].append(value.float().cpu().numpy())
-        out["ys"].append(ys)
-        out["xs"].append(xs)
-    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def score_dataset(detector: AnomalyDetector, cfg: Config, data_dir: str | Path, stride: int,
@@ -89,6 +76,28 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None =
     stride = stride or cfg.eval.stride
     scored = score_dataset(detector, cfg, data_dir, stride, progress)
     return summarize(scored, cfg, stride, min_defect_pixels or cfg.eval.min_defect_pixels, smoothing_px)
+
+
+def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fpr: float | None = None,
+                  stride: int | None = None, use_gpu: bool | None = None) -> dict[str, Any]:
+    """Thresholds from defect-free images only, one per score, written to RUN_DIR/threshold.json
+    for the scoring pipeline: the (1 - fpr) quantile of the pooled window scores, so that about a
+    fraction fpr of normal windows is flagged."""
+    detector, cfg = load_detector(run_dir, pick_device(use_gpu))
+    stride = stride or cfg.eval.stride
+    fpr = cfg.eval.threshold_fpr if fpr is None else fpr
+    pooled: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_NAMES}
+    windows = 0
+    for image in images:
+        r = score_image(detector, image, cfg.patches.size, stride, cfg.eval.cover_edges, cfg.eval.batch_size)
+        windows += r["ys"].size
+        for k in SCORE_NAMES:
+            pooled[k].append(neighbourhood_mean(r[k], r["ys"], r["xs"], cfg.eval.smoothing_px))
+    calibration = {"fpr": fpr, "stride": stride, "smoothing_px": cfg.eval.smoothing_px, "windows": windows,
+                   "images": len(images), "source": source,
+                   "scores": {k: calibrate_threshold(v, fpr) for k, v in pooled.items()}}
+    save_threshold(Path(run_dir), calibration)
+    return calibration
 
 
 def _progress(items: list, enabled: bool, desc: str) -> Iterable:

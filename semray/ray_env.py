@@ -28,6 +28,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address:
         ray.init(address=address, log_to_driver=not quiet)
         return
+    _warn_if_another_local_ray()
     ray.init(
         address="local",  # never attach by accident to a cluster left running by `ray start`
         num_cpus=num_cpus or os.cpu_count(),
@@ -38,3 +39,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         configure_logging=True,
         logging_level="WARNING",
     )
+
+
+def _warn_if_another_local_ray() -> None:
+    """Two private Ray instances on one machine confuse Ray 2.60's State API ("Found multiple active
+    Ray instances"): Ray Train's placement-group cleaner then dies, placement groups leak, and later
+    trials of a search starve waiting for CPUs. Say so up front rather than fail an hour later."""
+    try:
+        from ray._private.services import find_gcs_addresses
+
+        running = find_gcs_addresses()
+    except Exception:  # a private API: if it moves, skip the check
+        return
+    if running:
+        import warnings
+
+        warnings.warn(
+            f"another Ray instance is running on this machine ({', '.join(sorted(running))}); a second "
+            "private one makes Ray Train lose track of its placement groups. Run one semray command at a "
+            "time, or share one cluster: `ray start --head`, then pass --address 127.0.0.1:6379 to each "
+            "command.", RuntimeWarning, stacklevel=3)

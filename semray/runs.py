@@ -4,6 +4,7 @@
     RUN_DIR/ray/             Ray Train's own storage: per-epoch checkpoints of both stages
     RUN_DIR/autoencoder.pt   stage 1 result (EMA weights), written when stage 1 ends
     RUN_DIR/model.pt         the trained detector: config, normalisation, both state dicts
+    RUN_DIR/threshold.json   per-score thresholds calibrated on normal images (semray calibrate)
 
 All .pt files hold only tensors and plain Python values, so they load with
 torch.load(..., weights_only=True): opening a run never executes pickled code.
@@ -11,6 +12,7 @@ torch.load(..., weights_only=True): opening a run never executes pickled code.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
 MODEL_FILE = "model.pt"
 AUTOENCODER_FILE = "autoencoder.pt"
 CONFIG_FILE = "config.yaml"
+THRESHOLD_FILE = "threshold.json"
 
 
 class RunError(ValueError):
@@ -70,6 +73,22 @@ def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoen
         "denoiser": denoiser,
     }, path)
     return path
+
+
+def save_threshold(run_dir: Path, calibration: dict[str, Any]) -> None:
+    tmp = run_dir / (THRESHOLD_FILE + ".tmp")
+    tmp.write_text(json.dumps(calibration, indent=2) + "\n")
+    os.replace(tmp, run_dir / THRESHOLD_FILE)
+
+
+def read_threshold(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / THRESHOLD_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise RunError(f"{path}: unreadable threshold file ({e}); run `semray calibrate` again") from e
 
 
 def checkpoint_hash(run_dir: Path) -> str:

@@ -328,6 +328,12 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
         f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
     path = train_stages(images, normalization, cfg, run_dir)
     log(f"trained model written to {path}")
+    from semray.evaluate import calibrate_run
+
+    c = calibrate_run(run_dir, images, f"the training images in {Path(data_dir).resolve() / 'Normal'}",
+                      use_gpu=cfg.train.use_gpu or None)
+    log(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return path
 
 

@@ -17,7 +17,8 @@ both halves, at the evaluation stride, with the trained run as its Tune checkpoi
     TUNE_DIR/search/         Ray Tune's experiment state and trial directories (or --storage)
     TUNE_DIR/results.parquet one row per trial x score: config, validation and test metrics
     TUNE_DIR/best.json       the best trial's model/score, metrics and config
-    TUNE_DIR/best/           the best trial's run directory (for `semray evaluate --run`, `semray score`)
+    TUNE_DIR/best/           the best trial's run directory, with calibrated thresholds (for
+                             `semray evaluate --run` and `semray score --run`)
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ import torch
 from semray.config import Config, config_from_dict, read_yaml
 from semray.data.datasets import LabelledImage, load_anomalous_images, load_normal_images
 from semray.data.patches import image_statistics, iter_patch_batches, normalize_patches, patch_labels
-from semray.evaluate import format_grid, pick_device, score_image, summarize
+from semray.evaluate import calibrate_run, format_grid, pick_device, summarize
+from semray.maps import score_image
 from semray.metrics import auroc
 from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, load_detector, save_config
 from semray.scores import SCORE_NAMES, all_scores, reconstruction_score
@@ -357,9 +359,10 @@ def _tuner(spec: TuneSpec, tune_dir: Path, log: Callable[[str], None], restore: 
 
     s = spec.settings
     trainable = tune.with_parameters(run_trial, spec=spec.to_dict(), data=trial_data(spec))
-    # The trial's actor only drives its TorchTrainer (Tune refuses 0 CPUs); the CPUs/GPUs go to the
-    # Train worker.
-    trainable = tune.with_resources(trainable, {"cpu": 0.01})
+    # The trial's actor only drives its TorchTrainer: the CPUs/GPUs go to the Train worker. It asks
+    # for no CPU (even 0.01 each would leave two 1-CPU workers one short on a 2-core machine); Tune
+    # refuses an empty request, so it asks for a token of memory instead.
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 2**20})
     if restore:
         return tune.Tuner.restore(f"{_storage(spec, tune_dir).rstrip('/')}/{EXPERIMENT}", trainable,
                                   resume_unfinished=True, resume_errored=True)
@@ -463,6 +466,8 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
     if best_run.exists():
         shutil.rmtree(best_run)
     best_result.checkpoint.to_directory(str(best_run))
+    normal = [image for _, image in load_normal_images(spec.data, min_size=spec.base.patches.size)]
+    calibrate_run(best_run, normal, f"the training images in {Path(spec.data) / 'Normal'}")
     best.update({"run": str(best_run), "checkpoint": best_result.checkpoint.path,
                  "search": search_summary(rows, grid, spec)})
     (tune_dir / BEST_FILE).write_text(json.dumps(best, indent=2, default=_json_default) + "\n")

@@ -1,0 +1,428 @@
+"""Bulk scoring on Ray Data: stream an archive of SEM images through scoring actors into Parquet.
+
+    list inputs -> read bytes (tasks) -> decode, tile in batches, score, assemble (actor pool: the
+    model loads once per actor) -> write Parquet parts (tasks) -> a summary
+
+Streaming end to end: Ray Data's backpressure bounds what is in flight, so memory does not grow
+with the archive. Inside an actor an image is decoded one page at a time and tiled one batch of
+windows at a time (`semray.maps.score_image`), so even a 20000 x 20000 scan never has all its
+patches in memory.
+
+A bad file never stops the job: reading or decoding errors become rows of `errors/`, every other
+image is still scored. Each part file is written under a temporary name and renamed, so a reader
+never sees half a file; rerunning the same command over the same OUT_DIR reads which (file, page)
+pairs are already in `maps/` or `errors/` and scores only the rest (resume after a crash, with
+no duplicates).
+
+    OUT_DIR/maps/part-*.parquet     one row per image page (see MAPS_SCHEMA)
+    OUT_DIR/patches/part-*.parquet  with --patches: one row per window with its three scores
+    OUT_DIR/errors/part-*.parquet   one row per file (or page) that could not be scored
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from semray.data.datasets import IMAGE_SUFFIXES
+
+MAPS, PATCHES, ERRORS = "maps", "patches", "errors"
+REGION = pa.struct([("y0", pa.int32()), ("x0", pa.int32()), ("y1", pa.int32()), ("x1", pa.int32()),
+                    ("area", pa.int64()), ("windows", pa.int32()), ("peak", pa.float64()),
+                    ("mean", pa.float64())])
+MAPS_SCHEMA = pa.schema([
+    ("source", pa.string()), ("page", pa.int32()), ("pages", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
+    ("stride", pa.int32()), ("patch_size", pa.int32()), ("score", pa.string()),
+    # map[i * map_width + j]: pooled score of the window whose top-left corner is (grid_ys[i], grid_xs[j])
+    ("map_height", pa.int32()), ("map_width", pa.int32()), ("map", pa.list_(pa.float32())),
+    ("grid_ys", pa.list_(pa.int32())), ("grid_xs", pa.list_(pa.int32())),
+    ("score_max", pa.float64()), ("score_quantile", pa.float64()), ("threshold", pa.float64()),
+    ("regions_count", pa.int32()), ("regions_area", pa.int64()), ("regions", pa.list_(REGION)),
+])
+PATCH_COLUMNS = [("patch_ys", pa.list_(pa.int32())), ("patch_xs", pa.list_(pa.int32())),
+                 ("patch_reconstruction", pa.list_(pa.float32())), ("patch_smooth", pa.list_(pa.float32())),
+                 ("patch_feature", pa.list_(pa.float32()))]
+PATCHES_SCHEMA = pa.schema([("source", pa.string()), ("page", pa.int32()), ("y", pa.int32()), ("x", pa.int32()),
+                            ("reconstruction", pa.float32()), ("smooth", pa.float32()), ("feature", pa.float32())])
+ERRORS_SCHEMA = pa.schema([("source", pa.string()), ("page", pa.int32()), ("pages", pa.int32()),
+                           ("error", pa.string())])
+# What flows from the scoring actors to the writers: a maps row or an error row, and the windows.
+RECORD_SCHEMA = pa.schema([*MAPS_SCHEMA, ("error", pa.string()), ("windows", pa.int64()), *PATCH_COLUMNS])
+WHOLE_FILE = -1  # the page of an error that concerns the whole file (unreadable, not an image)
+
+
+@dataclass
+class ScoreJob:
+    """One `semray score` invocation. Defaults: the run's stride, the feature score, one CPU actor
+    per CPU of the cluster."""
+    inputs: list[str]
+    run: str
+    out: str
+    stride: int | None = None
+    score: str = "feature"
+    workers: int = 0  # actors in the pool; 0 = as many as the cluster's CPUs (or GPUs) hold
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int = 512  # windows per forward pass
+    threshold: float | None = None  # overrides the run's calibrated threshold
+    patches: bool = False
+    images_per_file: int = 64
+    quantile: float = 0.99  # the robust image-level score
+
+
+# ---------------------------------------------------------------- listing and reading
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def list_inputs(inputs: list[str]) -> list[str]:
+    """Files, directories (recursive: TIFF/PNG only), globs and URIs -> sorted unique paths.
+    A file named explicitly is kept whatever its suffix (a wrong type is reported, not dropped)."""
+    found: list[str] = []
+    for item in inputs:
+        item = str(item)
+        if _is_uri(item):
+            found.extend(_list_uri(item))
+        elif any(c in item for c in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{item}: no file matches this pattern")
+            for m in matches:
+                found.extend(_list_local(m) if os.path.isdir(m) else [os.path.abspath(m)])
+        elif os.path.isdir(item) or os.path.isfile(item):
+            found.extend(_list_local(item) if os.path.isdir(item) else [os.path.abspath(item)])
+        else:
+            raise FileNotFoundError(f"{item}: no such file or directory")
+    return sorted(set(found))
+
+
+def _list_local(directory: str) -> list[str]:
+    # Broken links are listed too: they are reported as unreadable rather than silently missed.
+    return [str(p.absolute()) for p in Path(directory).rglob("*")
+            if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+
+
+def _list_uri(uri: str) -> list[str]:
+    from pyarrow import fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    scheme = uri.split("://", 1)[0]
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        return [uri]
+    if info.type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{uri}: no such file or directory")
+    selector = pafs.FileSelector(root, recursive=True)
+    return [f"{scheme}://{f.path}" for f in filesystem.get_file_info(selector)
+            if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
+
+
+def read_file_bytes(path: str) -> bytes:
+    """Local paths or any URI pyarrow understands; errors name the file (semray.data.io style)."""
+    from semray.data.io import ImageReadError, _read_bytes
+
+    if not _is_uri(path):
+        return _read_bytes(path)
+    from pyarrow import fs as pafs
+
+    try:
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+        with filesystem.open_input_stream(inner) as f:
+            return f.read()
+    except Exception as e:
+        raise ImageReadError(path, f"cannot read file ({e})") from None
+
+
+def read_batch(batch: pa.Table) -> pa.Table:
+    """Ray Data stage 'read bytes': a failed read travels on as an error, not an exception."""
+    paths, data, errors = [], [], []
+    for path in batch.column("source").to_pylist():
+        try:
+            blob, error = read_file_bytes(path), None
+        except Exception as e:  # ImageReadError, or anything a remote filesystem raises
+            blob, error = b"", str(e)
+        paths.append(path)
+        data.append(blob)
+        errors.append(error)
+    return pa.table({"source": paths, "data": pa.array(data, pa.large_binary()), "read_error": errors,
+                     "skip_pages": batch.column("skip_pages")})
+
+
+# ---------------------------------------------------------------- scoring actors
+class ScoreImages:
+    """Ray Data actor: loads the run's model once, then decodes, tiles, scores and assembles
+    every page of the files it is given."""
+
+    def __init__(self, run: str, settings: dict[str, Any]):
+        import torch
+
+        from semray.evaluate import pick_device
+        from semray.runs import load_detector
+
+        self.s = settings
+        threads = max(1, int(settings["cpus_per_worker"]))
+        torch.set_num_threads(threads)
+        self.detector, self.cfg = load_detector(run, pick_device(settings["gpus_per_worker"] > 0))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        records: list[dict[str, Any]] = []
+        rows = batch.to_pylist()
+        for row in rows:
+            records.extend(self.score_file(row["source"], row["data"], row["read_error"], set(row["skip_pages"] or [])))
+        return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+
+    def score_file(self, source: str, data: bytes, read_error: str | None, skip: set[int]) -> list[dict[str, Any]]:
+        from semray.data.io import decode_page, page_count
+
+        if read_error:
+            return [_error(source, WHOLE_FILE, WHOLE_FILE, read_error)]
+        try:
+            pages = page_count(data, source)
+        except Exception as e:
+            return [_error(source, WHOLE_FILE, WHOLE_FILE, str(e))]
+        out = []
+        for page in range(pages):
+            if page in skip:
+                continue
+            try:
+                image = decode_page(data, source, page, self.cfg.patches.size)
+                out.append({**score_page(self.detector, self.cfg, image, source, page, self.s), "pages": pages})
+            except Exception as e:  # this page is bad; the file's other pages may be fine
+                out.append(_error(source, page, pages, str(e)))
+        return out
+
+
+def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict[str, Any]) -> dict[str, Any]:
+    """One decoded page -> one record (the maps row, plus its windows when --patches is on)."""
+    from semray.maps import image_record, score_image
+
+    size = cfg.patches.size
+    scores = score_image(detector, image, size, s["stride"], cfg.eval.cover_edges, s["batch_size"])
+    record = {"source": source, "page": page, "height": image.shape[0], "width": image.shape[1],
+              "stride": s["stride"], "patch_size": size, "score": s["score"], "threshold": s["threshold"],
+              "windows": int(scores["ys"].size),
+              **image_record(scores, s["score"], size, s["stride"], cfg.eval.smoothing_px, s["threshold"],
+                             s["quantile"])}
+    if s["patches"]:
+        record.update({"patch_ys": scores["ys"], "patch_xs": scores["xs"],
+                       **{f"patch_{k}": scores[k] for k in ("reconstruction", "smooth", "feature")}})
+    return record
+
+
+def _error(source: str, page: int, pages: int, message: str) -> dict[str, Any]:
+    return {"source": source, "page": page, "pages": pages, "error": message}
+
+
+# ---------------------------------------------------------------- writing
+def write_part(batch: pa.Table, out: str, metadata: dict[str, str], patches: bool) -> pa.Table:
+    """Ray Data stage 'write': one part file per table for this batch, named by a hash of the
+    (source, page) pairs it holds (the same batch always gets the same name), written under a
+    hidden temporary name and renamed into place."""
+    is_error = pc.is_valid(batch.column("error"))
+    ok, bad = batch.filter(pc.invert(is_error)), batch.filter(is_error)
+    keys = sorted(zip(batch.column("source").to_pylist(), batch.column("page").to_pylist()))
+    name = "part-" + hashlib.sha1(json.dumps(keys).encode()).hexdigest()[:20] + ".parquet"
+    if ok.num_rows:
+        if patches:  # before maps: a part in maps/ means its patches are already on disk
+            _write_table(_explode_patches(ok), f"{out}/{PATCHES}/{name}", metadata)
+        _write_table(ok.select(MAPS_SCHEMA.names).cast(MAPS_SCHEMA), f"{out}/{MAPS}/{name}", metadata)
+    if bad.num_rows:
+        _write_table(bad.select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA), f"{out}/{ERRORS}/{name}", metadata)
+    windows = pc.sum(ok.column("windows")).as_py() or 0
+    return pa.table({"images": [ok.num_rows], "errors": [bad.num_rows], "windows": [windows],
+                     "error_messages": [bad.column("error").to_pylist()]})
+
+
+def _explode_patches(ok: pa.Table) -> pa.Table:
+    """maps-level list columns -> one row per window."""
+    parent = pc.list_parent_indices(ok.column("patch_ys"))
+    flat = {k: pc.list_flatten(ok.column(f"patch_{k}")) for k in ("ys", "xs", "reconstruction", "smooth", "feature")}
+    return pa.table({"source": pc.take(ok.column("source"), parent), "page": pc.take(ok.column("page"), parent),
+                     "y": flat["ys"], "x": flat["xs"], "reconstruction": flat["reconstruction"],
+                     "smooth": flat["smooth"], "feature": flat["feature"]}, schema=PATCHES_SCHEMA)
+
+
+def _write_table(table: pa.Table, path: str, metadata: dict[str, str]) -> None:
+    from pyarrow import fs as pafs
+
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    if _is_uri(path):  # object stores publish an upload only when it completes: atomic already
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+        pq.write_table(table, inner, filesystem=filesystem)
+        return
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp")  # hidden: pyarrow, DuckDB and pandas skip it
+    pq.write_table(table, tmp)
+    os.replace(tmp, final)
+
+
+def finished_pages(out: str) -> dict[str, set[int]]:
+    """Pages already scored (in maps/) or failed (in errors/) per source, for files whose every
+    page is accounted for ({WHOLE_FILE} for a file that failed as a whole), and for partly done
+    multi-page files the pages to skip. Parts are only ever complete files, so reading them is
+    enough to resume."""
+    pages: dict[str, set[int]] = {}
+    totals: dict[str, int] = {}
+    for table_name in (MAPS, ERRORS):
+        for source, page, total in _read_keys(f"{out}/{table_name}"):
+            pages.setdefault(source, set()).add(page)
+            totals[source] = total
+    return {src: ({WHOLE_FILE} if totals[src] == WHOLE_FILE or len(p) >= totals[src] else p)
+            for src, p in pages.items()}
+
+
+def _read_keys(directory: str) -> list[tuple[str, int]]:
+    import pyarrow.dataset as ds
+
+    if not _is_uri(directory) and not Path(directory).is_dir():
+        return []
+    try:
+        table = ds.dataset(directory, format="parquet").to_table(columns=["source", "page", "pages"])
+    except (FileNotFoundError, pa.ArrowInvalid):
+        return []
+    return list(zip(*(table.column(c).to_pylist() for c in ("source", "page", "pages"))))
+
+
+# ---------------------------------------------------------------- the job (driver side)
+def job_settings(job: ScoreJob, run_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Per-actor settings and the provenance every part file carries in its Parquet metadata."""
+    import ray
+    import torch
+
+    from semray import __version__
+    from semray.runs import RunError, checkpoint_hash, read_config, read_threshold
+    from semray.scores import SCORE_NAMES
+
+    if job.score not in SCORE_NAMES:
+        raise ValueError(f"--score must be one of {SCORE_NAMES}, got {job.score!r}")
+    cfg = read_config(Path(run_dir))
+    if cfg is None:
+        raise RunError(f"{run_dir}: no config.yaml; is this a `semray train` run directory?")
+    stride = job.stride or cfg.eval.stride
+    if job.threshold is not None:
+        threshold, origin = float(job.threshold), "--threshold given on the command line"
+    else:
+        calibration = read_threshold(Path(run_dir))
+        if calibration is None:
+            raise RunError(f"{run_dir}: no calibrated threshold (threshold.json); run `semray calibrate --run "
+                           f"{run_dir} --data DATA_DIR` or pass --threshold")
+        threshold = calibration["scores"][job.score]
+        origin = (f"calibrated on {calibration['windows']} windows of {calibration['images']} normal "
+                  f"image(s) at a {calibration['fpr']:.2%} false-positive rate ({calibration['source']})")
+        if calibration["stride"] != stride:
+            origin += f"; calibrated at stride {calibration['stride']}, scored at {stride}"
+    settings = {"stride": stride, "score": job.score, "threshold": threshold, "quantile": job.quantile,
+                "batch_size": job.batch_size, "patches": job.patches, "cpus_per_worker": job.cpus_per_worker,
+                "gpus_per_worker": job.gpus_per_worker}
+    provenance = {"model": cfg.model.kind, "checkpoint_sha256": checkpoint_hash(Path(run_dir)),
+                  "run": str(run_dir), "config": cfg.to_dict(), "score": job.score, "stride": stride,
+                  "smoothing_px": cfg.eval.smoothing_px, "threshold": threshold, "threshold_origin": origin,
+                  "quantile": job.quantile, "semray_version": __version__, "ray_version": ray.__version__,
+                  "torch_version": torch.__version__,
+                  "map_layout": "map[i * map_width + j] = pooled score of the window with top-left corner "
+                                "(grid_ys[i], grid_xs[j]), covering patch_size x patch_size pixels"}
+    return settings, {"semray": json.dumps(provenance)}
+
+
+def pool_size(job: ScoreJob) -> int:
+    import ray
+
+    if job.workers:
+        return job.workers
+    resources = ray.cluster_resources()
+    if job.gpus_per_worker:
+        return max(1, int(resources.get("GPU", 0) // job.gpus_per_worker))
+    return max(1, int(resources.get("CPU", 1) // job.cpus_per_worker))
+
+
+def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole job; returns the summary (also printed). Raises if no image could be scored."""
+    import ray
+
+    from semray.ray_env import init_ray
+    from semray.runs import RunError
+
+    run_dir = str(Path(job.run).resolve()) if not _is_uri(job.run) else job.run
+    out = str(Path(job.out).resolve()) if not _is_uri(job.out) else job.out
+    paths = list_inputs(job.inputs)
+    done = finished_pages(out)
+    settings, metadata = job_settings(job, run_dir)
+    todo = [p for p in paths if WHOLE_FILE not in done.get(p, ())]
+    log(f"[score] {len(paths)} file(s); {len(paths) - len(todo)} already done in {out}; scoring {len(todo)} "
+        f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}")
+    if not todo:
+        return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths))
+
+    init_ray(address)
+    if job.gpus_per_worker and ray.cluster_resources().get("GPU", 0) < job.gpus_per_worker:
+        raise RunError(f"--gpus-per-worker {job.gpus_per_worker:g} but the Ray cluster has no GPU; "
+                       "drop it to score on CPUs")
+    started = time.time()
+    items = [{"source": p, "skip_pages": sorted(done.get(p, ()))} for p in todo]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+    ds = ds.map_batches(read_batch, batch_size=1, batch_format="pyarrow", num_cpus=0)
+    ds = ds.map_batches(ScoreImages, fn_constructor_kwargs={"run": run_dir, "settings": settings},
+                        batch_size=1, batch_format="pyarrow", num_cpus=job.cpus_per_worker,
+                        num_gpus=job.gpus_per_worker or None,
+                        compute=ray.data.ActorPoolStrategy(size=pool_size(job)))
+    ds = ds.map_batches(write_part, fn_kwargs={"out": out, "metadata": metadata, "patches": job.patches},
+                        batch_size=job.images_per_file, batch_format="pyarrow", num_cpus=0)
+    images = errors = windows = 0
+    messages: list[str] = []
+    for row in ds.iter_rows():
+        images += row["images"]
+        errors += row["errors"]
+        windows += row["windows"]
+        messages.extend(row["error_messages"])
+    summary = _summary(out, images, errors, windows, messages, time.time() - started, log)
+    if images == 0 and len(paths) == len(todo):
+        raise RunError(f"no image could be scored: {errors} failure(s), see {out}/{ERRORS}/")
+    return summary
+
+
+def _summary(out: str, images: int, errors: int, windows: int, messages: list[str], seconds: float,
+             log: Callable[[str], None], already: int = 0) -> dict[str, Any]:
+    for m in messages[:20]:
+        log(f"[score] failed: {m}")
+    if len(messages) > 20:
+        log(f"[score] ... and {len(messages) - 20} more failures in {out}/{ERRORS}/")
+    rate = images / seconds if seconds else 0.0
+    log(f"[score] {images} image(s), {windows} patches, {errors} failure(s) in {seconds:.1f} s "
+        f"({rate:.2f} images/s); maps in {out}/{MAPS}/" + (f" ({already} already done)" if already else ""))
+    return {"images": images, "patches": windows, "errors": errors, "seconds": seconds, "images_per_s": rate,
+            "out": out}
+
+
+def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
+    """The maps/ row of one image (matched by its absolute path, or by its file name when unique)."""
+    import pyarrow.dataset as ds
+
+    directory = f"{out}/{MAPS}"
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?")
+    table = ds.dataset(directory, format="parquet").to_table(filter=(pc.field("page") == page))
+    sources = table.column("source").to_pylist()
+    want = image if _is_uri(image) else os.path.abspath(image)
+    hits = [i for i, s in enumerate(sources) if s == want]
+    if not hits:
+        hits = [i for i, s in enumerate(sources) if Path(s).name == Path(image).name]
+    if len(hits) != 1:
+        what = "no row" if not hits else f"{len(hits)} rows"
+        raise FileNotFoundError(f"{image}: {what} for page {page} in {directory}")
+    return table.slice(hits[0], 1).to_pylist()[0]
+
+
+def job_from_args(**kwargs) -> ScoreJob:
+    names = set(asdict(ScoreJob([], "", "")))
+    return ScoreJob(**{k: v for k, v in kwargs.items() if k in names and v is not None})
