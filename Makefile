@@ -10,4 +10,5 @@ demo: install
 	$(VENV)/bin/semray demo
 
 test: install
+	@./scripts/test-deps.sh
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -50,7 +50,8 @@ def main() -> None:
     at16 = summarize(scored, cfg, 16, cfg.eval.min_defect_pixels, smoothing_px=16)["scores"]
     summary = {
         "trials": s["trials"], "finished": s["finished"], "stopped_early": s["stopped_early"],
-        "wall_s": round(wall), "trials_per_hour": round(s["trials"] / wall * 3600, 1),
+        "wall_s": round(s["wall_s"]), "trials_per_hour": round(s["trials"] / s["wall_s"] * 3600, 1),
+        "script_s": round(wall),
         "epochs_run": s["epochs_run"], "epochs_planned": s["epochs_planned"],
         "epochs_saved_fraction": round(s["epochs_saved_fraction"], 3),
         "best": {k: best[k] for k in ("trial_id", "model", "score", "val_auroc", "test_auroc")},
@@ -60,7 +61,7 @@ def main() -> None:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    print(f"[bench] {s['trials']} trials in {wall / 60:.1f} min ({summary['trials_per_hour']} trials/hour); "
+    print(f"[bench] {s['trials']} trials in {s['wall_s'] / 60:.1f} min ({summary['trials_per_hour']} trials/hour); "
           f"best {best['model']} + {best['score']}: test AUROC {best['test_auroc']:.3f} at stride {cfg.eval.stride}, "
           f"{at16[best['score']]['auroc']:.3f} at stride 16 (foundation best {FOUNDATION_BEST})")
 

@@ -1,4 +1,4 @@
-"""`semray`: one command with sub-commands (synth, train, evaluate, calibrate, tune, score, overlay, demo).
+"""`semray`: one command with sub-commands (synth, train, evaluate, calibrate, tune, score, overlay, report, demo).
 
 Errors users can fix (bad images, bad configs, unusable run directories) end in one line on stderr
 and exit status 2, not a traceback.
@@ -109,6 +109,15 @@ def cmd_overlay(args) -> int:
     image = read_image(record["source"], record["page"])
     render_overlay(image, record).save(args.png)
     print(f"wrote {args.png} ({record['regions_count']} region(s) at threshold {record['threshold']:.4g})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from semray.report import build_report
+
+    page = build_report(args.run, args.data, args.out, stride=args.stride, examples=args.examples,
+                        use_gpu=True if args.gpu else None)
+    print(f"wrote {page} (open it in a browser; no server needed)")
     return 0
 
 
@@ -232,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--page", type=int, default=0)
     o.add_argument("--png", required=True)
     o.set_defaults(func=cmd_overlay)
+
+    r = sub.add_parser("report", help="an HTML report: the table, curves, histograms and pictures of runs")
+    r.add_argument("--run", action="append", required=True, help="run directory (repeat for several models)")
+    r.add_argument("--data", required=True, help="data directory whose anomalous images to evaluate on")
+    r.add_argument("--out", required=True, help="report directory (index.html and its PNGs)")
+    r.add_argument("--stride", type=int)
+    r.add_argument("--examples", type=int, default=3, help="test images shown stage by stage")
+    r.add_argument("--gpu", action="store_true")
+    r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
     d.add_argument("--out", default="demo")

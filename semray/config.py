@@ -69,6 +69,10 @@ class TrainConfig:
     gpus_per_worker: float = 0.0  # with use_gpu: 0 = one whole GPU each; a fraction shares a GPU
     checkpoints_to_keep: int = 2
     max_failures: int = 0  # worker failures to survive by restarting from the last checkpoint
+    # The last N normal images (sorted by name) are kept out of training and used only to calibrate
+    # the thresholds, which then hold on unseen images. 0 calibrates on the training images: all
+    # data goes to training (the study's five images), but thresholds come out optimistic.
+    holdout_normal_images: int = 0
 
 
 @dataclass

@@ -15,11 +15,11 @@ import torch
 
 from semray.config import Config
 from semray.data.datasets import LabelledImage, load_anomalous_images
-from semray.data.patches import neighbourhood_mean, patch_labels
+from semray.data.patches import assemble_map, neighbourhood_mean, patch_labels
 from semray.maps import calibrate_threshold, score_image
-from semray.metrics import held_out_f1, patch_metrics
+from semray.metrics import at_threshold, aupro, held_out_f1, image_auroc, patch_metrics, pixel_auroc
 from semray.models import AnomalyDetector
-from semray.runs import load_detector, save_threshold
+from semray.runs import load_detector, read_threshold, save_threshold
 from semray.scores import SCORE_NAMES
 
 
@@ -42,8 +42,14 @@ def score_dataset(detector: AnomalyDetector, cfg: Config, data_dir: str | Path, 
 
 
 def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Config, stride: int,
-              min_defect_pixels: int, smoothing_px: int | None = None) -> dict[str, Any]:
-    """The study's table for one labelling rule, as a JSON-ready dict (see `format_table`)."""
+              min_defect_pixels: int, smoothing_px: int | None = None,
+              thresholds: dict[str, float] | None = None, pixel: bool = False) -> dict[str, Any]:
+    """The study's table for one labelling rule, as a JSON-ready dict (see `format_table`).
+
+    thresholds (per score, calibrated on normal images) add precision/recall/F1 at those thresholds
+    ("calibrated_*"); pixel adds pixel AUROC and AUPRO over the assembled per-pixel maps, and the
+    image-level AUROC (NaN unless some images are defect-free).
+    """
     size = cfg.patches.size
     smoothing_px = cfg.eval.smoothing_px if smoothing_px is None else smoothing_px
     y = np.concatenate([patch_labels(item.mask, r["ys"], r["xs"], size, min_defect_pixels)
@@ -51,11 +57,22 @@ def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Co
     groups = np.concatenate([np.full(r["ys"].size, i) for i, (_, r) in enumerate(scored)])
     pooled = [{k: neighbourhood_mean(r[k], r["ys"], r["xs"], smoothing_px) for k in SCORE_NAMES}
               for _, r in scored]
+    scores = {k: _metrics(y, np.concatenate([r[k] for r in pooled]), groups) for k in SCORE_NAMES}
+    for k in SCORE_NAMES:
+        if thresholds and k in thresholds:
+            at = at_threshold(y, np.concatenate([r[k] for r in pooled]), thresholds[k])
+            scores[k].update({f"calibrated_{m}": at[m] for m in ("precision", "recall", "f1", "threshold")})
+        if pixel:
+            masks = [item.mask for item, _ in scored]
+            maps = [assemble_map(p[k], r["ys"], r["xs"], size, item.image.shape)
+                    for (item, r), p in zip(scored, pooled)]
+            scores[k].update({"pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
+                              "image_auroc": image_auroc(masks, maps)})
     return {
         "model": cfg.model.kind,
         "patch_size": size,
         "stride": stride,
-        "scores": {k: _metrics(y, np.concatenate([r[k] for r in pooled]), groups) for k in SCORE_NAMES},
+        "scores": scores,
         "patches": int(y.size),
         "anomalous_patches": int(y.sum()),
         "min_defect_pixels": min_defect_pixels,
@@ -75,7 +92,12 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None =
     detector, cfg = load_detector(run_dir, pick_device(use_gpu))
     stride = stride or cfg.eval.stride
     scored = score_dataset(detector, cfg, data_dir, stride, progress)
-    return summarize(scored, cfg, stride, min_defect_pixels or cfg.eval.min_defect_pixels, smoothing_px)
+    calibration = read_threshold(Path(run_dir))
+    result = summarize(scored, cfg, stride, min_defect_pixels or cfg.eval.min_defect_pixels, smoothing_px,
+                       thresholds=calibration["scores"] if calibration else None, pixel=True)
+    if calibration:
+        result["calibration"] = {k: calibration[k] for k in ("fpr", "stride", "windows", "images", "source")}
+    return result
 
 
 def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fpr: float | None = None,
@@ -109,16 +131,26 @@ def _progress(items: list, enabled: bool, desc: str) -> Iterable:
 
 
 def format_table(results: Iterable[dict[str, Any]]) -> str:
-    """The study's table: one block of rows (reconstruction, smooth, feature) per model."""
-    lines = [f"{'model':<6} {'score':<15} {'AUROC':>7} {'AP':>7} {'prec.':>7} {'recall':>7} {'F1':>7} {'F1 h.o.':>8}"]
+    """The study's table: one block of rows (reconstruction, smooth, feature) per model, plus the
+    pixel/region metrics and the calibrated threshold's F1 when they were computed."""
+    results = list(results)
+    extra = [(k, h) for k, h, w in _EXTRA if any(k in r["scores"][s] for r in results for s in SCORE_NAMES)]
+    lines = [f"{'model':<6} {'score':<15} {'AUROC':>7} {'AP':>7} {'prec.':>7} {'recall':>7} {'F1':>7} {'F1 h.o.':>8}"
+             + "".join(f" {h:>9}" for _, h in extra)]
     for r in results:
         for k in SCORE_NAMES:
             m = r["scores"][k]
             lines.append(f"{r['model']:<6} {k:<15} {m['auroc']:7.3f} {m['average_precision']:7.3f} "
-                         f"{m['precision']:7.3f} {m['recall']:7.3f} {m['f1']:7.3f} {m['f1_held_out']:8.3f}")
+                         f"{m['precision']:7.3f} {m['recall']:7.3f} {m['f1']:7.3f} {m['f1_held_out']:8.3f}"
+                         + "".join(f" {m.get(key, float('nan')):9.3f}" for key, _ in extra))
     lines.append("(precision/recall/F1 at the best-F1 threshold chosen on these very labels, as the study did:\n"
-                 " optimistic. F1 h.o.: each half of the images flagged at the threshold best on the other half)")
+                 " optimistic. F1 h.o.: each half of the images flagged at the threshold best on the other half"
+                 + (".\n F1 cal.: at the threshold calibrated on normal images only, as in deployment" if
+                    any(k == "calibrated_f1" for k, _ in extra) else "") + ")")
     return "\n".join(lines)
+
+
+_EXTRA = [("calibrated_f1", "F1 cal.", 9), ("pixel_auroc", "pix.AUROC", 9), ("aupro", "AUPRO", 9)]
 
 
 def format_grid(results: Iterable[dict[str, Any]], key: str = "auroc", title: str | None = None) -> str:

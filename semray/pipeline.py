@@ -268,10 +268,9 @@ def _write_table(table: pa.Table, path: str, metadata: dict[str, str]) -> None:
 
 
 def finished_pages(out: str) -> dict[str, set[int]]:
-    """Pages already scored (in maps/) or failed (in errors/) per source, for files whose every
-    page is accounted for ({WHOLE_FILE} for a file that failed as a whole), and for partly done
-    multi-page files the pages to skip. Parts are only ever complete files, so reading them is
-    enough to resume."""
+    """source -> the pages earlier runs over OUT_DIR wrote to maps/ or errors/, or {WHOLE_FILE}
+    when nothing is left to do for that file (every page written, or the file failed as a whole).
+    Parts are only ever complete files, so reading them is enough to resume."""
     pages: dict[str, set[int]] = {}
     totals: dict[str, int] = {}
     for table_name in (MAPS, ERRORS):
@@ -282,7 +281,30 @@ def finished_pages(out: str) -> dict[str, set[int]]:
             for src, p in pages.items()}
 
 
-def _read_keys(directory: str) -> list[tuple[str, int]]:
+def check_same_job(out: str, metadata: dict[str, str]) -> None:
+    """Resuming into an OUT_DIR written with another model, score, stride or threshold would mix two
+    jobs' maps in one table: refuse, naming what differs."""
+    import pyarrow.dataset as ds
+
+    for table_name in (MAPS, ERRORS):
+        directory = f"{out}/{table_name}"
+        if not _is_uri(directory) and not Path(directory).is_dir():
+            continue
+        files = ds.dataset(directory, format="parquet").files
+        if not files:
+            continue
+        old = json.loads(pq.read_schema(files[0], filesystem=ds.dataset(directory).filesystem)
+                         .metadata[b"semray"])
+        new = json.loads(metadata["semray"])
+        keys = ("checkpoint_sha256", "score", "stride", "threshold", "quantile")
+        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+        if diff:
+            raise ValueError(f"{out} holds results of another scoring job ({'; '.join(diff)}); use a new --out, "
+                             "or the same run and settings to resume it")
+        return
+
+
+def _read_keys(directory: str) -> list[tuple[str, int, int]]:
     import pyarrow.dataset as ds
 
     if not _is_uri(directory) and not Path(directory).is_dir():
@@ -356,8 +378,9 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
     run_dir = str(Path(job.run).resolve()) if not _is_uri(job.run) else job.run
     out = str(Path(job.out).resolve()) if not _is_uri(job.out) else job.out
     paths = list_inputs(job.inputs)
-    done = finished_pages(out)
     settings, metadata = job_settings(job, run_dir)
+    check_same_job(out, metadata)
+    done = finished_pages(out)
     todo = [p for p in paths if WHOLE_FILE not in done.get(p, ())]
     log(f"[score] {len(paths)} file(s); {len(paths) - len(todo)} already done in {out}; scoring {len(todo)} "
         f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}")

@@ -319,7 +319,12 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
         return run_dir / MODEL_FILE
     save_config(run_dir, cfg)
     normal = load_normal_images(data_dir, min_size=cfg.patches.size)
-    images = [image for _, image in normal]
+    hold = cfg.train.holdout_normal_images
+    if hold and len(normal) <= hold:
+        raise RunError(f"{data_dir}: {len(normal)} normal image(s); holding out {hold} for calibration "
+                       "would leave none to train on")
+    held_out = normal[len(normal) - hold:] if hold else []
+    images = [image for _, image in normal[:len(normal) - hold]]
     mean, std = image_statistics(images)
     normalization = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
 
@@ -330,8 +335,12 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     log(f"trained model written to {path}")
     from semray.evaluate import calibrate_run
 
-    c = calibrate_run(run_dir, images, f"the training images in {Path(data_dir).resolve() / 'Normal'}",
-                      use_gpu=cfg.train.use_gpu or None)
+    if held_out:
+        source = "held-out normal image(s) " + ", ".join(str(path) for path, _ in held_out)
+        calibration_images = [image for _, image in held_out]
+    else:  # optimistic: training images score lower than unseen normal ones
+        source, calibration_images = f"the training images in {Path(data_dir).resolve() / 'Normal'}", images
+    c = calibrate_run(run_dir, calibration_images, source, use_gpu=cfg.train.use_gpu or None)
     log(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
         + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return path

@@ -48,3 +48,16 @@ def test_bad_data_dir_is_a_clear_error(tmp_path, tiny_config):
                    "--config", tiny_config, check=False)
     assert proc.returncode == 2
     assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_thresholds_calibrated_on_a_held_out_normal_image(tmp_path, synth_data, tiny_config):
+    config = tmp_path / "holdout.yaml"
+    config.write_text(tiny_config.read_text().replace("train: {", "train: {holdout_normal_images: 1, "))
+    run = tmp_path / "run"
+    train = run_cli("train", "--data", synth_data, "--model", "ae", "--run", run, "--config", config,
+                    "--epochs", 1, "--denoiser-epochs", 1)
+    assert "on 2 normal image(s)" in train.stdout  # 3 in the data set, 1 held out
+    calibration = json.loads((run / "threshold.json").read_text())
+    last = sorted((synth_data / "Normal").glob("*.tif"))[-1]
+    assert calibration["images"] == 1 and str(last) in calibration["source"] and calibration["fpr"] == 0.01
+    assert set(calibration["scores"]) == set(SCORE_NAMES)

@@ -148,3 +148,54 @@ def test_held_out_f1_uses_the_other_folds_threshold():
     assert np.isnan(held_out_f1(labels, scores, np.zeros(4)))
     # two identical images: each fold's threshold is exactly right for the other
     assert held_out_f1(labels, np.array([0.1, 0.9, 0.1, 0.9]), groups) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- pixel and region level
+from semray.metrics import aupro, image_auroc, pixel_auroc, pro_curve  # noqa: E402
+
+
+def _two_regions():
+    mask = np.zeros((10, 10), bool)
+    mask[1:3, 1:3] = True  # region A: 4 px
+    mask[6:9, 5:9] = True  # region B: 12 px
+    return mask
+
+
+def test_perfect_map_gives_one_everywhere():
+    mask = _two_regions()
+    perfect = mask.astype(float)
+    assert pixel_auroc([mask], [perfect]) == 1.0
+    assert aupro([mask], [perfect]) == pytest.approx(1.0)
+
+
+def test_random_map_gives_half_and_fpr_bound():
+    rng = np.random.default_rng(0)
+    masks = [rng.random((64, 64)) < 0.05 for _ in range(4)]
+    maps = [rng.random((64, 64)) for _ in range(4)]
+    assert pixel_auroc(masks, maps) == pytest.approx(0.5, abs=0.03)
+    # a random map flags each region's pixels at the false-positive rate: PRO ~ FPR, area 0.3^2/2 / 0.3
+    assert aupro(masks, maps) == pytest.approx(0.15, abs=0.02)
+
+
+def test_pro_weights_regions_equally_hand_case():
+    mask = _two_regions()
+    a = np.zeros((10, 10))
+    a[1:3, 1:3] = 1.0  # the small region fully found first, the large one missed
+    fpr, pro = pro_curve([mask], [a])
+    # threshold 1: region A overlap 1, region B 0 -> PRO 0.5 at FPR 0; threshold 0: everything
+    assert list(fpr) == [0.0, 0.0, 1.0] and list(pro) == pytest.approx([0.0, 0.5, 1.0])
+    # up to 30% FPR the curve rises linearly from 0.5 (at FPR 0) to 0.5 + 0.5 * 0.3 = 0.65 (at FPR 0.3)
+    assert aupro([mask], [a]) == pytest.approx((0.5 + 0.65) / 2)
+
+
+def test_image_auroc_uses_map_maxima_and_needs_both_kinds():
+    mask_bad, mask_ok = _two_regions(), np.zeros((10, 10), bool)
+    hot, cold = np.full((10, 10), 0.1), np.full((10, 10), 0.1)
+    hot[2, 2] = 0.9
+    assert image_auroc([mask_bad, mask_ok], [hot, cold]) == 1.0
+    assert np.isnan(image_auroc([mask_bad], [hot]))
+
+
+def test_pixel_metrics_check_shapes():
+    with pytest.raises(ValueError, match="differ in shape"):
+        pixel_auroc([np.zeros((4, 4), bool)], [np.zeros((4, 5))])

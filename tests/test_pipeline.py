@@ -16,7 +16,8 @@ from PIL import Image
 from conftest import run_cli
 from semray.data.io import read_image, read_image_pages
 from semray.maps import anomaly_grid, grid_regions, score_image
-from semray.pipeline import ERRORS_SCHEMA, MAPS_SCHEMA, PATCHES_SCHEMA, finished_pages, list_inputs
+from semray.pipeline import (ERRORS_SCHEMA, MAPS_SCHEMA, PATCHES_SCHEMA, RECORD_SCHEMA, WHOLE_FILE, finished_pages,
+                             list_inputs, write_part)
 from semray.runs import load_detector, read_threshold
 
 BAD = {  # file name -> words its error must contain
@@ -47,6 +48,53 @@ def test_list_inputs_files_directories_globs(tmp_path):
 def test_list_inputs_file_uri(tmp_path):
     (tmp_path / "x.tif").write_bytes(b"x")
     assert list_inputs([f"file://{tmp_path}"]) == [f"file://{tmp_path}/x.tif"]
+
+
+def _record(source, page, pages, error=None):
+    if error:
+        return {"source": source, "page": page, "pages": pages, "error": error}
+    return {"source": source, "page": page, "pages": pages, "height": 32, "width": 32, "stride": 16,
+            "patch_size": 32, "score": "feature", "map_height": 1, "map_width": 1, "map": [0.5], "grid_ys": [0],
+            "grid_xs": [0], "score_max": 0.5, "score_quantile": 0.5, "threshold": 1.0, "regions_count": 0,
+            "regions_area": 0, "regions": [], "windows": 1, "patch_ys": [0], "patch_xs": [0],
+            "patch_reconstruction": [0.1], "patch_smooth": [0.2], "patch_feature": [0.5]}
+
+
+def test_write_part_and_what_a_rerun_skips(tmp_path):
+    out = str(tmp_path)
+    batch = pa_table([_record("/a.tif", 0, 1), _record("/stack.tif", 0, 3), _record("/stack.tif", 1, 3, "bad page"),
+                      _record("/junk.tif", WHOLE_FILE, WHOLE_FILE, "/junk.tif: not a TIFF or PNG image")])
+    stats = write_part(batch, out, {"semray": "{}"}, patches=True).to_pylist()[0]
+    assert (stats["images"], stats["errors"], stats["windows"]) == (2, 2, 2)
+    names = {p.name for p in tmp_path.rglob("*")}
+    assert not any(n.endswith(".tmp") for n in names)  # renamed into place
+    assert write_part(batch, out, {}, patches=True).to_pylist()[0]["images"] == 2  # same batch: same file name
+    assert len(list((tmp_path / "maps").iterdir())) == 1
+    assert pq.read_table(tmp_path / "patches").num_rows == 2
+    done = finished_pages(out)
+    # finished files are skipped whole; a 3-page stack with pages 0 and 1 done is read again for page 2
+    assert done == {"/a.tif": {WHOLE_FILE}, "/junk.tif": {WHOLE_FILE}, "/stack.tif": {0, 1}}
+
+
+def pa_table(records):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+
+
+def test_scoring_actor_records_every_bad_kind_without_raising(run_dir, archive):
+    from semray.pipeline import ScoreImages
+
+    actor = ScoreImages(str(run_dir), {"stride": 16, "score": "feature", "threshold": 1.0, "quantile": 0.99,
+                                       "batch_size": 256, "patches": False, "cpus_per_worker": 1,
+                                       "gpus_per_worker": 0})
+    for name, words in BAD.items():
+        data = b"" if name == "missing.tif" else (archive / name).read_bytes()
+        (record,) = actor.score_file(str(archive / name), data, "no such file" if name == "missing.tif" else None,
+                                     set())
+        assert words in record["error"]
+    records = actor.score_file(str(archive / "stack.tif"), (archive / "stack.tif").read_bytes(), None, {0})
+    assert [(r["page"], r["pages"]) for r in records] == [(1, 2)] and "error" not in records[0]
 
 
 # ---------------------------------------------------------------- with Ray
@@ -130,6 +178,15 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
         assert n.num_rows == s["ys"].size
         np.testing.assert_allclose(np.sort(n.column("feature").to_numpy()), np.sort(s["feature"]), rtol=1e-5)
 
+    # other readers: DuckDB and pandas
+    import duckdb
+    import pandas as pd
+
+    count, images = duckdb.connect().execute(
+        f"SELECT count(*), count(DISTINCT source) FROM '{out}/maps/*.parquet'").fetchone()
+    assert (count, images) == (5, 4)
+    assert len(pd.read_parquet(out / "maps")) == 5 and len(pd.read_parquet(out / "errors")) == len(BAD)
+
     # a second run skips everything and leaves the output byte for byte as it was
     before = _files(out)
     again = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, timeout=400)
@@ -151,6 +208,9 @@ def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive):
     assert "1 already done" in proc.stdout and "scoring 2" in proc.stdout
     sources = _table(out / "maps").column("source").to_pylist()
     assert sorted(sources) == sorted(str(p) for p in archive.rglob("SYN*.tif"))  # each exactly once
+    # resuming with other settings would mix two jobs in one table
+    other = run_cli("score", archive / "batch1", "--run", run_dir, "--out", out, "--score", "smooth", check=False)
+    assert other.returncode == 2 and "another scoring job" in other.stderr and "score: 'feature'" in other.stderr
 
 
 def test_nothing_scorable_is_a_failure(tmp_path, run_dir, archive):

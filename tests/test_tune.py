@@ -20,7 +20,7 @@ from semray.config import Config
 from semray.models import create_autoencoder, create_denoiser
 from semray.scores import SCORE_NAMES
 from semray.tune import (OBJECTIVE, EpochValidator, Param, TuneSpec, cell_table,
-                         expected_trials, load_tune_spec, max_iterations, parse_space, pick_best,
+                         expected_trials, grace_period, load_tune_spec, max_iterations, parse_space, pick_best,
                          pick_objective, split_validation_test, trial_config)
 
 
@@ -87,6 +87,7 @@ def test_spec_round_trip_and_iteration_budget(tmp_path):
     assert spec.settings.score == "feature"
     assert TuneSpec.from_dict(spec.to_dict()) == spec
     assert max_iterations(spec) == 5 + 2 + 1  # both stages' epochs at their largest, plus the final report
+    assert grace_period(spec) == 5 + 1  # ASHA judges no trial before its first denoiser epoch
     assert expected_trials(spec) == 2 * 3  # samples x the model-kind grid
 
 

@@ -1,0 +1,81 @@
+"""semray report: the HTML page and its pictures, rendered in headless Chromium (every image must
+load), on a run made without Ray (untrained weights: the page's plumbing, not the model, is tested)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from semray.config import Config
+from semray.data.datasets import load_normal_images
+from semray.evaluate import calibrate_run
+from semray.models import create_autoencoder, create_denoiser
+from semray.runs import save_config, save_model
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom"]
+
+
+def make_untrained_run(run, data, kind="ae"):
+    cfg = Config.from_dict({"model": {"kind": kind, "width": 8, "latent_dim": 16},
+                            "denoiser": {"depth": 2, "width": 8}})
+    torch.manual_seed(0)
+    save_config(run, cfg)
+    save_model(run, cfg, {"mode": "patch", "mean": 0.5, "std": 0.25},
+               create_autoencoder(cfg.model, 32).state_dict(), create_denoiser(cfg.denoiser).state_dict())
+    calibrate_run(run, [im for _, im in load_normal_images(data)], "the test's normal images")
+    return run
+
+
+def rendered_body(page, tmp_path) -> dict[str, str]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed: `make test` installs it (scripts/test-deps.sh)")
+    proc = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
+                           page.as_uri()], capture_output=True, text=True, timeout=120)
+    body = re.search(r"<body([^>]*)>", proc.stdout)
+    assert body, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return dict(re.findall(r'data-(\w+)="([^"]*)"', body.group(1)))
+
+
+def test_report_renders_with_every_image_loaded(tmp_path, synth_data):
+    runs = [make_untrained_run(tmp_path / kind, synth_data, kind) for kind in ("ae", "dae")]
+    out = tmp_path / "report"
+    proc = run_cli("report", "--run", runs[0], "--run", runs[1], "--data", synth_data, "--out", out,
+                   "--examples", 2)
+    page = out / "index.html"
+    assert str(page) in proc.stdout
+    text = page.read_text()
+    for words in ("pixel AUROC", "AUPRO", "F1 (calibrated)", "F1 (best)", "reconstruction", "feature"):
+        assert words in text
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 2 * (2 + 2 * 2)  # per run: curves, histograms, and stages + detections per example
+    assert all(f"src='{name}'" in text for name in pngs)  # relative links: opens from disk
+
+    body = rendered_body(page, tmp_path)
+    assert body == {"images": str(len(pngs)), "broken": "0"}
+
+    # the check can fail: a missing picture is counted as broken
+    (out / pngs[0]).unlink()
+    assert rendered_body(page, tmp_path)["broken"] == "1"
+
+
+def test_evaluate_reports_pixel_metrics_and_the_calibrated_threshold(tmp_path, synth_data):
+    run = make_untrained_run(tmp_path / "run", synth_data)
+    out = tmp_path / "eval.json"
+    proc = run_cli("evaluate", "--run", run, "--data", synth_data, "--json", out)
+    assert "pix.AUROC" in proc.stdout and "F1 cal." in proc.stdout
+    result = json.loads(out.read_text())
+    threshold = json.loads((run / "threshold.json").read_text())
+    for name, m in result["scores"].items():
+        assert 0 <= m["pixel_auroc"] <= 1 and 0 <= m["aupro"] <= 1
+        assert m["calibrated_threshold"] == threshold["scores"][name]
+        assert not np.isnan(m["calibrated_f1"])
+    assert result["calibration"]["fpr"] == 0.01
