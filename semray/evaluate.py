@@ -134,7 +134,7 @@ def format_table(results: Iterable[dict[str, Any]]) -> str:
     """The study's table: one block of rows (reconstruction, smooth, feature) per model, plus the
     pixel/region metrics and the calibrated threshold's F1 when they were computed."""
     results = list(results)
-    extra = [(k, h) for k, h, w in _EXTRA if any(k in r["scores"][s] for r in results for s in SCORE_NAMES)]
+    extra = [(k, h) for k, h in _EXTRA if any(k in r["scores"][s] for r in results for s in SCORE_NAMES)]
     lines = [f"{'model':<6} {'score':<15} {'AUROC':>7} {'AP':>7} {'prec.':>7} {'recall':>7} {'F1':>7} {'F1 h.o.':>8}"
              + "".join(f" {h:>9}" for _, h in extra)]
     for r in results:
@@ -150,7 +150,7 @@ def format_table(results: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-_EXTRA = [("calibrated_f1", "F1 cal.", 9), ("pixel_auroc", "pix.AUROC", 9), ("aupro", "AUPRO", 9)]
+_EXTRA = [("calibrated_f1", "F1 cal."), ("pixel_auroc", "pix.AUROC"), ("aupro", "AUPRO")]
 
 
 def format_grid(results: Iterable[dict[str, Any]], key: str = "auroc", title: str | None = None) -> str:

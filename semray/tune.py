@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 
 from semray.config import Config, config_from_dict, read_yaml
 from semray.data.datasets import LabelledImage, load_anomalous_images, load_normal_images
@@ -39,7 +40,7 @@ from semray.data.patches import image_statistics, iter_patch_batches, normalize_
 from semray.evaluate import calibrate_run, format_grid, pick_device, summarize
 from semray.maps import score_image
 from semray.metrics import auroc
-from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, load_detector, save_config
+from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, RunError, load_detector, save_config
 from semray.scores import SCORE_NAMES, all_scores, reconstruction_score
 
 SPEC_FILE = "search.yaml"
@@ -355,7 +356,7 @@ def concurrency(spec: TuneSpec) -> int:
     return max(1, n)
 
 
-def _trial_resources(spec: TuneSpec, params: dict[str, Any]) -> dict[str, Any]:
+def _trial_resources(spec: TuneSpec) -> dict[str, Any]:
     """Per-trial resources, applied to the Train worker (the trial's own actor only waits)."""
     s = spec.settings
     return {"train.cpus_per_worker": s.cpus_per_trial, "train.use_gpu": s.gpus_per_trial > 0,
@@ -385,7 +386,7 @@ def _tuner(spec: TuneSpec, tune_dir: Path, log: Callable[[str], None], restore: 
     else:
         scheduler = FIFOScheduler()
     space = {k: p.to_tune() for k, p in spec.space.items()}
-    space.update(_trial_resources(spec, space))
+    space.update(_trial_resources(spec))
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -393,12 +394,13 @@ def _tuner(spec: TuneSpec, tune_dir: Path, log: Callable[[str], None], restore: 
                                     max_concurrent_trials=concurrency(spec),
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=_storage(spec, tune_dir),
-                                  callbacks=[_TrialLog(log)], verbose=0,
+                                  callbacks=[_trial_log(log)], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
 
-def _trial_log_class():
+def _trial_log(log: Callable[[str], None]):
+    """A Tune callback (made here so that importing this module needs no Ray)."""
     from ray.tune import Callback
 
     class TrialLog(Callback):
@@ -422,11 +424,7 @@ def _trial_log_class():
         def on_trial_error(self, iteration, trials, trial, **info):
             self.log(f"[tune] trial {trial.trial_id} failed; see {trial.path}")
 
-    return TrialLog
-
-
-def _TrialLog(log):  # noqa: N802 (a class made on demand, so importing this module needs no Ray)
-    return _trial_log_class()(log)
+    return TrialLog(log)
 
 
 def _trial_dirname(trial) -> str:
@@ -453,8 +451,6 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
 
     tune_dir = Path(tune_dir).resolve()
     tune_dir.mkdir(parents=True, exist_ok=True)
-    import yaml
-
     if not resume:
         if (tune_dir / SPEC_FILE).exists():
             raise ValueError(f"{tune_dir} already holds a search; continue it with --resume {tune_dir}, "
@@ -469,9 +465,14 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
     if ended < expected_trials(spec):
         raise SearchInterrupted(f"{expected_trials(spec) - ended} of {expected_trials(spec)} trial(s) did not "
                                 f"end; continue with `semray tune --resume {tune_dir}`")
+    return write_outputs(grid, spec, tune_dir, log)
+
+
+def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """results.parquet, best/ (calibrated), best.json and the printed tables of an ended search."""
     rows = result_rows(grid, spec)
     if not any(r["stage"] == "final" for r in rows):
-        raise RuntimeError(f"no trial finished training (errors: {grid.num_errors}); see {tune_dir / EXPERIMENT}")
+        raise RunError(f"no trial finished training (errors: {grid.num_errors}); see {tune_dir / EXPERIMENT}")
     write_results(rows, tune_dir / RESULTS_FILE)
     best = pick_best(rows)
     best_result = next(r for r in grid if r.metrics and r.metrics.get("trial_id") == best["trial_id"])
