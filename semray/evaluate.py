@@ -52,18 +52,18 @@ def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Co
     """
     size = cfg.patches.size
     smoothing_px = cfg.eval.smoothing_px if smoothing_px is None else smoothing_px
-    y = np.concatenate([patch_labels(item.mask, r["ys"], r["xs"], size, min_defect_pixels)
-                        for item, r in scored])
+    y = window_labels(scored, size, min_defect_pixels)
     groups = np.concatenate([np.full(r["ys"].size, i) for i, (_, r) in enumerate(scored)])
-    pooled = [{k: neighbourhood_mean(r[k], r["ys"], r["xs"], smoothing_px) for k in SCORE_NAMES}
-              for _, r in scored]
-    scores = {k: _metrics(y, np.concatenate([r[k] for r in pooled]), groups) for k in SCORE_NAMES}
+    pooled = pooled_scores(scored, smoothing_px)
+    flat = {k: np.concatenate([p[k] for p in pooled]) for k in SCORE_NAMES}
+    masks = [item.mask for item, _ in scored]
+    scores = {}
     for k in SCORE_NAMES:
+        scores[k] = _metrics(y, flat[k], groups)
         if thresholds and k in thresholds:
-            at = at_threshold(y, np.concatenate([r[k] for r in pooled]), thresholds[k])
+            at = at_threshold(y, flat[k], thresholds[k])
             scores[k].update({f"calibrated_{m}": at[m] for m in ("precision", "recall", "f1", "threshold")})
         if pixel:
-            masks = [item.mask for item, _ in scored]
             maps = [assemble_map(p[k], r["ys"], r["xs"], size, item.image.shape)
                     for (item, r), p in zip(scored, pooled)]
             scores[k].update({"pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
@@ -79,6 +79,18 @@ def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Co
         "smoothing_px": smoothing_px,
         "images": len(scored),
     }
+
+
+def window_labels(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], size: int,
+                  min_defect_pixels: int) -> np.ndarray:
+    """Every window's label (anomalous or not), all images concatenated in scoring order."""
+    return np.concatenate([patch_labels(item.mask, r["ys"], r["xs"], size, min_defect_pixels) for item, r in scored])
+
+
+def pooled_scores(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]],
+                  smoothing_px: int) -> list[dict[str, np.ndarray]]:
+    """Per image, each score's windows averaged with their neighbours' (see neighbourhood_mean)."""
+    return [{k: neighbourhood_mean(r[k], r["ys"], r["xs"], smoothing_px) for k in SCORE_NAMES} for _, r in scored]
 
 
 def _metrics(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, float]:

@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,6 +59,7 @@ ERRORS_SCHEMA = pa.schema([("source", pa.string()), ("page", pa.int32()), ("page
 # What flows from the scoring actors to the writers: a maps row or an error row, and the windows.
 RECORD_SCHEMA = pa.schema([*MAPS_SCHEMA, ("error", pa.string()), ("windows", pa.int64()), *PATCH_COLUMNS])
 WHOLE_FILE = -1  # the page of an error that concerns the whole file (unreadable, not an image)
+MESSAGES_SHOWN = 20  # failures listed in the summary (all of them are in errors/)
 
 
 @dataclass
@@ -127,28 +128,14 @@ def _list_uri(uri: str) -> list[str]:
             if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
 
 
-def read_file_bytes(path: str) -> bytes:
-    """Local paths or any URI pyarrow understands; errors name the file (semray.data.io style)."""
-    from semray.data.io import ImageReadError, _read_bytes
-
-    if not _is_uri(path):
-        return _read_bytes(path)
-    from pyarrow import fs as pafs
-
-    try:
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        with filesystem.open_input_stream(inner) as f:
-            return f.read()
-    except Exception as e:
-        raise ImageReadError(path, f"cannot read file ({e})") from None
-
-
 def read_batch(batch: pa.Table) -> pa.Table:
     """Ray Data stage 'read bytes': a failed read travels on as an error, not an exception."""
+    from semray.data.io import read_bytes
+
     paths, data, errors = [], [], []
     for path in batch.column("source").to_pylist():
         try:
-            blob, error = read_file_bytes(path), None
+            blob, error = read_bytes(path), None
         except Exception as e:  # ImageReadError, or anything a remote filesystem raises
             blob, error = b"", str(e)
         paths.append(path)
@@ -407,7 +394,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
         images += row["images"]
         errors += row["errors"]
         windows += row["windows"]
-        messages.extend(row["error_messages"])
+        messages.extend(row["error_messages"][:MESSAGES_SHOWN - len(messages)])
     summary = _summary(out, images, errors, windows, messages, time.time() - started, log)
     if images == 0 and len(paths) == len(todo):
         raise RunError(f"no image could be scored: {errors} failure(s), see {out}/{ERRORS}/")
@@ -416,10 +403,10 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
 
 def _summary(out: str, images: int, errors: int, windows: int, messages: list[str], seconds: float,
              log: Callable[[str], None], already: int = 0) -> dict[str, Any]:
-    for m in messages[:20]:
+    for m in messages:
         log(f"[score] failed: {m}")
-    if len(messages) > 20:
-        log(f"[score] ... and {len(messages) - 20} more failures in {out}/{ERRORS}/")
+    if errors > len(messages):
+        log(f"[score] ... and {errors - len(messages)} more failures in {out}/{ERRORS}/")
     rate = images / seconds if seconds else 0.0
     log(f"[score] {images} image(s), {windows} patches, {errors} failure(s) in {seconds:.1f} s "
         f"({rate:.2f} images/s); maps in {out}/{MAPS}/" + (f" ({already} already done)" if already else ""))
@@ -447,5 +434,5 @@ def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
 
 
 def job_from_args(**kwargs) -> ScoreJob:
-    names = set(asdict(ScoreJob([], "", "")))
+    names = {f.name for f in fields(ScoreJob)}
     return ScoreJob(**{k: v for k, v in kwargs.items() if k in names and v is not None})

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from semray.data.patches import grid_coordinates, neighbourhood_mean, patch_labels
+from semray.data.patches import grid_coordinates
 from semray.maps import image_record
 from semray.scores import SCORE_NAMES
 
@@ -128,7 +128,7 @@ def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str 
                  scored: dict[str, list] | None = None) -> Path:
     """Score the anomalous images of data_dir with each run and write out_dir/index.html.
     scored: window scores already computed per run (as score_dataset returns them), to reuse."""
-    from semray.evaluate import pick_device, score_dataset, summarize
+    from semray.evaluate import pick_device, pooled_scores, score_dataset, summarize, window_labels
     from semray.overlay import pixel_map, render_overlay
     from semray.runs import load_detector, read_threshold
 
@@ -146,10 +146,9 @@ def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str 
         results.append(result)
         model, size = cfg.model.kind, cfg.patches.size
         tag = f"{len(results)}-{model}"
-        labels = np.concatenate([patch_labels(item.mask, r["ys"], r["xs"], size, cfg.eval.min_defect_pixels)
-                                 for item, r in run_scored])
-        pooled = {k: np.concatenate([neighbourhood_mean(r[k], r["ys"], r["xs"], cfg.eval.smoothing_px)
-                                     for _, r in run_scored]) for k in SCORE_NAMES}
+        labels = window_labels(run_scored, size, cfg.eval.min_defect_pixels)
+        per_image = pooled_scores(run_scored, cfg.eval.smoothing_px)
+        pooled = {k: np.concatenate([p[k] for p in per_image]) for k in SCORE_NAMES}
         curves_figure(model, labels, pooled, out / f"curves-{tag}.png")
         histogram_figure(model, labels, pooled, thresholds, out / f"hist-{tag}.png")
         best = max(SCORE_NAMES, key=lambda k: np.nan_to_num(result["scores"][k]["auroc"]))

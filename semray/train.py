@@ -336,7 +336,7 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     from semray.evaluate import calibrate_run
 
     if held_out:
-        source = "held-out normal image(s) " + ", ".join(str(path) for path, _ in held_out)
+        source = "held-out normal image(s) " + ", ".join(str(name) for name, _ in held_out)
         calibration_images = [image for _, image in held_out]
     else:  # optimistic: training images score lower than unseen normal ones
         source, calibration_images = f"the training images in {Path(data_dir).resolve() / 'Normal'}", images

@@ -41,7 +41,8 @@ from semray.evaluate import calibrate_run, format_grid, pick_device, summarize
 from semray.maps import score_image
 from semray.metrics import auroc
 from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, RunError, load_detector, save_config
-from semray.scores import SCORE_NAMES, all_scores, reconstruction_score
+from semray.models import AnomalyDetector
+from semray.scores import SCORE_NAMES, reconstruction_score
 
 SPEC_FILE = "search.yaml"
 RESULTS_FILE = "results.parquet"
@@ -128,7 +129,7 @@ def trial_config(base: Config, params: dict[str, Any]) -> Config:
     nested: dict[str, dict[str, Any]] = {}
     for key, value in params.items():
         section, name = key.split(".", 1)
-        nested.setdefault(section, {})[name] = value.item() if isinstance(value, np.generic) else value
+        nested.setdefault(section, {})[name] = _plain(value)
     return base.updated(nested)
 
 
@@ -242,15 +243,15 @@ class EpochValidator:
         device = next(autoencoder.parameters()).device
         norm = self.normalization
         out: dict[str, list[np.ndarray]] = {}
+        detector = (AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"])
+                    if denoiser is not None else None)
         for start in range(0, len(self.patches), self.batch_size):
             raw = torch.tensor(self.patches[start:start + self.batch_size], device=device)  # a copy: shared arrays are read-only
-            x = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"])
-            reconstruction = autoencoder(x)
-            if denoiser is None:
-                scores = {"reconstruction": reconstruction_score(x, reconstruction)}
-            else:
-                mask, smooth = denoiser(reconstruction)
-                scores = all_scores(x, reconstruction, smooth, mask)
+            if detector is not None:
+                scores = detector.scores(raw)
+            else:  # stage 1: no denoiser yet, so only the reconstruction score exists
+                x = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"])
+                scores = {"reconstruction": reconstruction_score(x, autoencoder(x))}
             for k, v in scores.items():
                 out.setdefault(k, []).append(v.float().cpu().numpy())
         aurocs = {k: auroc(self.labels, np.concatenate(v)) for k, v in out.items()}
@@ -484,7 +485,7 @@ def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: Callable[[str], Non
     calibrate_run(best_run, normal, f"the training images in {Path(spec.data) / 'Normal'}")
     best.update({"run": str(best_run), "checkpoint": best_result.checkpoint.path,
                  "search": search_summary(rows, grid, spec)})
-    (tune_dir / BEST_FILE).write_text(json.dumps(best, indent=2, default=_json_default) + "\n")
+    (tune_dir / BEST_FILE).write_text(json.dumps(best, indent=2, default=_plain) + "\n")
     log("\nbest validation AUROC per model/score (its trial's test AUROC below)")
     log(format_grid(cell_table(rows, "val_auroc"), "val_auroc", "val"))
     log(format_grid(cell_table(rows, "test_auroc"), "test_auroc", "test"))
@@ -510,12 +511,6 @@ def _ended_trials(experiment_path: str) -> int:
 
     trials = ExperimentAnalysis(experiment_path).trials
     return sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials)
-
-
-def _json_default(v: Any):
-    if isinstance(v, np.generic):
-        return v.item()
-    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
 
 
 # ---------------------------------------------------------------- results
@@ -546,6 +541,7 @@ def result_rows(grid, spec: TuneSpec) -> list[dict[str, Any]]:
 
 
 def _plain(v: Any) -> Any:
+    """numpy scalars (Tune samples them) as plain Python values, for configs, Parquet and JSON."""
     return v.item() if isinstance(v, np.generic) else v
 
 

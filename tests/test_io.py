@@ -206,3 +206,14 @@ def test_read_mask_tiff_and_alpha_ignored(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "rgba.png"), m)
     with pytest.raises(ImageReadError, match="no such file"):
         read_mask(tmp_path / "none.png")
+
+
+def test_read_bytes_local_and_uri(tmp_path):
+    from semray.data.io import read_bytes
+
+    path = tmp_path / "a.tif"
+    path.write_bytes(b"II*\x00abc")
+    assert read_bytes(path) == read_bytes(path.as_uri()) == b"II*\x00abc"
+    for missing in (tmp_path / "gone.tif", (tmp_path / "gone.tif").as_uri()):
+        with pytest.raises(ImageReadError, match="gone.tif"):
+            read_bytes(missing)

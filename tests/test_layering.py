@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 RAY_FREE = ["semray.config", "semray.data.io", "semray.data.synth", "semray.data.datasets",
-            "semray.data.patches", "semray.models", "semray.scores", "semray.metrics", "semray.evaluate",
+            "semray.data.patches", "semray.models", "semray.scores", "semray.maps", "semray.regions",
+            "semray.metrics", "semray.evaluate", "semray.overlay", "semray.report",
             "semray.runs", "semray.train", "semray.cli"]
 
 

@@ -181,8 +181,19 @@ def decode_page(data: bytes, path: str, page: int, min_size: int = 32) -> np.nda
     return _finish(_decode_raw(data, path, page)[0], path, min_size)
 
 
-def _read_bytes(path) -> bytes:
+def read_bytes(path) -> bytes:
+    """A file's bytes from a local path or any URI pyarrow understands (s3://, gs://, file://);
+    every failure is an ImageReadError naming the file."""
     p = os.fspath(path)
+    if "://" in p:
+        from pyarrow import fs as pafs
+
+        try:
+            filesystem, inner = pafs.FileSystem.from_uri(p)
+            with filesystem.open_input_stream(inner) as f:
+                return f.read()
+        except Exception as e:  # pyarrow raises OSError, ArrowInvalid, ... per backend
+            raise ImageReadError(p, f"cannot read file ({e})") from None
     try:
         with open(p, "rb") as f:
             return f.read()
@@ -196,19 +207,19 @@ def _read_bytes(path) -> bytes:
 
 def read_image_pages(path, min_size: int = 32) -> list[np.ndarray]:
     """Every page of an image file; multi-page TIFFs hold several training images."""
-    return decode_image_bytes(_read_bytes(path), os.fspath(path), min_size)
+    return decode_image_bytes(read_bytes(path), os.fspath(path), min_size)
 
 
 def read_image(path, page: int = 0, min_size: int = 32) -> np.ndarray:
     """One page, decoding only that page so large multi-page stacks stay cheap."""
     p = os.fspath(path)
-    return decode_page(_read_bytes(p), p, page, min_size)
+    return decode_page(read_bytes(p), p, page, min_size)
 
 
 def read_mask(path) -> np.ndarray:
     """Ground-truth mask as bool (H, W): any nonzero pixel, whatever the encoding (0/1, 0/255, RGB)."""
     p = os.fspath(path)
-    a = _channels_last(_decode_raw(_read_bytes(p), p, 0)[0], p)
+    a = _channels_last(_decode_raw(read_bytes(p), p, 0)[0], p)
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ImageReadError(p, "contains NaN or infinite pixels")
     if a.ndim == 3:
