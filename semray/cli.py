@@ -18,7 +18,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     if getattr(args, "model", None):
         o["model"]["kind"] = args.model
     for flag, key in (("epochs", "epochs"), ("denoiser_epochs", "denoiser_epochs"), ("workers", "num_workers"),
-                      ("seed", "seed")):
+                      ("seed", "seed"), ("max_failures", "max_failures")):
         if getattr(args, flag, None) is not None:
             o["train"][key] = getattr(args, flag)
     if getattr(args, "gpu", False):
@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     from semray.train import train_run
 
     cfg = load_config(args.config, _overrides(args))
-    train_run(args.data, args.run, cfg, address=args.address)
+    train_run(args.data, args.run, cfg, address=args.address, storage=args.storage)
     return 0
 
 
@@ -95,7 +95,7 @@ def cmd_score(args) -> int:
     job = job_from_args(inputs=args.inputs, run=args.run, out=args.out, stride=args.stride, score=args.score,
                         workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size,
-                        threshold=args.threshold, patches=args.patches)
+                        threshold=args.threshold, patches=args.patches, images_per_file=args.images_per_file)
     summary = score_archive(job, address=args.address)
     return 0 if summary["images"] or not summary["errors"] else 1
 
@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")
     t.add_argument("--seed", type=int)
+    t.add_argument("--max-failures", type=int,
+                   help="worker failures to survive by restarting from the last checkpoint (default 0)")
+    t.add_argument("--storage", help="Ray Train checkpoint root (s3://, gs:// or a shared path; needed on a "
+                                     "multi-node cluster); default: RUN/ray")
     t.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     t.set_defaults(func=cmd_train)
 
@@ -232,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, help="windows per forward pass (default 512)")
     b.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
     b.add_argument("--patches", action="store_true", help="also write one row per window to patches/")
+    b.add_argument("--images-per-file", type=int,
+                   help="images per Parquet part (default 64); fewer means less work redone after a crash")
     b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     b.set_defaults(func=cmd_score)
 

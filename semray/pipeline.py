@@ -147,19 +147,28 @@ def read_batch(batch: pa.Table) -> pa.Table:
 
 # ---------------------------------------------------------------- scoring actors
 class ScoreImages:
-    """Ray Data actor: loads the run's model once, then decodes, tiles, scores and assembles
-    every page of the files it is given."""
+    """Ray Data actor: builds the run's model once, then decodes, tiles, scores and assembles
+    every page of the files it is given.
 
-    def __init__(self, run: str, settings: dict[str, Any]):
+    model: a run directory, or the state in its model.pt (or an ObjectRef to it). The job reads the
+    run once and ships the state, so the nodes of a cluster need no access to the run directory, and
+    an actor restarted on another node after a node failure gets the same weights.
+    """
+
+    def __init__(self, model: Any, settings: dict[str, Any]):
+        import ray
         import torch
 
         from semray.evaluate import pick_device
-        from semray.runs import load_detector
+        from semray.runs import MODEL_FILE, detector_from_state, load_state
 
         self.s = settings
         threads = max(1, int(settings["cpus_per_worker"]))
         torch.set_num_threads(threads)
-        self.detector, self.cfg = load_detector(run, pick_device(settings["gpus_per_worker"] > 0))
+        if isinstance(model, ray.ObjectRef):
+            model = ray.get(model)
+        state = load_state(Path(model) / MODEL_FILE) if isinstance(model, (str, Path)) else model
+        self.detector, self.cfg = detector_from_state(state, pick_device(settings["gpus_per_worker"] > 0))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         records: list[dict[str, Any]] = []
@@ -360,7 +369,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
     import ray
 
     from semray.ray_env import init_ray
-    from semray.runs import RunError
+    from semray.runs import MODEL_FILE, RunError, load_state
 
     run_dir = str(Path(job.run).resolve()) if not _is_uri(job.run) else job.run
     out = str(Path(job.out).resolve()) if not _is_uri(job.out) else job.out
@@ -382,7 +391,8 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
     items = [{"source": p, "skip_pages": sorted(done.get(p, ()))} for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
     ds = ds.map_batches(read_batch, batch_size=1, batch_format="pyarrow", num_cpus=0)
-    ds = ds.map_batches(ScoreImages, fn_constructor_kwargs={"run": run_dir, "settings": settings},
+    model = ray.put(load_state(Path(run_dir) / MODEL_FILE))  # owned by this driver: survives worker nodes
+    ds = ds.map_batches(ScoreImages, fn_constructor_kwargs={"model": model, "settings": settings},
                         batch_size=1, batch_format="pyarrow", num_cpus=job.cpus_per_worker,
                         num_gpus=job.gpus_per_worker or None,
                         compute=ray.data.ActorPoolStrategy(size=pool_size(job)))

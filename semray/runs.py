@@ -99,8 +99,11 @@ def checkpoint_hash(run_dir: Path) -> str:
 
 def load_detector(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[AnomalyDetector, Config]:
     """The trained detector of a run, in eval mode on `device`, with the config it was trained with."""
-    run_dir = Path(run_dir)
-    state = load_state(run_dir / MODEL_FILE)
+    return detector_from_state(load_state(Path(run_dir) / MODEL_FILE), device)
+
+
+def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> tuple[AnomalyDetector, Config]:
+    """The detector held in a loaded model.pt: lets a job read the run once and ship the weights."""
     cfg = Config.from_dict(state["config"])
     autoencoder = create_autoencoder(cfg.model, cfg.patches.size)
     autoencoder.load_state_dict(state["autoencoder"])

@@ -308,8 +308,13 @@ def worker_threads(cfg: Config) -> int:
 
 
 def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: str | None = None,
-              log: Callable[[str], None] = print) -> Path:
-    """Train both stages into run_dir (resuming whatever an earlier attempt left) -> path of model.pt."""
+              log: Callable[[str], None] = print, storage: str | None = None) -> Path:
+    """Train both stages into run_dir (resuming whatever an earlier attempt left) -> path of model.pt.
+
+    storage: a root (s3://, gs://, or a shared path) for Ray Train's checkpoints, kept under
+    STORAGE/RUN_NAME. A multi-node cluster needs one: rank 0 persists checkpoints from whichever node
+    it runs on, and the default (run_dir/ray) is only readable on the machine running this.
+    """
     from semray.ray_env import init_ray
 
     run_dir = Path(run_dir).resolve()
@@ -331,7 +336,8 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     init_ray(address)
     log(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
         f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
-    path = train_stages(images, normalization, cfg, run_dir)
+    path = train_stages(images, normalization, cfg, run_dir,
+                        storage=f"{storage.rstrip('/')}/{run_dir.name}" if storage else None)
     log(f"trained model written to {path}")
     from semray.evaluate import calibrate_run
 

@@ -53,3 +53,9 @@ def synth_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
     run_cli("synth", out, "--normal", 3, "--anomalous", 3, "--height", 192, "--width", 256, "--seed", 1)
     return out
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `cluster` start a multi-node Ray with `cluster/local.sh`: run them last, so no
+    other test's private Ray runs beside it (two Rays on one machine confuse Ray Train)."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)

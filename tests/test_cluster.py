@@ -1,0 +1,238 @@
+"""Jobs on a real multi-node Ray cluster: `cluster/local.sh` starts a head and two worker nodes
+(separate raylets, each with one CPU), and jobs go in through the Job Submission API with the
+runtime envs in jobs/, as a user submits them to a cloud cluster.
+
+Covered: a training job (DDP across the two nodes), the same job surviving the SIGKILL of a
+training worker with the same final metrics, a scoring job, a scoring job surviving the loss of a
+whole worker node (every image exactly once), and a stopped scoring job resumed by re-submitting it.
+
+The cluster is started once for this module and stopped in a finalizer, so it goes away even when a
+test fails; conftest.py runs these tests last, when no other Ray is running on the machine.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+import yaml
+
+from conftest import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SH = REPO / "cluster" / "local.sh"
+PORT, DASHBOARD = 6393, 8273  # not local.sh's defaults: a developer's own cluster is left alone
+SCORE_ACTOR = "MapWorker(MapBatches(ScoreImages))"
+
+pytestmark = pytest.mark.cluster
+
+TRAIN_CONFIG = """\
+model: {width: 8, latent_dim: 16}
+denoiser: {depth: 3, width: 8}
+train: {epochs: 5, denoiser_epochs: 2, patches_per_epoch: 6144, denoiser_patches_per_epoch: 2048,
+        batch_size: 64, ema_decay: 0}
+eval: {batch_size: 256}
+"""
+
+
+class Cluster:
+    def __init__(self, state_dir: Path):
+        self.env = {**os.environ, "SEMRAY_CLUSTER_DIR": str(state_dir), "SEMRAY_CLUSTER_PORT": str(PORT),
+                    "SEMRAY_DASHBOARD_PORT": str(DASHBOARD), "RAY": str(Path(sys.executable).parent / "ray")}
+        self.address = f"127.0.0.1:{PORT}"
+        self.client = None
+
+    def sh(self, *args: str, timeout: float = 180) -> str:
+        proc = subprocess.run([str(LOCAL_SH), *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, f"local.sh {' '.join(args)}: {proc.stdout}{proc.stderr}"
+        return proc.stdout
+
+    def submit(self, job: str, *args: str, sid: str) -> str:
+        """Submit jobs/JOB.py ARGS with the runtime env in jobs/JOB.yaml (working_dir: this checkout)."""
+        runtime_env = yaml.safe_load((REPO / "jobs" / f"{job}.yaml").read_text())
+        runtime_env["working_dir"] = str(REPO / runtime_env["working_dir"])
+        return self.client.submit_job(entrypoint=" ".join(["python", f"jobs/{job}.py", *map(str, args)]),
+                                      runtime_env=runtime_env, submission_id=sid)
+
+    def status(self, sid: str) -> str:
+        return str(self.client.get_job_status(sid))
+
+    def wait(self, sid: str, timeout: float = 600) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.status(sid)
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return status
+            time.sleep(1)
+        self.client.stop_job(sid)
+        raise AssertionError(f"job {sid} still running after {timeout} s:\n{self.logs(sid)[-4000:]}")
+
+    def logs(self, sid: str) -> str:
+        return self.client.get_job_logs(sid)
+
+    def succeed(self, sid: str, timeout: float = 600) -> str:
+        status = self.wait(sid, timeout)
+        logs = self.logs(sid)
+        assert status == "SUCCEEDED", f"job {sid} {status}:\n{logs[-6000:]}"
+        return logs
+
+    def node_name(self, node_id: str) -> str:
+        from ray.util.state import list_nodes
+
+        return {n.node_id: n.node_name for n in list_nodes(address=self.address)}[node_id]
+
+    def alive_actors(self, class_name: str) -> list:
+        from ray.util.state import list_actors
+
+        return list_actors(address=self.address, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import ray
+
+    if ray.is_initialized():  # one Ray per machine at a time (see semray.ray_env)
+        ray.shutdown()
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        c.sh("start", "2")
+        from ray.job_submission import JobSubmissionClient
+
+        c.client = JobSubmissionClient(f"http://127.0.0.1:{DASHBOARD}")
+        yield c
+    finally:
+        subprocess.run([str(LOCAL_SH), "stop"], env=c.env, capture_output=True, timeout=180)
+
+
+def test_local_cluster_has_a_head_and_two_worker_nodes(cluster):
+    from ray.util.state import list_nodes
+
+    nodes = list_nodes(address=cluster.address, filters=[("state", "=", "ALIVE")])
+    assert sorted(n.node_name for n in nodes) == ["head", "worker-1", "worker-2"]
+    workers = {n.node_name: n.resources_total for n in nodes if n.node_name != "head"}
+    assert all(r.get("CPU") == 1 for r in workers.values())
+    assert workers["worker-1"].get("worker_node_1") == 1 and workers["worker-2"].get("worker_node_2") == 1
+    assert "worker-1: running" in cluster.sh("status")
+
+
+# ---------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def train_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cluster-config") / "train.yaml"
+    path.write_text(TRAIN_CONFIG)
+    return path
+
+
+def _train_args(synth_data, run, config, storage):
+    return ["--data", synth_data, "--model", "ae", "--run", run, "--config", config, "--workers", 2,
+            "--max-failures", 1, "--storage", storage]
+
+
+@pytest.fixture(scope="module")
+def trained_run(cluster, tmp_path_factory, synth_data, train_config) -> Path:
+    """A training job with two DDP workers, one on each worker node."""
+    root = tmp_path_factory.mktemp("cluster-train")
+    run = root / "baseline"
+    sid = cluster.submit("train", *_train_args(synth_data, run, train_config, root / "checkpoints"),
+                         sid="train-baseline")
+    logs = cluster.succeed(sid)
+    assert "2 worker(s)" in logs and (run / "model.pt").exists() and (run / "threshold.json").exists()
+    return run
+
+
+def test_training_survives_a_killed_worker_with_the_same_metrics(cluster, trained_run, tmp_path, synth_data,
+                                                                 train_config):
+    from semray.evaluate import evaluate_run
+
+    run, storage = tmp_path / "killed", tmp_path / "checkpoints"
+    sid = cluster.submit("train", *_train_args(synth_data, run, train_config, storage), sid="train-killed")
+    # Kill one DDP worker (SIGKILL: no clean-up) mid-stage. A second checkpoint directory means the
+    # first one has been registered: the restart has something to resume from.
+    checkpoints = storage / "killed" / "autoencoder"
+    deadline = time.time() + 300
+    while len(list(checkpoints.glob("checkpoint_*"))) < 2:
+        assert time.time() < deadline and cluster.status(sid) in ("PENDING", "RUNNING"), cluster.logs(sid)[-4000:]
+        time.sleep(0.2)
+    victims = cluster.alive_actors("RayTrainWorker")
+    assert len(victims) == 2, victims
+    os.kill(victims[0].pid, 9)
+    logs = cluster.succeed(sid)
+    assert "resuming from the checkpoint of epoch" in logs, logs[-4000:]
+    # Per-epoch seeds (seed, rank, epoch) make the resumed run redo exactly the lost epochs.
+    killed, baseline = evaluate_run(run, synth_data), evaluate_run(trained_run, synth_data)
+    for score in ("reconstruction", "smooth", "feature"):
+        assert killed["scores"][score]["auroc"] == pytest.approx(baseline["scores"][score]["auroc"], abs=0.01)
+
+
+# ---------------------------------------------------------------- scoring
+@pytest.fixture(scope="module")
+def big_archive(tmp_path_factory) -> Path:
+    """Enough 512 x 512 images that a two-node job runs for about a minute."""
+    data = tmp_path_factory.mktemp("cluster-archive") / "data"
+    run_cli("synth", data, "--normal", 1, "--anomalous", 48, "--height", 512, "--width", 512, "--seed", 3)
+    return data / "Anomalous" / "images"
+
+
+def _check_exactly_once(out: Path, archive: Path) -> None:
+    """Every image once in maps/, none in errors/, and no Parquet file left half-written."""
+    table = pads.dataset(out / "maps", format="parquet").to_table(columns=["source", "page", "score_max"])
+    sources = table.column("source").to_pylist()
+    expected = sorted(str(p) for p in archive.glob("*.tif"))
+    assert sorted(sources) == expected, f"{len(sources)} rows for {len(expected)} images"
+    assert not (out / "errors").exists() or pads.dataset(out / "errors", format="parquet").count_rows() == 0
+    assert all(name.endswith(".parquet") and not name.startswith(".") for name in os.listdir(out / "maps"))
+
+
+def _wait_for_parts(out: Path, sid: str, cluster: Cluster, parts: int = 1) -> None:
+    deadline = time.time() + 300
+    while len(list((out / "maps").glob("*.parquet"))) < parts:
+        assert time.time() < deadline and cluster.status(sid) in ("PENDING", "RUNNING"), cluster.logs(sid)[-4000:]
+        time.sleep(0.2)
+
+
+def test_scoring_job_writes_parquet_maps(cluster, trained_run, tmp_path, synth_data):
+    out = tmp_path / "out"
+    archive = synth_data / "Anomalous" / "images"
+    logs = cluster.succeed(cluster.submit("score", archive, "--run", trained_run, "--out", out, sid="score-small"))
+    assert f"{len(list(archive.glob('*.tif')))} image(s)" in logs
+    _check_exactly_once(out, archive)
+    row = pads.dataset(out / "maps", format="parquet").to_table().slice(0, 1).to_pylist()[0]
+    assert len(row["map"]) == row["map_height"] * row["map_width"] > 0
+
+
+def test_scoring_survives_losing_a_worker_node(cluster, trained_run, tmp_path, big_archive):
+    out = tmp_path / "out"
+    sid = cluster.submit("score", big_archive, "--run", trained_run, "--out", out, "--images-per-file", 4,
+                         sid="score-node-loss")
+    _wait_for_parts(out, sid, cluster)
+    on_worker_2 = [a for a in cluster.alive_actors(SCORE_ACTOR)
+                   if cluster.node_name(a.node_id) == "worker-2"]
+    assert on_worker_2, "no scoring actor on worker-2: nothing to lose"
+    cluster.sh("kill-worker", "2")
+    assert cluster.status(sid) == "RUNNING"
+    # The actor that died is restarted by Ray Data where there is room: on the node an autoscaler
+    # adds to replace the lost one. Meanwhile worker-1's actor goes on scoring.
+    time.sleep(5)
+    cluster.sh("add-worker")
+    cluster.succeed(sid)
+    _check_exactly_once(out, big_archive)
+
+
+def test_stopped_scoring_job_resumes_when_resubmitted(cluster, trained_run, tmp_path, big_archive):
+    out = tmp_path / "out"
+    args = [big_archive, "--run", trained_run, "--out", out, "--images-per-file", 4]
+    sid = cluster.submit("score", *args, sid="score-stopped")
+    _wait_for_parts(out, sid, cluster, parts=2)
+    cluster.client.stop_job(sid)
+    assert cluster.wait(sid, timeout=120) == "STOPPED"
+    time.sleep(3)  # the driver is gone; give Ray a moment to reap the tasks it owned
+    done = pads.dataset(out / "maps", format="parquet").count_rows()
+    assert 0 < done < 48
+    logs = cluster.succeed(cluster.submit("score", *args, sid="score-resubmitted"))
+    assert f"{done} already done" in logs, logs[-3000:]
+    _check_exactly_once(out, big_archive)
