@@ -368,7 +368,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
     """Run the whole job; returns the summary (also printed). Raises if no image could be scored."""
     import ray
 
-    from semray.ray_env import init_ray
+    from semray.ray_env import init_ray, wait_for_resources
     from semray.runs import MODEL_FILE, RunError, load_state
 
     run_dir = str(Path(job.run).resolve()) if not _is_uri(job.run) else job.run
@@ -384,9 +384,9 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
         return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths))
 
     init_ray(address)
-    if job.gpus_per_worker and ray.cluster_resources().get("GPU", 0) < job.gpus_per_worker:
-        raise RunError(f"--gpus-per-worker {job.gpus_per_worker:g} but the Ray cluster has no GPU; "
-                       "drop it to score on CPUs")
+    if job.gpus_per_worker:
+        wait_for_resources("GPU", (job.workers or 1) * job.gpus_per_worker,
+                           f"scoring with --gpus-per-worker {job.gpus_per_worker:g} and {job.workers or 1} worker(s)")
     started = time.time()
     items = [{"source": p, "skip_pages": sorted(done.get(p, ()))} for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))

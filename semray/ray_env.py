@@ -28,6 +28,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address:
         ray.init(address=address, log_to_driver=not quiet)
         return
+    os.environ.setdefault(SCALE_UP_TIMEOUT_ENV, "0")  # a private local Ray has no autoscaler
     _warn_if_another_local_ray()
     ray.init(
         address="local",  # never attach by accident to a cluster left running by `ray start`
@@ -59,3 +60,46 @@ def _warn_if_another_local_ray() -> None:
             "private one makes Ray Train lose track of its placement groups. Run one semray command at a "
             "time, or share one cluster: `ray start --head`, then pass --address 127.0.0.1:6379 to each "
             "command.", RuntimeWarning, stacklevel=3)
+
+
+SCALE_UP_TIMEOUT_ENV = "SEMRAY_SCALE_UP_TIMEOUT_S"
+
+
+def wait_for_resources(resource: str, amount: float, what: str, timeout_s: float | None = None) -> None:
+    """Return once the cluster has `amount` of `resource` (e.g. 4 GPUs), else raise RunError.
+
+    A cluster whose GPU workers scale from zero has no GPU when a job starts, and Ray Train gives up
+    on a worker group after a minute while a GPU node takes several to boot. So ask the autoscaler
+    for the whole amount up front (`request_resources`, a no-op where there is none), wait for it
+    (SEMRAY_SCALE_UP_TIMEOUT_S: 900 s on a cluster, 0 on a private local Ray, which cannot grow),
+    then withdraw the request: nodes in use stay, and go after the autoscaler's idle timeout.
+    """
+    import time
+
+    import ray
+
+    from semray.runs import RunError
+
+    have = ray.cluster_resources().get(resource, 0)
+    if have >= amount:
+        return
+    timeout = float(os.environ.get(SCALE_UP_TIMEOUT_ENV, 900) if timeout_s is None else timeout_s)
+    if timeout > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        unit = amount if amount < 1 else 1
+        request_resources(bundles=[{resource: unit}] * max(1, round(amount / unit)))
+        print(f"[semray] {what} needs {amount:g} {resource}(s), the cluster has {have:g}: asked the autoscaler "
+              f"for more, waiting up to {timeout:.0f} s", flush=True)
+        deadline = time.time() + timeout
+        try:
+            while have < amount and time.time() < deadline:
+                time.sleep(5)
+                have = ray.cluster_resources().get(resource, 0)
+        finally:
+            request_resources(bundles=[])
+        if have >= amount:
+            return
+    raise RunError(f"{what} needs {amount:g} {resource}(s) but the Ray cluster has {have:g}"
+                   + (f" after waiting {timeout:.0f} s for the autoscaler ({SCALE_UP_TIMEOUT_ENV})" if timeout > 0
+                      else "") + f"; ask for fewer or add {resource} nodes")

@@ -364,11 +364,10 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     import ray
 
     if cfg.train.use_gpu:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        need = cfg.train.num_workers * (cfg.train.gpus_per_worker or 1)
-        if gpus < need:
-            raise RunError(f"--gpu asks for {need:g} GPU(s) ({cfg.train.num_workers} worker(s)) but the Ray "
-                           f"cluster has {gpus:g}; drop --gpu or add GPU nodes")
+        from semray.ray_env import wait_for_resources
+
+        wait_for_resources("GPU", cfg.train.num_workers * (cfg.train.gpus_per_worker or 1),
+                           f"training with --gpu and {cfg.train.num_workers} worker(s)")
     storage = storage or str(run_dir / "ray")
     loop_cfg = {"config": cfg.to_dict(), "images": ray.put(images), "normalization": normalization,
                 "threads": worker_threads(cfg), "validate": validate}

@@ -236,3 +236,21 @@ def test_stopped_scoring_job_resumes_when_resubmitted(cluster, trained_run, tmp_
     logs = cluster.succeed(cluster.submit("score", *args, sid="score-resubmitted"))
     assert f"{done} already done" in logs, logs[-3000:]
     _check_exactly_once(out, big_archive)
+
+
+def test_a_job_waits_for_resources_the_cluster_adds(cluster):
+    """A GPU job on a cluster that scales GPU workers from zero asks the autoscaler and waits
+    (semray.ray_env.wait_for_resources); here a node with a resource no node has yet joins meanwhile,
+    as a GPU node would. Run last: it adds a node."""
+    index = len(list(Path(cluster.env["SEMRAY_CLUSTER_DIR"]).glob("worker-*.pid"))) + 1
+    code = (f"from semray.ray_env import init_ray, wait_for_resources; init_ray(); "
+            f"wait_for_resources('worker_node_{index}', 1, 'this test', timeout_s=240); print('got it')")
+    sid = cluster.client.submit_job(entrypoint=f'python -c "{code}"', runtime_env={"working_dir": str(REPO),
+                                                                                    "excludes": ["tests/", "bench/"]},
+                                    submission_id="wait-for-node")
+    deadline = time.time() + 120
+    while "asked the autoscaler" not in cluster.logs(sid):
+        assert time.time() < deadline and cluster.status(sid) in ("PENDING", "RUNNING"), cluster.logs(sid)
+        time.sleep(0.5)
+    cluster.sh("add-worker")
+    assert "got it" in cluster.succeed(sid, timeout=120)
