@@ -448,7 +448,7 @@ class SearchInterrupted(RuntimeError):
 def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None, resume: bool = False,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) a search; write results.parquet, best.json and best/ -> the best.json dict."""
-    from semray.ray_env import init_ray
+    from semray.ray_env import init_ray, wait_for_resources
 
     tune_dir = Path(tune_dir).resolve()
     tune_dir.mkdir(parents=True, exist_ok=True)
@@ -458,6 +458,10 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
                              "or choose another --out")
         (tune_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     init_ray(address)
+    settings = spec.settings
+    if settings.gpus_per_trial:  # trials' GPUs must be up before Ray Train's one-minute start timeout
+        wait_for_resources("GPU", settings.gpus_per_trial * (settings.max_concurrent_trials or 1),
+                           f"tuning with --gpus-per-trial {settings.gpus_per_trial:g}")
     tuner = _tuner(spec, tune_dir, log, restore=resume)
     log(f"[tune] {'resuming' if resume else 'starting'} a search into {tune_dir} "
         f"({spec.settings.scheduler}, up to {concurrency(spec)} trial(s) at once)")

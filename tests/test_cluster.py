@@ -12,7 +12,7 @@ test fails; conftest.py runs these tests last, when no other Ray is running on t
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import subprocess
 import sys
 import time
@@ -165,7 +165,10 @@ def test_training_survives_a_killed_worker_with_the_same_metrics(cluster, traine
     assert "resuming from the checkpoint of epoch" in logs, logs[-4000:]
     # Per-epoch seeds (seed, rank, epoch) make the resumed run redo exactly the lost epochs.
     killed, baseline = evaluate_run(run, synth_data), evaluate_run(trained_run, synth_data)
+    print("\n" + re.search(r"resuming from the checkpoint of epoch \S+", logs)[0])
     for score in ("reconstruction", "smooth", "feature"):
+        print(f"{score}: AUROC {killed['scores'][score]['auroc']:.6f} after the kill, "
+              f"{baseline['scores'][score]['auroc']:.6f} without")
         assert killed["scores"][score]["auroc"] == pytest.approx(baseline["scores"][score]["auroc"], abs=0.01)
 
 
