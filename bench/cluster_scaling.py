@@ -44,9 +44,8 @@ def run_job(archive: Path, run: Path, out: Path, workers: int, cpus: int) -> dic
     from ray.job_submission import JobSubmissionClient
 
     env = {**os.environ, "SEMRAY_CLUSTER_DIR": str(out / "cluster-state"), "SEMRAY_CLUSTER_PORT": str(PORT),
-           "SEMRAY_DASHBOARD_PORT": str(DASHBOARD), "SEMRAY_WORKER_CPUS": str(cpus), "RAY_AUTH_MODE": "disabled",
+           "SEMRAY_DASHBOARD_PORT": str(DASHBOARD), "SEMRAY_WORKER_CPUS": str(cpus),
            "RAY": str(Path(sys.executable).parent / "ray")}
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     local_sh("start", str(workers), env=env)
     try:
         client = JobSubmissionClient(f"http://127.0.0.1:{DASHBOARD}")

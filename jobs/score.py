@@ -4,8 +4,8 @@
         python jobs/score.py INPUT... --run RUN --out OUT [--gpus-per-worker 1 ...]
 
 Arguments are `semray score`'s. On a cluster, INPUT and OUT must be reachable from every node
-(s3://, gs://, or a shared file system); the model is read once by the job and shipped to the
-scoring actors, so RUN only needs to be readable where the job runs. Re-submitting the same
+(s3://, gs://, or a shared file system); the model is read once by the job (RUN may be a path or
+a URI) and shipped to the scoring actors, so the worker nodes never read RUN. Re-submitting the same
 command resumes: images already in OUT are skipped, so a job killed overnight loses nothing.
 """
 import sys

@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("score", help="bulk-score images on Ray Data into Parquet anomaly maps")
     b.add_argument("inputs", nargs="+", help="files, directories (recursive), globs or URIs (s3://...)")
-    b.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/)")
+    b.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/), a path or a URI (s3://...)")
     b.add_argument("--out", required=True, help="output directory (re-run to resume: finished images are skipped)")
     b.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride)")
     b.add_argument("--score", default="feature", choices=["reconstruction", "smooth", "feature"])

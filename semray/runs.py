@@ -12,6 +12,7 @@ torch.load(..., weights_only=True): opening a run never executes pickled code.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -41,13 +42,41 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: Path) -> dict[str, Any]:
+def load_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint from a local path or a URI (s3://, gs://, file://: a trained run can be scored
+    straight from a bucket)."""
+    data = _read_file(path)
+    if data is None:
+        raise RunError(f"{path}: missing; is this a finished `semray train` run directory?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RunError(f"{path}: missing; is this a finished `semray train` run directory?") from None
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, or not a semray checkpoint
         raise RunError(f"{path}: cannot load checkpoint ({e})") from e
+
+
+def run_file(run_dir: str | Path, name: str) -> str:
+    """The path (or URI) of a file of a run given as a path or URI. Path() would fold s3:// to s3:/."""
+    run = os.fspath(run_dir)
+    return f"{run.rstrip('/')}/{name}" if "://" in run else str(Path(run) / name)
+
+
+def _read_file(path: str | Path) -> bytes | None:
+    """The bytes of a local file or URI; None when it does not exist."""
+    from semray.data.io import ImageReadError, read_bytes
+
+    p = os.fspath(path)
+    if "://" not in p and not os.path.exists(p):
+        return None
+    try:
+        return read_bytes(p)
+    except ImageReadError as e:
+        if "://" in p:  # pyarrow reports a missing object as an OSError like any other failure
+            from pyarrow import fs as pafs
+
+            filesystem, inner = pafs.FileSystem.from_uri(p)
+            if filesystem.get_file_info(inner).type == pafs.FileType.NotFound:
+                return None
+        raise RunError(f"{p}: {e.reason}") from None
 
 
 def save_config(run_dir: Path, cfg: Config) -> None:
@@ -55,11 +84,9 @@ def save_config(run_dir: Path, cfg: Config) -> None:
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def read_config(run_dir: Path) -> Config | None:
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        return None
-    return Config.from_dict(yaml.safe_load(path.read_text()))
+def read_config(run_dir: str | Path) -> Config | None:
+    data = _read_file(run_file(run_dir, CONFIG_FILE))
+    return None if data is None else Config.from_dict(yaml.safe_load(data))
 
 
 def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict) -> Path:
@@ -81,25 +108,28 @@ def save_threshold(run_dir: Path, calibration: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / THRESHOLD_FILE)
 
 
-def read_threshold(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / THRESHOLD_FILE
-    if not path.exists():
+def read_threshold(run_dir: str | Path) -> dict[str, Any] | None:
+    path = run_file(run_dir, THRESHOLD_FILE)
+    data = _read_file(path)
+    if data is None:
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(data)
     except ValueError as e:
         raise RunError(f"{path}: unreadable threshold file ({e}); run `semray calibrate` again") from e
 
 
-def checkpoint_hash(run_dir: Path) -> str:
+def checkpoint_hash(run_dir: str | Path) -> str:
     """Short content hash of the trained model, recorded beside every output made with it."""
-    digest = hashlib.sha256((Path(run_dir) / MODEL_FILE).read_bytes()).hexdigest()
-    return digest[:16]
+    data = _read_file(run_file(run_dir, MODEL_FILE))
+    if data is None:
+        raise RunError(f"{run_file(run_dir, MODEL_FILE)}: missing; is this a finished `semray train` run directory?")
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def load_detector(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[AnomalyDetector, Config]:
     """The trained detector of a run, in eval mode on `device`, with the config it was trained with."""
-    return detector_from_state(load_state(Path(run_dir) / MODEL_FILE), device)
+    return detector_from_state(load_state(run_file(run_dir, MODEL_FILE)), device)
 
 
 def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> tuple[AnomalyDetector, Config]:

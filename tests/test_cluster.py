@@ -11,6 +11,7 @@ test fails; conftest.py runs these tests last, when no other Ray is running on t
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -199,13 +201,17 @@ def _wait_for_parts(out: Path, sid: str, cluster: Cluster, parts: int = 1) -> No
 
 
 def test_scoring_job_writes_parquet_maps(cluster, trained_run, tmp_path, synth_data):
+    """The run given as a URI, as an overnight job reads it from a bucket (file:// here)."""
     out = tmp_path / "out"
     archive = synth_data / "Anomalous" / "images"
-    logs = cluster.succeed(cluster.submit("score", archive, "--run", trained_run, "--out", out, sid="score-small"))
+    logs = cluster.succeed(cluster.submit("score", archive, "--run", trained_run.as_uri(), "--out", out,
+                                          sid="score-small"))
     assert f"{len(list(archive.glob('*.tif')))} image(s)" in logs
     _check_exactly_once(out, archive)
     row = pads.dataset(out / "maps", format="parquet").to_table().slice(0, 1).to_pylist()[0]
     assert len(row["map"]) == row["map_height"] * row["map_width"] > 0
+    meta = pq.read_schema(next((out / "maps").glob("*.parquet"))).metadata
+    assert json.loads(meta[b"semray"])["run"] == trained_run.as_uri()
 
 
 def test_scoring_survives_losing_a_worker_node(cluster, trained_run, tmp_path, big_archive):

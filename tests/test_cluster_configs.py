@@ -504,15 +504,20 @@ def test_rayjob_runs_the_image_entrypoint():
     assert repo_script.parent == JOBS
     parsed = build_parser().parse_args([repo_script.stem, *args])  # jobs/score.py == `semray score`
 
-    # The run directory is on a volume of the head (where the driver reads it), and something fills it.
+    # The driver (on the head) reads the run: from a bucket, or from a volume of the head that
+    # something fills; a pod has no checkout and no runs of its own.
     cluster = spec["rayClusterSpec"]
     head = cluster["headGroupSpec"]["template"]["spec"]
-    run = PurePosixPath(parsed.run)
-    mounts = [m for m in head["containers"][0]["volumeMounts"] if run.is_relative_to(m["mountPath"])]
-    assert mounts, f"--run {parsed.run} is on no volume of the head"
-    volume = next(v for v in head["volumes"] if v["name"] == mounts[0]["name"])
-    filled = any(m["name"] == volume["name"] for c in head.get("initContainers", []) for m in c.get("volumeMounts", []))
-    assert filled or "persistentVolumeClaim" in volume, "nothing puts the run on that volume"
+    if "://" in parsed.run:
+        assert parsed.run.split("://")[0] in ("s3", "gs"), f"--run {parsed.run}: not a cloud bucket"
+    else:
+        run = PurePosixPath(parsed.run)
+        mounts = [m for m in head["containers"][0]["volumeMounts"] if run.is_relative_to(m["mountPath"])]
+        assert mounts, f"--run {parsed.run} is on no volume of the head"
+        volume = next(v for v in head["volumes"] if v["name"] == mounts[0]["name"])
+        filled = any(m["name"] == volume["name"] for c in head.get("initContainers", [])
+                     for m in c.get("volumeMounts", []))
+        assert filled or "persistentVolumeClaim" in volume, "nothing puts the run on that volume"
 
     # semray sizes the scoring pool from the GPUs present when the job starts: they must be there.
     if parsed.gpus_per_worker:
