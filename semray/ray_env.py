@@ -74,6 +74,7 @@ def wait_for_resources(resource: str, amount: float, what: str, timeout_s: float
     (SEMRAY_SCALE_UP_TIMEOUT_S: 900 s on a cluster, 0 on a private local Ray, which cannot grow),
     then withdraw the request: nodes in use stay, and go after the autoscaler's idle timeout.
     """
+    import math
     import time
 
     import ray
@@ -87,8 +88,8 @@ def wait_for_resources(resource: str, amount: float, what: str, timeout_s: float
     if timeout > 0:
         from ray.autoscaler.sdk import request_resources
 
-        unit = amount if amount < 1 else 1
-        request_resources(bundles=[{resource: unit}] * max(1, round(amount / unit)))
+        unit = amount if amount < 1 else 1  # whole GPUs, or one fraction of one
+        request_resources(bundles=[{resource: unit}] * math.ceil(amount / unit))
         print(f"[semray] {what} needs {amount:g} {resource}(s), the cluster has {have:g}: asked the autoscaler "
               f"for more, waiting up to {timeout:.0f} s", flush=True)
         deadline = time.time() + timeout
