@@ -160,14 +160,14 @@ class ScoreImages:
         import torch
 
         from semray.evaluate import pick_device
-        from semray.runs import MODEL_FILE, detector_from_state, load_state, run_file
+        from semray.runs import detector_from_state, read_model
 
         self.s = settings
         threads = max(1, int(settings["cpus_per_worker"]))
         torch.set_num_threads(threads)
         if isinstance(model, ray.ObjectRef):
             model = ray.get(model)
-        state = load_state(run_file(model, MODEL_FILE)) if isinstance(model, (str, Path)) else model
+        state = read_model(model)[0] if isinstance(model, (str, Path)) else model
         self.detector, self.cfg = detector_from_state(state, pick_device(settings["gpus_per_worker"] > 0))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -313,13 +313,13 @@ def _read_keys(directory: str) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------- the job (driver side)
-def job_settings(job: ScoreJob, run_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
+def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str) -> tuple[dict[str, Any], dict[str, str]]:
     """Per-actor settings and the provenance every part file carries in its Parquet metadata."""
     import ray
     import torch
 
     from semray import __version__
-    from semray.runs import RunError, checkpoint_hash, read_config, read_threshold
+    from semray.runs import RunError, read_config, read_threshold
     from semray.scores import SCORE_NAMES
 
     if job.score not in SCORE_NAMES:
@@ -343,7 +343,7 @@ def job_settings(job: ScoreJob, run_dir: str) -> tuple[dict[str, Any], dict[str,
     settings = {"stride": stride, "score": job.score, "threshold": threshold, "quantile": job.quantile,
                 "batch_size": job.batch_size, "patches": job.patches, "cpus_per_worker": job.cpus_per_worker,
                 "gpus_per_worker": job.gpus_per_worker}
-    provenance = {"model": cfg.model.kind, "checkpoint_sha256": checkpoint_hash(run_dir),
+    provenance = {"model": cfg.model.kind, "checkpoint_sha256": checkpoint_sha256,
                   "run": str(run_dir), "config": cfg.to_dict(), "score": job.score, "stride": stride,
                   "smoothing_px": cfg.eval.smoothing_px, "threshold": threshold, "threshold_origin": origin,
                   "quantile": job.quantile, "semray_version": __version__, "ray_version": ray.__version__,
@@ -369,12 +369,13 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
     import ray
 
     from semray.ray_env import init_ray, wait_for_resources
-    from semray.runs import MODEL_FILE, RunError, load_state, run_file
+    from semray.runs import RunError, read_model
 
     run_dir = str(Path(job.run).resolve()) if not _is_uri(job.run) else job.run
     out = str(Path(job.out).resolve()) if not _is_uri(job.out) else job.out
     paths = list_inputs(job.inputs)
-    settings, metadata = job_settings(job, run_dir)
+    state, checkpoint_sha256 = read_model(run_dir)  # read once: hashed here, shipped to the actors below
+    settings, metadata = job_settings(job, run_dir, checkpoint_sha256)
     check_same_job(out, metadata)
     done = finished_pages(out)
     todo = [p for p in paths if WHOLE_FILE not in done.get(p, ())]
@@ -391,7 +392,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
     items = [{"source": p, "skip_pages": sorted(done.get(p, ()))} for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
     ds = ds.map_batches(read_batch, batch_size=1, batch_format="pyarrow", num_cpus=0)
-    model = ray.put(load_state(run_file(run_dir, MODEL_FILE)))  # owned by this driver: survives worker nodes
+    model = ray.put(state)  # owned by this driver: survives worker nodes
     ds = ds.map_batches(ScoreImages, fn_constructor_kwargs={"model": model, "settings": settings},
                         batch_size=1, batch_format="pyarrow", num_cpus=job.cpus_per_worker,
                         num_gpus=job.gpus_per_worker or None,

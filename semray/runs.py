@@ -45,11 +45,22 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def load_state(path: str | Path) -> dict[str, Any]:
     """A checkpoint from a local path or a URI (s3://, gs://, file://: a trained run can be scored
     straight from a bucket)."""
+    return _load_checkpoint(path)[0]
+
+
+def read_model(run_dir: str | Path) -> tuple[dict[str, Any], str]:
+    """A run's model.pt, read once: its state, and the short content hash recorded beside every
+    output made with it."""
+    state, data = _load_checkpoint(run_file(run_dir, MODEL_FILE))
+    return state, hashlib.sha256(data).hexdigest()[:16]
+
+
+def _load_checkpoint(path: str | Path) -> tuple[dict[str, Any], bytes]:
     data = _read_file(path)
     if data is None:
         raise RunError(f"{path}: missing; is this a finished `semray train` run directory?")
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), data
     except Exception as e:  # corrupt file, or not a semray checkpoint
         raise RunError(f"{path}: cannot load checkpoint ({e})") from e
 
@@ -117,14 +128,6 @@ def read_threshold(run_dir: str | Path) -> dict[str, Any] | None:
         return json.loads(data)
     except ValueError as e:
         raise RunError(f"{path}: unreadable threshold file ({e}); run `semray calibrate` again") from e
-
-
-def checkpoint_hash(run_dir: str | Path) -> str:
-    """Short content hash of the trained model, recorded beside every output made with it."""
-    data = _read_file(run_file(run_dir, MODEL_FILE))
-    if data is None:
-        raise RunError(f"{run_file(run_dir, MODEL_FILE)}: missing; is this a finished `semray train` run directory?")
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def load_detector(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[AnomalyDetector, Config]:

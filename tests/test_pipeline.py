@@ -87,19 +87,18 @@ def test_a_run_can_be_read_from_a_uri(tmp_path, run_dir):
     """`--run s3://...` (here file://, the same pyarrow code path): what the job reads from the run
     (config, threshold, checkpoint hash, weights) is what it reads from the directory."""
     from semray.pipeline import ScoreJob, job_settings
-    from semray.runs import RunError, load_state
+    from semray.runs import RunError, load_state, read_model
 
     uri = run_dir.resolve().as_uri()
     job = ScoreJob(inputs=[], run=uri, out=str(tmp_path / "o"))
-    (settings, meta), (settings_dir, meta_dir) = job_settings(job, uri), job_settings(job, str(run_dir))
-    assert settings == settings_dir
-    assert json.loads(meta["semray"])["checkpoint_sha256"] == json.loads(meta_dir["semray"])["checkpoint_sha256"]
-    state, state_dir = load_state(f"{uri}/model.pt"), load_state(run_dir / "model.pt")
+    (state, digest), (state_dir, digest_dir) = read_model(uri), read_model(run_dir)
+    assert digest == digest_dir
     assert all(torch.equal(state["denoiser"][k], v) for k, v in state_dir["denoiser"].items())
+    assert job_settings(job, uri, digest)[0] == job_settings(job, str(run_dir), digest)[0]
     with pytest.raises(RunError, match="missing"):
         load_state(f"{uri}/nothing.pt")
     with pytest.raises(RunError, match="no config.yaml"):
-        job_settings(job, (tmp_path).as_uri())
+        job_settings(job, tmp_path.as_uri(), digest)
 
 
 def test_scoring_actor_records_every_bad_kind_without_raising(run_dir, archive):
