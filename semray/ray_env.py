@@ -28,7 +28,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address:
         ray.init(address=address, log_to_driver=not quiet)
         return
-    os.environ.setdefault(SCALE_UP_TIMEOUT_ENV, "0")  # a private local Ray has no autoscaler
+    global _PRIVATE
+    _PRIVATE = True  # a private local Ray has no autoscaler: waiting for it to grow is pointless
     _warn_if_another_local_ray()
     ray.init(
         address="local",  # never attach by accident to a cluster left running by `ray start`
@@ -63,6 +64,7 @@ def _warn_if_another_local_ray() -> None:
 
 
 SCALE_UP_TIMEOUT_ENV = "SEMRAY_SCALE_UP_TIMEOUT_S"
+_PRIVATE = False  # set by init_ray when it started a local Ray of its own
 
 
 def wait_for_resources(resource: str, amount: float, what: str, timeout_s: float | None = None) -> None:
@@ -84,7 +86,9 @@ def wait_for_resources(resource: str, amount: float, what: str, timeout_s: float
     have = ray.cluster_resources().get(resource, 0)
     if have >= amount:
         return
-    timeout = float(os.environ.get(SCALE_UP_TIMEOUT_ENV, 900) if timeout_s is None else timeout_s)
+    timeout = timeout_s
+    if timeout is None:
+        timeout = 0 if _PRIVATE else float(os.environ.get(SCALE_UP_TIMEOUT_ENV, 900))
     if timeout > 0:
         from ray.autoscaler.sdk import request_resources
 
