@@ -1,8 +1,11 @@
 # The README's two commands: `make demo` and `make test`. Each one installs what it needs.
+# Test tiers: test-fast (no Ray, the edit loop), test (what CI runs first), test-cluster (jobs on
+# a real 2-node local Ray cluster, CI's second step), test-slow (benchmark-sized reproductions).
 VENV ?= .venv
 PYTEST_ARGS ?=
+PYTEST = $(VENV)/bin/python -m pytest --durations=15
 
-.PHONY: install demo test bench
+.PHONY: install demo test test-fast test-cluster test-slow
 install:
 	@./scripts/bootstrap.sh
 
@@ -11,4 +14,14 @@ demo: install
 
 test: install
 	@./scripts/test-deps.sh
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not cluster" $(PYTEST_ARGS)
+
+test-fast: install
+	@./scripts/test-deps.sh
+	$(PYTEST) -m "not slow and not ray" $(PYTEST_ARGS)
+
+test-cluster: install
+	$(PYTEST) -m "cluster" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PYTEST) -m "slow" $(PYTEST_ARGS)

@@ -31,6 +31,9 @@ PUBLISHED_AUROC = {  # the study's table on NanoTWICE: reconstruction / smooth /
 
 
 def main() -> None:
+    from semray.log import configure
+
+    configure()  # semray's progress lines on stdout, as the CLI prints them
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
     p.add_argument("--config", default=str(HERE / "configs" / "cpu_denoiser.yaml"),

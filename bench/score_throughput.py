@@ -133,6 +133,9 @@ def make_big_image(path: Path, side: int) -> None:
 
 
 def main() -> None:
+    from semray.log import configure
+
+    configure()  # semray's progress lines on stdout, as the CLI prints them
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--stride", type=int, default=16)

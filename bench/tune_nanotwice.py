@@ -25,6 +25,9 @@ FOUNDATION_BEST = 0.835  # bench/RESULTS.md: AE + smooth, default config, all 20
 
 
 def main() -> None:
+    from semray.log import configure
+
+    configure()  # semray's progress lines on stdout, as the CLI prints them
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
     p.add_argument("--config", default=str(HERE / "configs" / "tune_cpu.yaml"))

@@ -161,9 +161,15 @@ DEMO_SETTINGS = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semray", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    talk = common.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                      help="print warnings and results only")
+    talk.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                      help="print debug messages too")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("synth", help="write a synthetic SEM data set in the NanoTWICE layout")
+    s = sub.add_parser("synth", parents=[common], help="write a synthetic SEM data set in the NanoTWICE layout")
     s.add_argument("out_dir")
     s.add_argument("--normal", type=int, default=5)
     s.add_argument("--anomalous", type=int, default=10)
@@ -172,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
 
-    t = sub.add_parser("train", help="train an autoencoder and its denoiser with Ray Train")
+    t = sub.add_parser("train", parents=[common], help="train an autoencoder and its denoiser with Ray Train")
     t.add_argument("--data", required=True, help="data directory in the NanoTWICE layout")
     t.add_argument("--model", choices=["ae", "dae", "cvae"])
     t.add_argument("--run", required=True, help="run directory (created; resumed if it exists)")
@@ -189,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="patch-level AUROC/precision/recall/F1 of a run")
+    e = sub.add_parser("evaluate", parents=[common], help="patch-level AUROC/precision/recall/F1 of a run")
     e.add_argument("--run", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--stride", type=int)
@@ -200,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gpu", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    u = sub.add_parser("tune", help="Ray Tune search over the nine model/score combinations")
+    u = sub.add_parser("tune", parents=[common], help="Ray Tune search over the nine model/score combinations")
     u.add_argument("--data", help="data directory in the NanoTWICE layout")
     u.add_argument("--out", help="search directory (Tune state, results.parquet, best.json, best/)")
     u.add_argument("--config", help="YAML: config sections, plus `search:` and `tune:` sections (see README)")
@@ -216,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     u.set_defaults(func=cmd_tune)
 
-    c = sub.add_parser("calibrate", help="thresholds from normal images at a target false-positive rate")
+    c = sub.add_parser("calibrate", parents=[common], help="thresholds from normal images at a target false-positive rate")
     c.add_argument("--run", required=True)
     c.add_argument("--data", required=True, help="data directory whose Normal/ images to calibrate on")
     c.add_argument("--fpr", type=float, help="fraction of normal windows to flag (default: eval.threshold_fpr, 0.01)")
@@ -224,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--gpu", action="store_true")
     c.set_defaults(func=cmd_calibrate)
 
-    b = sub.add_parser("score", help="bulk-score images on Ray Data into Parquet anomaly maps")
+    b = sub.add_parser("score", parents=[common], help="bulk-score images on Ray Data into Parquet anomaly maps")
     b.add_argument("inputs", nargs="+", help="files, directories (recursive), globs or URIs (s3://...)")
     b.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/), a path or a URI (s3://...)")
     b.add_argument("--out", required=True, help="output directory (re-run to resume: finished images are skipped)")
@@ -241,14 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     b.set_defaults(func=cmd_score)
 
-    o = sub.add_parser("overlay", help="draw an image's anomaly map and regions from a score output")
+    o = sub.add_parser("overlay", parents=[common], help="draw an image's anomaly map and regions from a score output")
     o.add_argument("out_dir", help="a `semray score --out` directory")
     o.add_argument("--image", required=True, help="the image, as given to semray score")
     o.add_argument("--page", type=int, default=0)
     o.add_argument("--png", required=True)
     o.set_defaults(func=cmd_overlay)
 
-    r = sub.add_parser("report", help="an HTML report: the table, curves, histograms and pictures of runs")
+    r = sub.add_parser("report", parents=[common], help="an HTML report: the table, curves, histograms and pictures of runs")
     r.add_argument("--run", action="append", required=True, help="run directory (repeat for several models)")
     r.add_argument("--data", required=True, help="data directory whose anomalous images to evaluate on")
     r.add_argument("--out", required=True, help="report directory (index.html and its PNGs)")
@@ -257,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gpu", action="store_true")
     r.set_defaults(func=cmd_report)
 
-    d = sub.add_parser("demo", help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
+    d = sub.add_parser("demo", parents=[common], help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
     d.add_argument("--out", default="demo")
     d.add_argument("--config", help="YAML replacing the demo's small settings")
     d.add_argument("--seed", type=int, default=0)
@@ -269,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from semray.log import configure
+
+    configure(args.verbosity)
     from semray.data.io import ImageReadError
     from semray.runs import RunError
 

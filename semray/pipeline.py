@@ -23,11 +23,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from semray.data.datasets import IMAGE_SUFFIXES
+from semray.log import get_logger
+
+LOG = get_logger("score")
 
 MAPS, PATCHES, ERRORS = "maps", "patches", "errors"
 REGION = pa.struct([("y0", pa.int32()), ("x0", pa.int32()), ("y1", pa.int32()), ("x1", pa.int32()),
@@ -364,7 +368,7 @@ def pool_size(job: ScoreJob) -> int:
     return max(1, int(resources.get("CPU", 1) // job.cpus_per_worker))
 
 
-def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger = LOG) -> dict[str, Any]:
     """Run the whole job; returns the summary (also printed). Raises if no image could be scored."""
     import ray
 
@@ -379,7 +383,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
     check_same_job(out, metadata)
     done = finished_pages(out)
     todo = [p for p in paths if WHOLE_FILE not in done.get(p, ())]
-    log(f"[score] {len(paths)} file(s); {len(paths) - len(todo)} already done in {out}; scoring {len(todo)} "
+    log.info(f"[score] {len(paths)} file(s); {len(paths) - len(todo)} already done in {out}; scoring {len(todo)} "
         f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}")
     if not todo:
         return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths))
@@ -413,13 +417,13 @@ def score_archive(job: ScoreJob, address: str | None = None, log: Callable[[str]
 
 
 def _summary(out: str, images: int, errors: int, windows: int, messages: list[str], seconds: float,
-             log: Callable[[str], None], already: int = 0) -> dict[str, Any]:
+             log: logging.Logger, already: int = 0) -> dict[str, Any]:
     for m in messages:
-        log(f"[score] failed: {m}")
+        log.info(f"[score] failed: {m}")
     if errors > len(messages):
-        log(f"[score] ... and {errors - len(messages)} more failures in {out}/{ERRORS}/")
+        log.info(f"[score] ... and {errors - len(messages)} more failures in {out}/{ERRORS}/")
     rate = images / seconds if seconds else 0.0
-    log(f"[score] {images} image(s), {windows} patches, {errors} failure(s) in {seconds:.1f} s "
+    log.info(f"[score] {images} image(s), {windows} patches, {errors} failure(s) in {seconds:.1f} s "
         f"({rate:.2f} images/s); maps in {out}/{MAPS}/" + (f" ({already} already done)" if already else ""))
     return {"images": images, "patches": windows, "errors": errors, "seconds": seconds, "images_per_s": rate,
             "out": out}

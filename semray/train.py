@@ -27,10 +27,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from semray.config import Config
 from semray.data.datasets import load_normal_images
+from semray.log import get_logger
 from semray.data.patches import image_statistics, normalize_patches, sample_patches
 from semray.models import create_autoencoder, create_denoiser
 from semray.runs import (AUTOENCODER_FILE, MODEL_FILE, RunError, atomic_torch_save, load_state,
                          read_config, save_config, save_model)
+
+LOG = get_logger("train")
 
 STATE_FILE = "state.pt"
 
@@ -308,7 +311,7 @@ def worker_threads(cfg: Config) -> int:
 
 
 def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: str | None = None,
-              log: Callable[[str], None] = print, storage: str | None = None) -> Path:
+              log: logging.Logger = LOG, storage: str | None = None) -> Path:
     """Train both stages into run_dir (resuming whatever an earlier attempt left) -> path of model.pt.
 
     storage: a root (s3://, gs://, or a shared path) for Ray Train's checkpoints, kept under
@@ -320,7 +323,7 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     run_dir = Path(run_dir).resolve()
     _check_same_run(run_dir, cfg)
     if (run_dir / MODEL_FILE).exists():
-        log(f"{run_dir / MODEL_FILE} exists: this run is already trained")
+        log.info(f"{run_dir / MODEL_FILE} exists: this run is already trained")
         return run_dir / MODEL_FILE
     save_config(run_dir, cfg)
     normal = load_normal_images(data_dir, min_size=cfg.patches.size)
@@ -334,11 +337,11 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     normalization = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
 
     init_ray(address)
-    log(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
+    log.info(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
         f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
     path = train_stages(images, normalization, cfg, run_dir,
                         storage=f"{storage.rstrip('/')}/{run_dir.name}" if storage else None)
-    log(f"trained model written to {path}")
+    log.info(f"trained model written to {path}")
     from semray.evaluate import calibrate_run
 
     if held_out:
@@ -347,7 +350,7 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     else:  # optimistic: training images score lower than unseen normal ones
         source, calibration_images = f"the training images in {Path(data_dir).resolve() / 'Normal'}", images
     c = calibrate_run(run_dir, calibration_images, source, use_gpu=cfg.train.use_gpu or None)
-    log(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
+    log.info(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
         + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return path
 

@@ -23,12 +23,13 @@ both halves, at the evaluation stride, with the trained run as its Tune checkpoi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from semray.config import Config, config_from_dict, read_yaml
 from semray.data.datasets import LabelledImage, load_anomalous_images, load_normal_images
 from semray.data.patches import image_statistics, iter_patch_batches, normalize_patches, patch_labels
 from semray.evaluate import calibrate_run, format_grid, pick_device, summarize
+from semray.log import get_logger
 from semray.maps import score_image
 from semray.metrics import auroc
 from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, RunError, load_detector, save_config
@@ -51,6 +53,7 @@ BEST_RUN = "best"
 EXPERIMENT = "search"
 METRICS = ("auroc", "average_precision", "precision", "recall", "f1", "threshold")
 OBJECTIVE = "val_auroc"
+LOG = get_logger("tune")
 
 
 # ---------------------------------------------------------------- the search space
@@ -368,24 +371,38 @@ def _storage(spec: TuneSpec, tune_dir: Path) -> str:
     return spec.storage or str(tune_dir)
 
 
-def _tuner(spec: TuneSpec, tune_dir: Path, log: Callable[[str], None], restore: bool):
+def ray_parts(spec: TuneSpec, log: logging.Logger = LOG) -> tuple[Any, list]:
+    """The trainable and the callbacks: what the search hands to Ray, which pickles both with the
+    experiment state (tests check they still pickle once Ray has patched `print`)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    s = spec.settings
     trainable = tune.with_parameters(run_trial, spec=spec.to_dict(), data=trial_data(spec))
     # The trial's actor only drives its TorchTrainer: the CPUs/GPUs go to the Train worker. It asks
     # for no CPU (even 0.01 each would leave two 1-CPU workers one short on a 2-core machine); Tune
     # refuses an empty request, so it asks for a token of memory instead.
-    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 2**20})
+    return tune.with_resources(trainable, {"cpu": 0, "memory": 2**20}), [_trial_log(log)]
+
+
+def make_scheduler(spec: TuneSpec):
+    """ASHA stops trials whose validation AUROC trails at a rung; FIFO runs every trial to the end."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = spec.settings
+    if s.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_iterations(spec),
+                             grace_period=grace_period(spec), reduction_factor=s.reduction_factor)
+    return FIFOScheduler()
+
+
+def _tuner(spec: TuneSpec, tune_dir: Path, log: logging.Logger, restore: bool):
+    from ray import tune
+
+    s = spec.settings
+    trainable, callbacks = ray_parts(spec, log)
     if restore:
         return tune.Tuner.restore(f"{_storage(spec, tune_dir).rstrip('/')}/{EXPERIMENT}", trainable,
                                   resume_unfinished=True, resume_errored=True)
-    if s.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_iterations(spec),
-                                  grace_period=grace_period(spec), reduction_factor=s.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = make_scheduler(spec)
     space = {k: p.to_tune() for k, p in spec.space.items()}
     space.update(_trial_resources(spec))
     return tune.Tuner(
@@ -395,23 +412,25 @@ def _tuner(spec: TuneSpec, tune_dir: Path, log: Callable[[str], None], restore: 
                                     max_concurrent_trials=concurrency(spec),
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=_storage(spec, tune_dir),
-                                  callbacks=[_trial_log(log)], verbose=0,
+                                  callbacks=callbacks, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
 
-def _trial_log(log: Callable[[str], None]):
-    """A Tune callback (made here so that importing this module needs no Ray)."""
+def _trial_log(log: logging.Logger):
+    """A Tune callback (made here so that importing this module needs no Ray). Tune pickles it
+    with the experiment state, so it holds a Logger (pickled by name), never `print` or another
+    function Ray may patch (see semray.log)."""
     from ray.tune import Callback
 
     class TrialLog(Callback):
         """One line per finished trial: what it was, how far it got, how well it did."""
 
-        def __init__(self, log: Callable[[str], None]):
+        def __init__(self, log: logging.Logger):
             self.log = log
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.log(f"[tune] trial {trial.trial_id} started: {_describe(trial.config)}")
+            self.log.info(f"[tune] trial {trial.trial_id} started: {_describe(trial.config)}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             r = trial.last_result or {}
@@ -419,11 +438,11 @@ def _trial_log(log: Callable[[str], None]):
                    else f"stopped early after {r.get('training_iteration', 0)} epoch(s)")
             val = r.get(OBJECTIVE, math.nan)
             test = r.get(f"test_{r.get('val_score')}_auroc", math.nan)
-            self.log(f"[tune] trial {trial.trial_id} {how}: val AUROC {val:.3f} ({r.get('val_score')})"
-                     + (f", test AUROC {test:.3f}" if r.get("stage") == "final" else ""))
+            self.log.info(f"[tune] trial {trial.trial_id} {how}: val AUROC {val:.3f} ({r.get('val_score')})"
+                          + (f", test AUROC {test:.3f}" if r.get("stage") == "final" else ""))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.log(f"[tune] trial {trial.trial_id} failed; see {trial.path}")
+            self.log.warning(f"[tune] trial {trial.trial_id} failed; see {trial.path}")
 
     return TrialLog(log)
 
@@ -446,7 +465,7 @@ class SearchInterrupted(RuntimeError):
 
 
 def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None, resume: bool = False,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: logging.Logger = LOG) -> dict[str, Any]:
     """Run (or resume) a search; write results.parquet, best.json and best/ -> the best.json dict."""
     from semray.ray_env import init_ray, wait_for_resources
 
@@ -463,7 +482,7 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
         wait_for_resources("GPU", settings.gpus_per_trial * (settings.max_concurrent_trials or 1),
                            f"tuning with --gpus-per-trial {settings.gpus_per_trial:g}")
     tuner = _tuner(spec, tune_dir, log, restore=resume)
-    log(f"[tune] {'resuming' if resume else 'starting'} a search into {tune_dir} "
+    log.info(f"[tune] {'resuming' if resume else 'starting'} a search into {tune_dir} "
         f"({spec.settings.scheduler}, up to {concurrency(spec)} trial(s) at once)")
     grid = tuner.fit()
     ended = _ended_trials(f"{_storage(spec, tune_dir).rstrip('/')}/{EXPERIMENT}")
@@ -473,7 +492,7 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
     return write_outputs(grid, spec, tune_dir, log)
 
 
-def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: logging.Logger = LOG) -> dict[str, Any]:
     """results.parquet, best/ (calibrated), best.json and the printed tables of an ended search."""
     rows = result_rows(grid, spec)
     if not any(r["stage"] == "final" for r in rows):
@@ -490,13 +509,13 @@ def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: Callable[[str], Non
     best.update({"run": str(best_run), "checkpoint": best_result.checkpoint.path,
                  "search": search_summary(rows, grid, spec)})
     (tune_dir / BEST_FILE).write_text(json.dumps(best, indent=2, default=_plain) + "\n")
-    log("\nbest validation AUROC per model/score (its trial's test AUROC below)")
-    log(format_grid(cell_table(rows, "val_auroc"), "val_auroc", "val"))
-    log(format_grid(cell_table(rows, "test_auroc"), "test_auroc", "test"))
+    log.info("\nbest validation AUROC per model/score (its trial's test AUROC below)")
+    log.info(format_grid(cell_table(rows, "val_auroc"), "val_auroc", "val"))
+    log.info(format_grid(cell_table(rows, "test_auroc"), "test_auroc", "test"))
     s = best["search"]
-    log(f"\n[tune] best: {best['model']} + {best['score']}: val AUROC {best['val_auroc']:.3f}, "
+    log.info(f"\n[tune] best: {best['model']} + {best['score']}: val AUROC {best['val_auroc']:.3f}, "
         f"test AUROC {best['test_auroc']:.3f} (trial {best['trial_id']}); run in {best_run}")
-    log(f"[tune] {s['trials']} trials, {s['epochs_run']} of {s['epochs_planned']} epochs run "
+    log.info(f"[tune] {s['trials']} trials, {s['epochs_run']} of {s['epochs_planned']} epochs run "
         f"({s['epochs_saved_fraction']:.0%} saved by early stopping)")
     return best
 

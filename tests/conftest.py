@@ -1,5 +1,9 @@
 """Shared fixtures: a small synthetic data set (made by semray itself, so a fresh clone needs no
-data), quiet Ray environment variables, and a helper to run the CLI as a user would."""
+data), one tiny run trained with real Ray Train for the whole session, an untrained run made
+without Ray, quiet Ray environment variables, and helpers to run the CLI as a user would.
+
+Tiers: tests that start Ray (a private local one, or a cluster) are marked `ray`;
+`pytest -m "not ray"` (make test-fast) is the quick loop."""
 from __future__ import annotations
 
 import os
@@ -7,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import pytest
+import torch
 
 import semray.ray_env  # noqa: F401  (its import sets semray's own quiet Ray defaults)
 
@@ -53,6 +60,62 @@ def synth_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
     run_cli("synth", out, "--normal", 3, "--anomalous", 3, "--height", 192, "--width", 256, "--seed", 1)
     return out
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    path: Path
+    stdout: str  # what `semray train` printed
+
+
+# The session's one trained run: a DAE (so the denoiser trains on a model with noise in its loss)
+# with one normal image held out for calibration. Tests that only need *a* trained run share it.
+TRAINED_RUN_ARGS = ("--model", "dae", "--epochs", 1, "--denoiser-epochs", 1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, synth_data, tiny_config) -> TrainedRun:
+    """Trained once per session through `semray train` (real Ray Train); read-only for tests."""
+    root = tmp_path_factory.mktemp("trained")
+    config = root / "holdout.yaml"
+    config.write_text(tiny_config.read_text().replace("train: {", "train: {holdout_normal_images: 1, "))
+    proc = run_cli("train", "--data", synth_data, "--run", root / "run", "--config", config, *TRAINED_RUN_ARGS)
+    return TrainedRun(root / "run", proc.stdout)
+
+
+def make_untrained_run(run: Path, data: Path, kind: str = "ae") -> Path:
+    """A complete run directory (config, weights, calibrated thresholds) written without Ray:
+    untrained weights, for tests of plumbing rather than of the model."""
+    from semray.config import Config
+    from semray.data.datasets import load_normal_images
+    from semray.evaluate import calibrate_run
+    from semray.models import create_autoencoder, create_denoiser
+    from semray.runs import save_config, save_model
+
+    cfg = Config.from_dict({"model": {"kind": kind, "width": 8, "latent_dim": 16},
+                            "denoiser": {"depth": 2, "width": 8}})
+    torch.manual_seed(0)
+    save_config(run, cfg)
+    save_model(run, cfg, {"mode": "patch", "mean": 0.5, "std": 0.25},
+               create_autoencoder(cfg.model, 32).state_dict(), create_denoiser(cfg.denoiser).state_dict())
+    calibrate_run(run, [im for _, im in load_normal_images(data)], "the test's normal images")
+    return run
+
+
+@pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory, synth_data) -> Path:
+    return make_untrained_run(tmp_path_factory.mktemp("untrained") / "run", synth_data)
+
+
+def main_in_process(capsys, *args) -> tuple[int, str, str]:
+    """`semray ARGS` in this process -> (exit code, stdout, stderr): for paths that end before
+    Ray starts, where a fresh interpreter would cost seconds and check nothing more."""
+    from semray.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def pytest_collection_modifyitems(items):

@@ -31,7 +31,7 @@ LOCAL_SH = REPO / "cluster" / "local.sh"
 PORT, DASHBOARD = 6393, 8273  # not local.sh's defaults: a developer's own cluster is left alone
 SCORE_ACTOR = "MapWorker(MapBatches(ScoreImages))"
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 
 TRAIN_CONFIG = """\
 model: {width: 8, latent_dim: 16}

@@ -1,20 +1,21 @@
-"""The user's path through the CLI: synth -> train (real Ray Train) -> evaluate."""
+"""The user's path through the CLI: synth -> train (real Ray Train) -> evaluate, and the training
+errors that end before Ray starts."""
 from __future__ import annotations
 
 import json
 import math
 
+import pytest
 import torch
 
-from conftest import run_cli
+from conftest import main_in_process, run_cli
 from semray.scores import SCORE_NAMES
 
 
-def test_synth_train_evaluate(tmp_path, synth_data, tiny_config):
-    run = tmp_path / "run"
-    train = run_cli("train", "--data", synth_data, "--model", "dae", "--run", run, "--config", tiny_config,
-                    "--epochs", 1, "--denoiser-epochs", 1)
-    assert (run / "model.pt").exists(), train.stdout
+@pytest.mark.ray
+def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
+    run = trained_run.path
+    assert (run / "model.pt").exists(), trained_run.stdout
     # checkpoints load without unpickling arbitrary objects
     state = torch.load(run / "model.pt", weights_only=True)
     assert state["config"]["model"]["kind"] == "dae"
@@ -33,31 +34,27 @@ def test_synth_train_evaluate(tmp_path, synth_data, tiny_config):
     assert result["smoothing_px"] == 16  # neighbourhood pooling of scores is on by default
 
 
-def test_train_refuses_a_different_config_in_the_same_run(tmp_path, synth_data, tiny_config):
+def test_train_refuses_a_different_config_in_the_same_run(tmp_path, synth_data, tiny_config, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("model: {kind: ae, width: 64}\n")
-    proc = run_cli("train", "--data", synth_data, "--model", "dae", "--run", run, "--config", tiny_config,
-                   check=False)
-    assert proc.returncode == 2
-    assert "another config" in proc.stderr and str(run) in proc.stderr
+    code, _, err = main_in_process(capsys, "train", "--data", synth_data, "--model", "dae", "--run", run,
+                                   "--config", tiny_config)
+    assert code == 2
+    assert "another config" in err and str(run) in err
 
 
-def test_bad_data_dir_is_a_clear_error(tmp_path, tiny_config):
-    proc = run_cli("train", "--data", tmp_path / "nowhere", "--model", "ae", "--run", tmp_path / "run",
-                   "--config", tiny_config, check=False)
-    assert proc.returncode == 2
-    assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_data_dir_is_a_clear_error(tmp_path, tiny_config, capsys):
+    code, _, err = main_in_process(capsys, "train", "--data", tmp_path / "nowhere", "--model", "ae", "--run",
+                                   tmp_path / "run", "--config", tiny_config)
+    assert code == 2
+    assert "nowhere" in err and "Traceback" not in err
 
 
-def test_thresholds_calibrated_on_a_held_out_normal_image(tmp_path, synth_data, tiny_config):
-    config = tmp_path / "holdout.yaml"
-    config.write_text(tiny_config.read_text().replace("train: {", "train: {holdout_normal_images: 1, "))
-    run = tmp_path / "run"
-    train = run_cli("train", "--data", synth_data, "--model", "ae", "--run", run, "--config", config,
-                    "--epochs", 1, "--denoiser-epochs", 1)
-    assert "on 2 normal image(s)" in train.stdout  # 3 in the data set, 1 held out
-    calibration = json.loads((run / "threshold.json").read_text())
+@pytest.mark.ray
+def test_thresholds_calibrated_on_a_held_out_normal_image(synth_data, trained_run):
+    assert "on 2 normal image(s)" in trained_run.stdout  # 3 in the data set, 1 held out
+    calibration = json.loads((trained_run.path / "threshold.json").read_text())
     last = sorted((synth_data / "Normal").glob("*.tif"))[-1]
     assert calibration["images"] == 1 and str(last) in calibration["source"] and calibration["fpr"] == 0.01
     assert set(calibration["scores"]) == set(SCORE_NAMES)

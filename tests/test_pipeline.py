@@ -14,7 +14,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import main_in_process, run_cli
 from semray.data.io import read_image, read_image_pages
 from semray.maps import anomaly_grid, grid_regions, score_image
 from semray.pipeline import (ERRORS_SCHEMA, MAPS_SCHEMA, PATCHES_SCHEMA, RECORD_SCHEMA, WHOLE_FILE, finished_pages,
@@ -83,12 +83,13 @@ def pa_table(records):
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
 
-def test_a_run_can_be_read_from_a_uri(tmp_path, run_dir):
+def test_a_run_can_be_read_from_a_uri(tmp_path, untrained_run):
     """`--run s3://...` (here file://, the same pyarrow code path): what the job reads from the run
     (config, threshold, checkpoint hash, weights) is what it reads from the directory."""
     from semray.pipeline import ScoreJob, job_settings
     from semray.runs import RunError, load_state, read_model
 
+    run_dir = untrained_run
     uri = run_dir.resolve().as_uri()
     job = ScoreJob(inputs=[], run=uri, out=str(tmp_path / "o"))
     (state, digest), (state_dir, digest_dir) = read_model(uri), read_model(run_dir)
@@ -101,10 +102,10 @@ def test_a_run_can_be_read_from_a_uri(tmp_path, run_dir):
         job_settings(job, tmp_path.as_uri(), digest)
 
 
-def test_scoring_actor_records_every_bad_kind_without_raising(run_dir, archive):
+def test_scoring_actor_records_every_bad_kind_without_raising(untrained_run, archive):
     from semray.pipeline import ScoreImages
 
-    actor = ScoreImages(str(run_dir), {"stride": 16, "score": "feature", "threshold": 1.0, "quantile": 0.99,
+    actor = ScoreImages(str(untrained_run), {"stride": 16, "score": "feature", "threshold": 1.0, "quantile": 0.99,
                                        "batch_size": 256, "patches": False, "cpus_per_worker": 1,
                                        "gpus_per_worker": 0})
     for name, words in BAD.items():
@@ -118,11 +119,8 @@ def test_scoring_actor_records_every_bad_kind_without_raising(run_dir, archive):
 
 # ---------------------------------------------------------------- with Ray
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, synth_data, tiny_config):
-    run = tmp_path_factory.mktemp("score") / "run"
-    run_cli("train", "--data", synth_data, "--model", "ae", "--run", run, "--config", tiny_config,
-            "--epochs", 1, "--denoiser-epochs", 1)
-    return run
+def run_dir(trained_run):
+    return trained_run.path
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +153,7 @@ def _files(out):
     return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.ray
 def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     out = tmp_path / "out"
     proc = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, timeout=400)
@@ -172,13 +171,13 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
 
     # provenance in the file metadata
     meta = json.loads(pq.read_schema(next((out / "maps").glob("*.parquet"))).metadata[b"semray"])
-    assert meta["model"] == "ae" and meta["score"] == "feature" and len(meta["checkpoint_sha256"]) == 16
+    detector, cfg = load_detector(run_dir)
+    assert meta["model"] == cfg.model.kind and meta["score"] == "feature" and len(meta["checkpoint_sha256"]) == 16
     threshold = read_threshold(run_dir)["scores"]["feature"]
     assert meta["threshold"] == threshold and "calibrated" in meta["threshold_origin"]
     assert meta["semray_version"] and meta["ray_version"]
 
     # the same maps, computed in this process without Ray
-    detector, cfg = load_detector(run_dir)
     rows = {(r["source"], r["page"]): r for r in maps.to_pylist()}
     expected = [(str(p), 0) for p in sorted(archive.rglob("SYN*.tif"))] + [(str(archive / "stack.tif"), 0),
                                                                               (str(archive / "stack.tif"), 1)]
@@ -218,7 +217,8 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     assert Image.open(png).size == Image.open(source).size
 
 
-def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive):
+@pytest.mark.ray
+def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive, capsys):
     out = tmp_path / "out"
     first = sorted(archive.rglob("SYN*.tif"))[:1]
     run_cli("score", *first, "--run", run_dir, "--out", out, timeout=400)
@@ -228,10 +228,13 @@ def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive):
     sources = _table(out / "maps").column("source").to_pylist()
     assert sorted(sources) == sorted(str(p) for p in archive.rglob("SYN*.tif"))  # each exactly once
     # resuming with other settings would mix two jobs in one table
-    other = run_cli("score", archive / "batch1", "--run", run_dir, "--out", out, "--score", "smooth", check=False)
-    assert other.returncode == 2 and "another scoring job" in other.stderr and "score: 'feature'" in other.stderr
+    # (refused before Ray starts, so checked in this process)
+    code, _, err = main_in_process(capsys, "score", archive / "batch1", "--run", run_dir, "--out", out,
+                                   "--score", "smooth")
+    assert code == 2 and "another scoring job" in err and "score: 'feature'" in err
 
 
+@pytest.mark.ray
 def test_nothing_scorable_is_a_failure(tmp_path, run_dir, archive):
     proc = run_cli("score", archive / "empty.tif", archive / "text.tif", "--run", run_dir, "--out", tmp_path / "o",
                    check=False, timeout=400)
@@ -239,6 +242,7 @@ def test_nothing_scorable_is_a_failure(tmp_path, run_dir, archive):
     assert "no image could be scored" in proc.stderr and "2 failure(s)" in proc.stdout
 
 
+@pytest.mark.ray
 def test_gpus_asked_of_a_cluster_without_them_is_a_clear_error(tmp_path, run_dir, archive):
     """A private local Ray cannot grow: no waiting for an autoscaler, one line naming the shortfall."""
     proc = run_cli("score", archive / "batch1", "--run", run_dir, "--out", tmp_path / "o", "--gpus-per-worker", 1,

@@ -9,29 +9,12 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import run_cli
-from semray.config import Config
-from semray.data.datasets import load_normal_images
-from semray.evaluate import calibrate_run
-from semray.models import create_autoencoder, create_denoiser
-from semray.runs import save_config, save_model
+from conftest import make_untrained_run, run_cli
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom"]
-
-
-def make_untrained_run(run, data, kind="ae"):
-    cfg = Config.from_dict({"model": {"kind": kind, "width": 8, "latent_dim": 16},
-                            "denoiser": {"depth": 2, "width": 8}})
-    torch.manual_seed(0)
-    save_config(run, cfg)
-    save_model(run, cfg, {"mode": "patch", "mean": 0.5, "std": 0.25},
-               create_autoencoder(cfg.model, 32).state_dict(), create_denoiser(cfg.denoiser).state_dict())
-    calibrate_run(run, [im for _, im in load_normal_images(data)], "the test's normal images")
-    return run
 
 
 def rendered_body(page, tmp_path) -> dict[str, str]:
@@ -67,8 +50,8 @@ def test_report_renders_with_every_image_loaded(tmp_path, synth_data):
     assert rendered_body(page, tmp_path)["broken"] == "1"
 
 
-def test_evaluate_reports_pixel_metrics_and_the_calibrated_threshold(tmp_path, synth_data):
-    run = make_untrained_run(tmp_path / "run", synth_data)
+def test_evaluate_reports_pixel_metrics_and_the_calibrated_threshold(tmp_path, synth_data, untrained_run):
+    run = untrained_run
     out = tmp_path / "eval.json"
     proc = run_cli("evaluate", "--run", run, "--data", synth_data, "--json", out)
     assert "pix.AUROC" in proc.stdout and "F1 cal." in proc.stdout

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import run_cli
+
+pytestmark = pytest.mark.ray
 
 
 def _checkpoints(run):
