@@ -35,7 +35,7 @@ def _committed_epoch(run):
 def test_killed_training_resumes_from_its_checkpoint(tmp_path, synth_data, tiny_config):
     run = tmp_path / "run"
     args = ["train", "--data", synth_data, "--model", "ae", "--run", run, "--config", tiny_config,
-            "--epochs", 40, "--denoiser-epochs", 1]
+            "--epochs", 16, "--denoiser-epochs", 1]
     proc = subprocess.Popen([sys.executable, "-m", "semray", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "RAY_ADDRESS": ""})
@@ -51,7 +51,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, synth_data, tiny_
     assert not (run / "model.pt").exists()
     written = {torch.load(c / "state.pt", weights_only=True)["epoch"] + 1
                for c in _checkpoints(run) if (c / "state.pt").exists()}
-    assert written and max(written) < 40
+    assert written and max(written) < 16
     committed = _committed_epoch(run)  # what Ray had registered when the run died
 
     resumed = run_cli(*args, timeout=600)
@@ -59,12 +59,12 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, synth_data, tiny_
     # Ray resumes from the newest checkpoint it had *registered*; a checkpoint written in the last
     # second or two before the kill may not be registered yet, so it can be a little older than
     # the newest directory on disk, never older than the registered one and never from scratch.
-    found = re.search(r"resuming from the checkpoint of epoch (\d+)/40", output)
+    found = re.search(r"resuming from the checkpoint of epoch (\d+)/16", output)
     assert found, output[:1500]
     resumed_from = int(found.group(1))
     assert resumed_from in written and resumed_from >= committed, (resumed_from, committed, written)
-    assert f"] epoch {resumed_from + 1}/40 " in output  # carries on from there...
-    assert "] epoch 1/40 " not in output  # ...not from scratch
+    assert f"] epoch {resumed_from + 1}/16 " in output  # carries on from there...
+    assert "] epoch 1/16 " not in output  # ...not from scratch
     assert (run / "model.pt").exists()
     final = max(torch.load(c / "state.pt", weights_only=True)["epoch"] for c in _checkpoints(run)) + 1
-    assert final == 40
+    assert final == 16
