@@ -156,9 +156,9 @@ def _minutes(seconds: float) -> str:
     return f"{s} s" if s < 90 else f"{s // 60} min {s % 60:02d} s"
 
 
-# Small, fast settings: the whole demo fits in five minutes on a 2-core laptop of either kind this
-# project is built on (about 2 minutes on an AMD EPYC with AVX-512; bench/RESULTS.md). Most of its
-# time is Ray Train starting and stopping each stage's worker, so the budgets are small: a few
+# Small, fast settings, sized for five minutes on a 2-core laptop (measured: about 2 minutes on an
+# AMD EPYC with AVX-512; estimated about 4 on the AVX2-only kind; bench/RESULTS.md). Most of the
+# time is Ray Train starting and stopping each stage's worker, so the training budgets are a few
 # thousand patches per model. At this budget per-patch standardisation (the default, best on
 # NanoTWICE after 30 epochs) still reconstructs the synthetic beads and films as well as fibres
 # (AUROC ~0.5); one mean/std for the whole image keeps their brightness and separates them (~0.79).

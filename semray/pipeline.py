@@ -384,7 +384,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     done = finished_pages(out)
     todo = [p for p in paths if WHOLE_FILE not in done.get(p, ())]
     log.info(f"[score] {len(paths)} file(s); {len(paths) - len(todo)} already done in {out}; scoring {len(todo)} "
-        f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}")
+             f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}")
     if not todo:
         return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths))
 
@@ -419,12 +419,12 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
 def _summary(out: str, images: int, errors: int, windows: int, messages: list[str], seconds: float,
              log: logging.Logger, already: int = 0) -> dict[str, Any]:
     for m in messages:
-        log.info(f"[score] failed: {m}")
+        log.warning(f"[score] failed: {m}")
     if errors > len(messages):
-        log.info(f"[score] ... and {errors - len(messages)} more failures in {out}/{ERRORS}/")
+        log.warning(f"[score] ... and {errors - len(messages)} more failures in {out}/{ERRORS}/")
     rate = images / seconds if seconds else 0.0
     log.info(f"[score] {images} image(s), {windows} patches, {errors} failure(s) in {seconds:.1f} s "
-        f"({rate:.2f} images/s); maps in {out}/{MAPS}/" + (f" ({already} already done)" if already else ""))
+             f"({rate:.2f} images/s); maps in {out}/{MAPS}/" + (f" ({already} already done)" if already else ""))
     return {"images": images, "patches": windows, "errors": errors, "seconds": seconds, "images_per_s": rate,
             "out": out}
 

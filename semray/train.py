@@ -27,8 +27,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from semray.config import Config
 from semray.data.datasets import load_normal_images
-from semray.log import get_logger
 from semray.data.patches import image_statistics, normalize_patches, sample_patches
+from semray.log import get_logger
 from semray.models import create_autoencoder, create_denoiser
 from semray.runs import (AUTOENCODER_FILE, MODEL_FILE, RunError, atomic_torch_save, load_state,
                          read_config, save_config, save_model)
@@ -338,7 +338,7 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
 
     init_ray(address)
     log.info(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
-        f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
+             f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
     path = train_stages(images, normalization, cfg, run_dir,
                         storage=f"{storage.rstrip('/')}/{run_dir.name}" if storage else None)
     log.info(f"trained model written to {path}")
@@ -351,7 +351,7 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
         source, calibration_images = f"the training images in {Path(data_dir).resolve() / 'Normal'}", images
     c = calibrate_run(run_dir, calibration_images, source, use_gpu=cfg.train.use_gpu or None)
     log.info(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
-        + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
+             + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return path
 
 

@@ -483,7 +483,7 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
                            f"tuning with --gpus-per-trial {settings.gpus_per_trial:g}")
     tuner = _tuner(spec, tune_dir, log, restore=resume)
     log.info(f"[tune] {'resuming' if resume else 'starting'} a search into {tune_dir} "
-        f"({spec.settings.scheduler}, up to {concurrency(spec)} trial(s) at once)")
+             f"({spec.settings.scheduler}, up to {concurrency(spec)} trial(s) at once)")
     grid = tuner.fit()
     ended = _ended_trials(f"{_storage(spec, tune_dir).rstrip('/')}/{EXPERIMENT}")
     if ended < expected_trials(spec):
@@ -514,9 +514,9 @@ def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: logging.Logger = LO
     log.info(format_grid(cell_table(rows, "test_auroc"), "test_auroc", "test"))
     s = best["search"]
     log.info(f"\n[tune] best: {best['model']} + {best['score']}: val AUROC {best['val_auroc']:.3f}, "
-        f"test AUROC {best['test_auroc']:.3f} (trial {best['trial_id']}); run in {best_run}")
+             f"test AUROC {best['test_auroc']:.3f} (trial {best['trial_id']}); run in {best_run}")
     log.info(f"[tune] {s['trials']} trials, {s['epochs_run']} of {s['epochs_planned']} epochs run "
-        f"({s['epochs_saved_fraction']:.0%} saved by early stopping)")
+             f"({s['epochs_saved_fraction']:.0%} saved by early stopping)")
     return best
 
 

@@ -164,6 +164,7 @@ def test_what_semray_hands_to_ray_pickles_after_ray_patches_print(monkeypatch, s
     "Can't pickle <built-in function print>". Everything semray hands to Ray must survive that."""
     from ray import cloudpickle
 
+    from semray.data.datasets import load_anomalous_images
     from semray.pipeline import ScoreImages, read_batch, write_part
     from semray.train import autoencoder_loop, denoiser_loop
 
@@ -171,10 +172,9 @@ def test_what_semray_hands_to_ray_pickles_after_ray_patches_print(monkeypatch, s
     monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
     spec = load_tune_spec(synth_data, tune_config, {})
     trainable, callbacks = ray_parts(spec)
-    # a validator is shipped in the Train loop config of every trial
-    from semray.data.datasets import load_anomalous_images
-
-    validator = EpochValidator(load_anomalous_images(synth_data), 32, 16, {"mode": "patch", "mean": 0.5, "std": 0.25}, 1, "best")
+    # every trial ships a validator in its Train loop config
+    validator = EpochValidator(load_anomalous_images(synth_data), 32, 16,
+                               {"mode": "patch", "mean": 0.5, "std": 0.25}, 1, "best")
     shipped = (trainable, callbacks, autoencoder_loop, denoiser_loop, validator, ScoreImages, read_batch, write_part)
     assert len(cloudpickle.loads(cloudpickle.dumps(shipped))) == len(shipped)
     # the check can fail: a trial log holding the patched-away builtin does not pickle
