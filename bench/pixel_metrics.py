@@ -12,7 +12,8 @@ from pathlib import Path
 
 from scipy import ndimage
 
-from semray.evaluate import pick_device, score_dataset, summarize
+from semray.device import pick_device
+from semray.evaluate import score_dataset, summarize
 from semray.metrics import aupro, pixel_auroc
 from semray.report import stage_images
 from semray.runs import load_detector

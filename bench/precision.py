@@ -1,23 +1,25 @@
 """Precision and memory format on this machine: patches/s of scoring, stage-1 and stage-2 training
-for the default-size models in fp32, fp32 + channels_last, bf16 autocast and bf16 + channels_last,
-all in one run, with the ratio to plain fp32 (today's code path).
+for the default-size models in fp32, fp32 + channels_last, bf16 autocast, bf16 + channels_last and
+what `precision: auto` picks here, all in one run, with the ratio to plain fp32 (the code path before
+the speed issue) and auto's fraction of the fastest variant.
 
     .venv/bin/python bench/precision.py [--seconds 4] [--threads 2]
 
-Groundwork for the speed issue's `precision: auto`: which variant is fastest differs by CPU (bf16
-is a 3x win with AMX and a 10x loss on an AVX2-only EPYC), so the choice must be measured or
-detected, never assumed. Inputs are random patches: throughput does not depend on their content.
+Which variant is fastest differs by CPU (bf16 is a 3x win with AMX and a 10x loss on an
+AVX2-only EPYC), so the choice must be measured or detected, never assumed. Inputs are random patches: throughput does not depend on their content.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from semray.device import Precision
+
+USES = {"scoring": "score", "stage-1 training": "autoencoder", "stage-2 training": "denoiser"}
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -35,20 +37,29 @@ def cpu_description() -> str:
 
 
 def rate(step, batch: int, seconds: float) -> float:
-    """patches/s of step() after a warm-up, over at least `seconds`."""
-    step()
+    """patches/s of step() after one warm-up step, over at least `seconds` (and one step: a slow
+    variant, such as bf16 emulated on an AVX2-only CPU, is measured on fewer steps)."""
     step()
     n, t0 = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - t0) < seconds or n < 3:
+    while (elapsed := time.perf_counter() - t0) < seconds or n < 1:
         step()
         n += 1
     return n * batch / elapsed
 
 
 def variants():
+    """(name, precision, memory format): today's fp32 path first (the baseline of every ratio), the
+    other three fixed combinations, then what semray's auto settings choose on this machine."""
+    from semray.device import memory_format, memory_format_name, resolve_precision
+
     for bf16 in (False, True):
         for channels_last in (False, True):
-            yield ("bf16" if bf16 else "fp32") + (" + channels_last" if channels_last else ""), bf16, channels_last
+            yield (("bf16" if bf16 else "fp32") + (" + channels_last" if channels_last else ""),
+                   Precision("bf16" if bf16 else "fp32", "fixed"),
+                   torch.channels_last if channels_last else torch.contiguous_format)
+    auto = resolve_precision("auto", "cpu")
+    fmts = {figure: memory_format("cpu", use) for figure, use in USES.items()}
+    yield f"auto ({auto.name}; " + "/".join(memory_format_name(f) for f in fmts.values()) + ")", auto, fmts
 
 
 def main() -> None:
@@ -70,45 +81,45 @@ def main() -> None:
           f"{cfg.model.width}, denoiser {cfg.denoiser.depth}x{cfg.denoiser.width}; scoring batch "
           f"{args.score_batch}, training batch {train_batch}; {args.seconds:g} s per figure")
 
-    def fresh(channels_last: bool):
+    def fresh(fmt):
         torch.manual_seed(0)
         ae, den = create_autoencoder(cfg.model, size), create_denoiser(cfg.denoiser, cfg.model.init_std)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return ae.to(memory_format=fmt), den.to(memory_format=fmt), fmt
+        return ae.to(memory_format=fmt), den.to(memory_format=fmt)
 
     results: dict[str, dict[str, float]] = {}
-    for name, bf16, channels_last in variants():
-        def autocast(bf16=bf16):
-            return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    for name, precision, fmts in variants():
+        if not isinstance(fmts, dict):
+            fmts = {figure: fmts for figure in USES}
         row = results.setdefault(name, {})
-
-        ae, den, fmt = fresh(channels_last)
-        detector = AnomalyDetector(ae, den).eval()
-        raw = torch.rand(args.score_batch, 1, size, size).contiguous(memory_format=fmt)
+        fmt = fmts["scoring"]
+        ae, den = fresh(fmt)
+        detector = AnomalyDetector(ae, den, precision=precision, memory_format=fmt).eval()  # semray's scoring path
+        raw = torch.rand(args.score_batch, 1, size, size)
 
         def score():
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode():
                 detector.scores(raw)
         row["scoring"] = rate(score, args.score_batch, args.seconds)
 
         for stage in ("stage-1 training", "stage-2 training"):
-            ae, den, fmt = fresh(channels_last)
+            fmt = fmts[stage]
+            ae, den = fresh(fmt)
             if stage == "stage-1 training":
                 objective, params = AutoencoderObjective(ae).train(), ae.parameters()
             else:
                 objective = DenoiserObjective(ae, den, cfg.denoiser.input_noise).train()
                 params = den.parameters()
             optimizer = torch.optim.Adam(params, lr=1e-3)
-            x = torch.randn(train_batch, 1, size, size).contiguous(memory_format=fmt)
+            x = torch.randn(train_batch, 1, size, size)
 
-            def train_step():
-                with autocast():
-                    loss = objective(x)
+            def train_step(fmt=fmt):  # as semray.train.run_epoch does it
+                with precision.autocast("cpu"):
+                    loss = objective(x.contiguous(memory_format=fmt))
                 optimizer.zero_grad(set_to_none=True)
-                loss.float().backward()  # master weights and Adam's state stay fp32
+                loss.backward()  # master weights and Adam's state stay fp32
                 optimizer.step()
             row[stage] = rate(train_step, train_batch, args.seconds)
-        print(f"  measured {name}", flush=True)
+        print(f"  measured {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()), flush=True)
 
     base = results["fp32"]
     print(f"\n{'variant':24s}" + "".join(f"{k:>26s}" for k in base))
@@ -116,6 +127,9 @@ def main() -> None:
         print(f"{name:24s}" + "".join(f"{row[k]:12.0f} p/s ({row[k] / base[k]:5.2f}x)" for k in base))
     fastest = {k: max(results, key=lambda n: results[n][k]) for k in base}
     print("\nfastest: " + "; ".join(f"{k}: {v}" for k, v in fastest.items()))
+    auto = next(n for n in results if n.startswith("auto"))
+    print("auto against the fastest: " + "; ".join(
+        f"{k} {results[auto][k] / results[fastest[k]][k]:.0%}" for k in base))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from semray.config import load_config
 from semray.data.datasets import load_normal_images
-from semray.evaluate import calibrate_run, format_table, pick_device, score_dataset, summarize
+from semray.device import pick_device
+from semray.evaluate import calibrate_run, format_table, score_dataset, summarize
 from semray.report import build_report
 from semray.runs import load_detector, read_threshold
 from semray.scores import SCORE_NAMES

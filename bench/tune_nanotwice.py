@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from semray.config import Config
-from semray.evaluate import pick_device, score_image, summarize
+from semray.device import pick_device
+from semray.evaluate import score_image, summarize
 from semray.runs import load_detector
 from semray.tune import load_tune_spec, trial_data, tune_search
 

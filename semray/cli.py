@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from semray.config import load_config
+from semray.config import PRECISIONS, load_config
+from semray.log import duration
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -23,6 +24,9 @@ def _overrides(args: argparse.Namespace) -> dict:
             o["train"][key] = getattr(args, flag)
     if getattr(args, "gpu", False):
         o["train"]["use_gpu"] = True
+    if getattr(args, "precision", None):  # train and tune: both stages and the run's own scoring
+        o["train"]["precision"] = args.precision
+        o["eval"] = {"precision": args.precision}
     return {k: v for k, v in o.items() if v}
 
 
@@ -48,7 +52,8 @@ def cmd_evaluate(args) -> int:
     from semray.evaluate import evaluate_run, format_table, write_json
 
     result = evaluate_run(args.run, args.data, stride=args.stride, min_defect_pixels=args.min_defect_pixels,
-                          use_gpu=True if args.gpu else None, smoothing_px=args.smoothing_px)
+                          use_gpu=True if args.gpu else None, smoothing_px=args.smoothing_px,
+                          precision=args.precision)
     print(format_table([result]))
     if args.json:
         write_json(result, args.json)
@@ -68,7 +73,7 @@ def cmd_tune(args) -> int:
                                       ("cpus_per_trial", args.cpus_per_trial), ("score", args.score),
                                       ("scheduler", args.scheduler), ("max_concurrent_trials", args.max_concurrent))
                     if v is not None}
-        spec, tune_dir = load_tune_spec(args.data, args.config, settings, args.storage or ""), args.out
+        spec, tune_dir = load_tune_spec(args.data, args.config, settings, args.storage or "", _overrides(args)), args.out
     try:
         tune_search(spec, tune_dir, address=args.address, resume=bool(args.resume))
     except SearchInterrupted as e:
@@ -83,7 +88,8 @@ def cmd_calibrate(args) -> int:
 
     images = [image for _, image in load_normal_images(args.data)]
     c = calibrate_run(args.run, images, f"the normal images in {Path(args.data).resolve() / 'Normal'}",
-                      fpr=args.fpr, stride=args.stride, use_gpu=True if args.gpu else None)
+                      fpr=args.fpr, stride=args.stride, use_gpu=True if args.gpu else None,
+                      precision=args.precision)
     print(f"thresholds for a {c['fpr']:.2%} false-positive rate on {c['windows']} normal windows "
           f"(stride {c['stride']}): " + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return 0
@@ -95,7 +101,8 @@ def cmd_score(args) -> int:
     job = job_from_args(inputs=args.inputs, run=args.run, out=args.out, stride=args.stride, score=args.score,
                         workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size,
-                        threshold=args.threshold, patches=args.patches, images_per_file=args.images_per_file)
+                        threshold=args.threshold, patches=args.patches, images_per_file=args.images_per_file,
+                        precision=args.precision)
     summary = score_archive(job, address=args.address)
     return 0 if summary["images"] or not summary["errors"] else 1
 
@@ -116,7 +123,7 @@ def cmd_report(args) -> int:
     from semray.report import build_report
 
     page = build_report(args.run, args.data, args.out, stride=args.stride, examples=args.examples,
-                        use_gpu=True if args.gpu else None)
+                        use_gpu=True if args.gpu else None, precision=args.precision)
     print(f"wrote {page} (open it in a browser; no server needed)")
     return 0
 
@@ -134,26 +141,24 @@ def cmd_demo(args) -> int:
     kinds = ("ae", "dae", "cvae")
     for i, kind in enumerate(kinds):
         spent = time.time() - started
-        left = f"about {_minutes(spent / i * (len(kinds) - i))} left" if i else "the first model sets the pace"
+        left = f"about {duration(spent / i * (len(kinds) - i))} left" if i else "the first model sets the pace"
         print(f"[demo] model {i + 1} of {len(kinds)}: {kind.upper()}: training its autoencoder, then its "
               f"denoiser, then scoring the test images ({left})", flush=True)
-        cfg = load_config(args.config, {"model": {"kind": kind}, "train": {"use_gpu": args.gpu}} if args.config
+        precision = {"precision": args.precision} if args.precision else {}
+        cfg = load_config(args.config, {"model": {"kind": kind}, "train": {"use_gpu": args.gpu, **precision},
+                                        "eval": precision} if args.config
                           else {**DEMO_SETTINGS, "model": {**DEMO_SETTINGS["model"], "kind": kind},
-                                "train": {**DEMO_SETTINGS["train"], "use_gpu": args.gpu}})
+                                "train": {**DEMO_SETTINGS["train"], "use_gpu": args.gpu, **precision},
+                                "eval": {**DEMO_SETTINGS["eval"], **precision}})
         train_run(data, out / "runs" / kind, cfg, address=args.address)
         results.append(evaluate_run(out / "runs" / kind, data, use_gpu=True if args.gpu else None))
-        print(f"[demo] {kind} done after {_minutes(time.time() - started)}", flush=True)
+        print(f"[demo] {kind} done after {duration(time.time() - started)}", flush=True)
     print()
     print(format_table(results))
     print()
     print(format_grid(results))
-    print(f"\n[demo] finished in {_minutes(time.time() - started)}; runs in {out / 'runs'}")
+    print(f"\n[demo] finished in {duration(time.time() - started)}; runs in {out / 'runs'}")
     return 0
-
-
-def _minutes(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s} s" if s < 90 else f"{s // 60} min {s % 60:02d} s"
 
 
 # Small, fast settings, sized for five minutes on a 2-core laptop (measured: about 2 minutes on an
@@ -182,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
                       help="print debug messages too")
     sub = p.add_subparsers(dest="command", required=True)
+    precision = argparse.ArgumentParser(add_help=False)
+    precision.add_argument("--precision", choices=PRECISIONS,
+                           help="number format of the forward passes: auto (bf16 where the device runs it fast: "
+                                "a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16; else fp32), fp32 or bf16. "
+                                "Default: the run's config (auto)")
 
     s = sub.add_parser("synth", parents=[common], help="write a synthetic SEM data set in the NanoTWICE layout")
     s.add_argument("out_dir")
@@ -192,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
 
-    t = sub.add_parser("train", parents=[common], help="train an autoencoder and its denoiser with Ray Train")
+    t = sub.add_parser("train", parents=[common, precision], help="train an autoencoder and its denoiser with Ray Train")
     t.add_argument("--data", required=True, help="data directory in the NanoTWICE layout")
     t.add_argument("--model", choices=["ae", "dae", "cvae"])
     t.add_argument("--run", required=True, help="run directory (created; resumed if it exists)")
@@ -209,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", parents=[common], help="patch-level AUROC/precision/recall/F1 of a run")
+    e = sub.add_parser("evaluate", parents=[common, precision], help="patch-level AUROC/precision/recall/F1 of a run")
     e.add_argument("--run", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--stride", type=int)
@@ -220,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gpu", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    u = sub.add_parser("tune", parents=[common], help="Ray Tune search over the nine model/score combinations")
+    u = sub.add_parser("tune", parents=[common, precision], help="Ray Tune search over the nine model/score combinations")
     u.add_argument("--data", help="data directory in the NanoTWICE layout")
     u.add_argument("--out", help="search directory (Tune state, results.parquet, best.json, best/)")
     u.add_argument("--config", help="YAML: config sections, plus `search:` and `tune:` sections (see README)")
@@ -236,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     u.set_defaults(func=cmd_tune)
 
-    c = sub.add_parser("calibrate", parents=[common], help="thresholds from normal images at a target false-positive rate")
+    c = sub.add_parser("calibrate", parents=[common, precision], help="thresholds from normal images at a target false-positive rate")
     c.add_argument("--run", required=True)
     c.add_argument("--data", required=True, help="data directory whose Normal/ images to calibrate on")
     c.add_argument("--fpr", type=float, help="fraction of normal windows to flag (default: eval.threshold_fpr, 0.01)")
@@ -244,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--gpu", action="store_true")
     c.set_defaults(func=cmd_calibrate)
 
-    b = sub.add_parser("score", parents=[common], help="bulk-score images on Ray Data into Parquet anomaly maps")
+    b = sub.add_parser("score", parents=[common, precision], help="bulk-score images on Ray Data into Parquet anomaly maps")
     b.add_argument("inputs", nargs="+", help="files, directories (recursive), globs or URIs (s3://...)")
     b.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/), a path or a URI (s3://...)")
     b.add_argument("--out", required=True, help="output directory (re-run to resume: finished images are skipped)")
@@ -268,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--png", required=True)
     o.set_defaults(func=cmd_overlay)
 
-    r = sub.add_parser("report", parents=[common], help="an HTML report: the table, curves, histograms and pictures of runs")
+    r = sub.add_parser("report", parents=[common, precision], help="an HTML report: the table, curves, histograms and pictures of runs")
     r.add_argument("--run", action="append", required=True, help="run directory (repeat for several models)")
     r.add_argument("--data", required=True, help="data directory whose anomalous images to evaluate on")
     r.add_argument("--out", required=True, help="report directory (index.html and its PNGs)")
@@ -277,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gpu", action="store_true")
     r.set_defaults(func=cmd_report)
 
-    d = sub.add_parser("demo", parents=[common], help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
+    d = sub.add_parser("demo", parents=[common, precision], help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
     d.add_argument("--out", default="demo")
     d.add_argument("--config", help="YAML replacing the demo's small settings")
     d.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+PRECISIONS = ("auto", "fp32", "bf16")  # see semray.device
+
 
 @dataclass
 class PatchConfig:
@@ -73,6 +75,17 @@ class TrainConfig:
     # the thresholds, which then hold on unseen images. 0 calibrates on the training images: all
     # data goes to training (the study's five images), but thresholds come out optimistic.
     holdout_normal_images: int = 0
+    # Number format of both stages' forward passes: auto = bf16 where the device runs it fast (a
+    # CUDA GPU with bf16 tensor cores, a CPU with AMX-BF16 or AVX512-BF16), else fp32. Weights,
+    # optimizer state and the EMA stay fp32 either way (semray.device).
+    precision: str = "auto"
+    # How much training a run gets (semray.budget): auto = the full budget on a GPU, and on a CPU
+    # a lighter denoiser and at most 20 min per model (patches per epoch scaled to the measured
+    # speed); full = the epochs and patches above as they are; a number = minutes per model.
+    budget: str | float = "auto"
+    # Written by `semray train` when it resolves the budget (what it measured and changed); a
+    # resumed run reuses it as it is. Leave empty in configs.
+    resolved_budget: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +103,9 @@ class EvalConfig:
     batch_size: int = 512
     # Calibrated thresholds flag this fraction of the windows of defect-free images (semray calibrate).
     threshold_fpr: float = 0.01
+    # Number format of scoring (evaluate, calibrate, score, report, Tune's validation): auto | fp32 | bf16.
+    # Scores are computed in fp32 from the networks' outputs either way.
+    precision: str = "auto"
 
 
 @dataclass

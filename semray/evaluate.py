@@ -7,6 +7,7 @@ scoring of archives has its own Ray Data pipeline. Images become window scores i
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,20 +17,15 @@ import torch
 from semray.config import Config
 from semray.data.datasets import LabelledImage, load_anomalous_images
 from semray.data.patches import assemble_map, neighbourhood_mean, patch_labels
+from semray.device import memory_format_name, pick_device
+from semray.log import get_logger
 from semray.maps import calibrate_threshold, score_image
 from semray.metrics import at_threshold, aupro, held_out_f1, image_auroc, patch_metrics, pixel_auroc
 from semray.models import AnomalyDetector
 from semray.runs import load_detector, read_threshold, save_threshold
 from semray.scores import SCORE_NAMES
 
-
-def pick_device(use_gpu: bool | None = None) -> torch.device:
-    """CUDA when asked for (or, with None, when present); never assumes it exists."""
-    if use_gpu and not torch.cuda.is_available():
-        raise RuntimeError("--gpu was given but PyTorch sees no CUDA device")
-    if use_gpu or (use_gpu is None and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+LOG = get_logger("evaluate")
 
 
 def score_dataset(detector: AnomalyDetector, cfg: Config, data_dir: str | Path, stride: int,
@@ -99,9 +95,12 @@ def _metrics(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str,
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None = None,
                  min_defect_pixels: int | None = None, use_gpu: bool | None = None,
-                 progress: bool = True, smoothing_px: int | None = None) -> dict[str, Any]:
-    """Score the anomalous images of data_dir with a trained run and compute the study's table."""
-    detector, cfg = load_detector(run_dir, pick_device(use_gpu))
+                 progress: bool = True, smoothing_px: int | None = None, precision: str | None = None,
+                 log: logging.Logger = LOG) -> dict[str, Any]:
+    """Score the anomalous images of data_dir with a trained run and compute the study's table.
+    precision: auto | fp32 | bf16 for this evaluation (default: the run's eval.precision)."""
+    detector, cfg = load_detector(run_dir, pick_device(use_gpu), precision)
+    log_precision(log, "evaluate", detector)
     stride = stride or cfg.eval.stride
     scored = score_dataset(detector, cfg, data_dir, stride, progress)
     calibration = read_threshold(Path(run_dir))
@@ -113,11 +112,12 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None =
 
 
 def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fpr: float | None = None,
-                  stride: int | None = None, use_gpu: bool | None = None) -> dict[str, Any]:
+                  stride: int | None = None, use_gpu: bool | None = None, precision: str | None = None
+                  ) -> dict[str, Any]:
     """Thresholds from defect-free images only, one per score, written to RUN_DIR/threshold.json
     for the scoring pipeline: the (1 - fpr) quantile of the pooled window scores, so that about a
     fraction fpr of normal windows is flagged."""
-    detector, cfg = load_detector(run_dir, pick_device(use_gpu))
+    detector, cfg = load_detector(run_dir, pick_device(use_gpu), precision)
     stride = stride or cfg.eval.stride
     fpr = cfg.eval.threshold_fpr if fpr is None else fpr
     pooled: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_NAMES}
@@ -128,10 +128,16 @@ def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fp
         for k in SCORE_NAMES:
             pooled[k].append(neighbourhood_mean(r[k], r["ys"], r["xs"], cfg.eval.smoothing_px))
     calibration = {"fpr": fpr, "stride": stride, "smoothing_px": cfg.eval.smoothing_px, "windows": windows,
-                   "images": len(images), "source": source,
+                   "images": len(images), "source": source, "precision": detector.precision.name,
                    "scores": {k: calibrate_threshold(v, fpr) for k, v in pooled.items()}}
     save_threshold(Path(run_dir), calibration)
     return calibration
+
+
+def log_precision(log: logging.Logger, what: str, detector: AnomalyDetector) -> None:
+    """One line saying what the command's forward passes run in, and why (auto's choice)."""
+    log.info(f"[{what}] {detector.precision.name} ({detector.precision.reason}), "
+             f"{memory_format_name(detector.memory_format)}")
 
 
 def _progress(items: list, enabled: bool, desc: str) -> Iterable:

@@ -14,6 +14,12 @@ import sys
 ROOT = "semray"
 
 
+def duration(seconds: float) -> str:
+    """'42 s' or '3 min 05 s': how progress lines and summaries say how long."""
+    s = round(seconds)
+    return f"{s} s" if s < 90 else f"{s // 60} min {s % 60:02d} s"
+
+
 def get_logger(name: str) -> logging.Logger:
     """The logger of one part of semray ("train", "tune", "score", ...)."""
     return logging.getLogger(f"{ROOT}.{name}")

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from semray.data.datasets import IMAGE_SUFFIXES
+from semray.device import Precision
 from semray.log import get_logger
 
 LOG = get_logger("score")
@@ -83,6 +84,7 @@ class ScoreJob:
     patches: bool = False
     images_per_file: int = 64
     quantile: float = 0.99  # the robust image-level score
+    precision: str | None = None  # auto | fp32 | bf16; None = the run's eval.precision
 
 
 # ---------------------------------------------------------------- listing and reading
@@ -163,7 +165,7 @@ class ScoreImages:
         import ray
         import torch
 
-        from semray.evaluate import pick_device
+        from semray.device import pick_device
         from semray.runs import detector_from_state, read_model
 
         self.s = settings
@@ -172,7 +174,8 @@ class ScoreImages:
         if isinstance(model, ray.ObjectRef):
             model = ray.get(model)
         state = read_model(model)[0] if isinstance(model, (str, Path)) else model
-        self.detector, self.cfg = detector_from_state(state, pick_device(settings["gpus_per_worker"] > 0))
+        self.detector, self.cfg = detector_from_state(state, pick_device(settings["gpus_per_worker"] > 0),
+                                                      settings.get("precision"), warn=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         records: list[dict[str, Any]] = []
@@ -317,8 +320,10 @@ def _read_keys(directory: str) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------- the job (driver side)
-def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """Per-actor settings and the provenance every part file carries in its Parquet metadata."""
+def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
+                 training: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Per-actor settings and the provenance every part file carries in its Parquet metadata
+    (training: the model's record of what each stage trained in, from its model.pt)."""
     import ray
     import torch
 
@@ -344,17 +349,35 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str) -> tuple[d
                   f"image(s) at a {calibration['fpr']:.2%} false-positive rate ({calibration['source']})")
         if calibration["stride"] != stride:
             origin += f"; calibrated at stride {calibration['stride']}, scored at {stride}"
+    precision, fmt = actor_precision(job.precision or cfg.eval.precision, job.gpus_per_worker > 0)
     settings = {"stride": stride, "score": job.score, "threshold": threshold, "quantile": job.quantile,
                 "batch_size": job.batch_size, "patches": job.patches, "cpus_per_worker": job.cpus_per_worker,
-                "gpus_per_worker": job.gpus_per_worker}
+                "gpus_per_worker": job.gpus_per_worker, "precision": precision.name}
     provenance = {"model": cfg.model.kind, "checkpoint_sha256": checkpoint_sha256,
                   "run": str(run_dir), "config": cfg.to_dict(), "score": job.score, "stride": stride,
                   "smoothing_px": cfg.eval.smoothing_px, "threshold": threshold, "threshold_origin": origin,
-                  "quantile": job.quantile, "semray_version": __version__, "ray_version": ray.__version__,
+                  "quantile": job.quantile, "precision": precision.name, "precision_reason": precision.reason,
+                  "memory_format": fmt, "training": training or {}, "semray_version": __version__, "ray_version": ray.__version__,
                   "torch_version": torch.__version__,
                   "map_layout": "map[i * map_width + j] = pooled score of the window with top-left corner "
                                 "(grid_ys[i], grid_xs[j]), covering patch_size x patch_size pixels"}
     return settings, {"semray": json.dumps(provenance)}
+
+
+def actor_precision(requested: str, gpu: bool) -> tuple[Precision, str]:
+    """The precision and memory format every scoring actor uses, resolved once here so that the
+    Parquet metadata can say what the maps were computed in. `auto` is judged on this machine's CPU
+    (or GPU): on a cluster whose scoring nodes differ from the driver's, pass --precision explicitly.
+    A GPU job from a driver without CUDA leaves `auto` to each actor."""
+    import torch
+
+    from semray.device import memory_format, memory_format_name, resolve_precision
+
+    if gpu and not torch.cuda.is_available():
+        resolve_precision(requested, "cpu")  # still rejects a misspelt value here, not in an actor
+        return Precision(requested, "resolved by each GPU actor"), "channels_last"
+    device = torch.device("cuda" if gpu else "cpu")
+    return resolve_precision(requested, device), memory_format_name(memory_format(device))
 
 
 def pool_size(job: ScoreJob) -> int:
@@ -379,12 +402,14 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     out = str(Path(job.out).resolve()) if not _is_uri(job.out) else job.out
     paths = list_inputs(job.inputs)
     state, checkpoint_sha256 = read_model(run_dir)  # read once: hashed here, shipped to the actors below
-    settings, metadata = job_settings(job, run_dir, checkpoint_sha256)
+    settings, metadata = job_settings(job, run_dir, checkpoint_sha256, state.get("training"))
     check_same_job(out, metadata)
     done = finished_pages(out)
     todo = [p for p in paths if WHOLE_FILE not in done.get(p, ())]
+    provenance = json.loads(metadata["semray"])
     log.info(f"[score] {len(paths)} file(s); {len(paths) - len(todo)} already done in {out}; scoring {len(todo)} "
-             f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}")
+             f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}, "
+             f"{provenance['precision']} ({provenance['precision_reason']}), {provenance['memory_format']}")
     if not todo:
         return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths))
 

@@ -63,6 +63,11 @@ def _warn_if_another_local_ray() -> None:
             "command.", RuntimeWarning, stacklevel=3)
 
 
+def is_private() -> bool:
+    """Whether this process started a local Ray of its own (so its workers run on this machine)."""
+    return _PRIVATE
+
+
 SCALE_UP_TIMEOUT_ENV = "SEMRAY_SCALE_UP_TIMEOUT_S"
 _PRIVATE = False  # set by init_ray when it started a local Ray of its own
 

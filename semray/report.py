@@ -124,11 +124,12 @@ def stages_figure(title: str, stages: dict[str, np.ndarray], anomaly_map: np.nda
 
 # ---------------------------------------------------------------- the page
 def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str | Path, stride: int | None = None,
-                 examples: int = 3, use_gpu: bool | None = None, progress: bool = True,
+                 examples: int = 3, use_gpu: bool | None = None, progress: bool = True, precision: str | None = None,
                  scored: dict[str, list] | None = None) -> Path:
     """Score the anomalous images of data_dir with each run and write out_dir/index.html.
     scored: window scores already computed per run (as score_dataset returns them), to reuse."""
-    from semray.evaluate import pick_device, pooled_scores, score_dataset, summarize, window_labels
+    from semray.device import pick_device
+    from semray.evaluate import pooled_scores, score_dataset, summarize, window_labels
     from semray.overlay import pixel_map, render_overlay
     from semray.runs import load_detector, read_threshold
 
@@ -136,7 +137,7 @@ def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str 
     out.mkdir(parents=True, exist_ok=True)
     sections, results = [], []
     for run in run_dirs:
-        detector, cfg = load_detector(run, pick_device(use_gpu))
+        detector, cfg = load_detector(run, pick_device(use_gpu), precision)
         s = stride or cfg.eval.stride
         calibration = read_threshold(Path(run))
         thresholds = calibration["scores"] if calibration else None

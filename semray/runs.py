@@ -5,6 +5,7 @@
     RUN_DIR/autoencoder.pt   stage 1 result (EMA weights), written when stage 1 ends
     RUN_DIR/model.pt         the trained detector: config, normalisation, both state dicts
     RUN_DIR/threshold.json   per-score thresholds calibrated on normal images (semray calibrate)
+    RUN_DIR/training.json    per stage: the precision, memory format and device it trained in
 
 All .pt files hold only tensors and plain Python values, so they load with
 torch.load(..., weights_only=True): opening a run never executes pickled code.
@@ -23,12 +24,14 @@ import yaml
 
 from semray import __version__
 from semray.config import Config
+from semray.device import memory_format, resolve_precision
 from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
 
 MODEL_FILE = "model.pt"
 AUTOENCODER_FILE = "autoencoder.pt"
 CONFIG_FILE = "config.yaml"
 THRESHOLD_FILE = "threshold.json"
+TRAINING_FILE = "training.json"
 
 
 class RunError(ValueError):
@@ -100,7 +103,9 @@ def read_config(run_dir: str | Path) -> Config | None:
     return None if data is None else Config.from_dict(yaml.safe_load(data))
 
 
-def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict) -> Path:
+def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict,
+               training: dict[str, Any] | None = None) -> Path:
+    """training: per stage, what it ran in (precision, memory format, device, patches/s)."""
     path = run_dir / MODEL_FILE
     atomic_torch_save({
         "format": 1,
@@ -109,8 +114,22 @@ def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoen
         "normalization": normalization,
         "autoencoder": autoencoder,
         "denoiser": denoiser,
+        "training": training or {},
     }, path)
     return path
+
+
+def save_training_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """RUN_DIR/training.json: per finished stage, the precision, memory format and device it ran
+    in and its throughput (the budget it was given is train.resolved_budget in config.yaml)."""
+    tmp = run_dir / (TRAINING_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, run_dir / TRAINING_FILE)
+
+
+def read_training_record(run_dir: str | Path) -> dict[str, Any]:
+    data = _read_file(run_file(run_dir, TRAINING_FILE))
+    return json.loads(data) if data else {}
 
 
 def save_threshold(run_dir: Path, calibration: dict[str, Any]) -> None:
@@ -130,18 +149,27 @@ def read_threshold(run_dir: str | Path) -> dict[str, Any] | None:
         raise RunError(f"{path}: unreadable threshold file ({e}); run `semray calibrate` again") from e
 
 
-def load_detector(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[AnomalyDetector, Config]:
-    """The trained detector of a run, in eval mode on `device`, with the config it was trained with."""
-    return detector_from_state(load_state(run_file(run_dir, MODEL_FILE)), device)
+def load_detector(run_dir: str | Path, device: str | torch.device = "cpu",
+                  precision: str | None = None) -> tuple[AnomalyDetector, Config]:
+    """The trained detector of a run, in eval mode on `device`, with the config it was trained with.
+    precision: auto | fp32 | bf16 (default: the run's eval.precision); see semray.device."""
+    return detector_from_state(load_state(run_file(run_dir, MODEL_FILE)), device, precision)
 
 
-def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> tuple[AnomalyDetector, Config]:
-    """The detector held in a loaded model.pt: lets a job read the run once and ship the weights."""
+def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu",
+                        precision: str | None = None, warn: bool = True) -> tuple[AnomalyDetector, Config]:
+    """The detector held in a loaded model.pt: lets a job read the run once and ship the weights.
+    Its precision and memory format are resolved for `device` (detector.precision.reason says why;
+    warn=False: the caller has already warned about a slow explicit bf16)."""
     cfg = Config.from_dict(state["config"])
+    device = torch.device(device)
     autoencoder = create_autoencoder(cfg.model, cfg.patches.size)
     autoencoder.load_state_dict(state["autoencoder"])
     denoiser = create_denoiser(cfg.denoiser)
     denoiser.load_state_dict(state["denoiser"])
     norm = state["normalization"]
-    detector = AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"])
-    return detector.to(device).eval(), cfg
+    fmt = memory_format(device)
+    detector = AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"],
+                               precision=resolve_precision(precision or cfg.eval.precision, device, warn=warn),
+                               memory_format=fmt)
+    return detector.to(device, memory_format=fmt).eval(), cfg

@@ -27,11 +27,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from semray.config import Config
 from semray.data.datasets import load_normal_images
-from semray.data.patches import image_statistics, normalize_patches, sample_patches
-from semray.log import get_logger
+from semray.budget import measure_rates, parse_budget, plan, reuse_budget, sized_for
+from semray.data.patches import grid_coordinates, image_statistics, normalize_patches, sample_patches
+from semray.device import Precision, cpu_name, memory_format, memory_format_name, resolve_precision
+from semray.log import duration, get_logger
 from semray.models import create_autoencoder, create_denoiser
+from semray.models.detector import FP32
 from semray.runs import (AUTOENCODER_FILE, MODEL_FILE, RunError, atomic_torch_save, load_state,
-                         read_config, save_config, save_model)
+                         read_config, read_training_record, save_config, save_model, save_training_record)
 
 LOG = get_logger("train")
 
@@ -66,7 +69,7 @@ class DenoiserObjective(nn.Module):
         with torch.no_grad():
             noisy = self.autoencoder(x) + self.input_noise * torch.randn_like(x)
         _, smooth = self.model(noisy)
-        return F.mse_loss(smooth, x)
+        return F.mse_loss(smooth.float(), x)
 
 
 # ---------------------------------------------------------------- the shared loop
@@ -76,7 +79,7 @@ def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr: float, epochs: int,
                  patches_per_epoch: int) -> None:
-    """Runs inside each Ray Train worker (also usable without Ray through `plain_loop`)."""
+    """Runs inside each Ray Train worker; `run_epoch` is the part without Ray."""
     import ray.train
     import ray.train.torch
 
@@ -86,6 +89,9 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(loop_cfg["threads"])))
     device = ray.train.torch.get_device()
+    precision = resolve_precision(cfg.train.precision, device)
+    fmt = memory_format(device, "denoiser" if isinstance(objective, DenoiserObjective) else "autoencoder")
+    objective.to(memory_format=fmt)
 
     trainable = objective.model
     optimizer = torch.optim.Adam(trainable.parameters(), lr=lr, betas=(cfg.train.adam_beta1, 0.999))
@@ -109,47 +115,70 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
     images = [torch.as_tensor(np.array(im), device=device) for im in _get(loop_cfg["images"])]
     norm = loop_cfg["normalization"]
     per_worker = max(cfg.train.batch_size, patches_per_epoch // world)
+    if rank == 0:
+        print(f"[{stage}] {epochs} epochs x {per_worker * world} patches, {precision.name}, "
+              f"{memory_format_name(fmt)}, {world} worker(s) on {device}", flush=True)
+    spent = 0.0
     for epoch in range(start_epoch, epochs):
         mean_loss, elapsed = run_epoch(wrapped, trainable, optimizer, ema, images, norm, cfg,
-                                       per_worker, _epoch_seed(cfg.train.seed, rank, epoch))
+                                       per_worker, _epoch_seed(cfg.train.seed, rank, epoch), precision, fmt)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"[{stage}] loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate")
+        spent += elapsed
         metrics = {"stage": stage, "epoch": epoch + 1, "loss": mean_loss,
                    "patches_per_s": per_worker * world / elapsed}
         validate = loop_cfg.get("validate")
         if validate is not None and rank == 0:
-            metrics.update(_validate(validate, objective, ema))
+            metrics.update(_validate(validate, objective, ema, precision, fmt))
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
                 torch.save({"epoch": epoch, "model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
                             "ema": ema.state_dict() if ema is not None else {}, "loss": mean_loss,
-                            "patches_per_s": metrics["patches_per_s"]},
+                            "patches_per_s": metrics["patches_per_s"], "precision": precision.name,
+                            "memory_format": memory_format_name(fmt), "device": _device_name(device)},
                            Path(tmp) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-                print(f"[{stage}] epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} "
-                      f"{metrics['patches_per_s']:.0f} patches/s", flush=True)
+                left = spent / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
+                print(progress_line(stage, epoch + 1, epochs, mean_loss, metrics["patches_per_s"], left), flush=True)
             ray.train.report(metrics, checkpoint=ckpt)
 
 
-def _validate(validate: Callable, objective: nn.Module, ema: AveragedModel | None) -> dict[str, float]:
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {cpu_name()}"
+
+
+def progress_line(stage: str, epoch: int, epochs: int, loss: float, patches_per_s: float, seconds_left: float,
+                  width: int = 20) -> str:
+    """One epoch's line of a stage's progress bar: a line per epoch rather than a redrawn bar, so it
+    reads the same on a terminal, in `ray job logs` and in a log file."""
+    done = round(width * epoch / max(epochs, 1))
+    return (f"[{stage}] |{'#' * done}{'.' * (width - done)}| epoch {epoch}/{epochs}  loss {loss:.4f}  "
+            f"{patches_per_s:.0f} patches/s  {duration(seconds_left)} left")
+
+
+def _validate(validate: Callable, objective: nn.Module, ema: AveragedModel | None, precision: Precision,
+              fmt: torch.memory_format) -> dict[str, float]:
     """Per-epoch validation metrics (Tune's early stopping feeds on them), computed with the weights
-    a finished run would use: the EMA's when there is one."""
+    a finished run would use (the EMA's when there is one) in the training's precision."""
     model = ema.module if ema is not None else objective.model
     was_training = model.training
     model.eval()
     try:
         if isinstance(objective, DenoiserObjective):
-            return validate(objective.autoencoder, model)
-        return validate(model, None)
+            return validate(objective.autoencoder, model, precision, fmt)
+        return validate(model, None, precision, fmt)
     finally:
         model.train(was_training)
 
 
 def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim.Optimizer,
               ema: AveragedModel | None, images: list[torch.Tensor], norm: dict[str, Any], cfg: Config,
-              n_patches: int, seed: int) -> tuple[float, float]:
-    """One epoch of fresh random crops -> (mean loss, seconds). The same code with or without Ray."""
+              n_patches: int, seed: int, precision: Precision = FP32,
+              fmt: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
+    """One epoch of fresh random crops -> (mean loss, seconds). The same code with or without Ray.
+    The forward pass runs in `precision` (autocast: the weights, their gradients and Adam's state
+    stay fp32, so bf16 needs no loss scaling) on inputs in memory format `fmt`."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     objective.train()
@@ -159,7 +188,8 @@ def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim
     x_all = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"])
     total, steps = 0.0, 0
     for x in x_all.split(cfg.train.batch_size):
-        loss = objective(x)
+        with precision.autocast(x.device):
+            loss = objective(x.contiguous(memory_format=fmt))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -241,7 +271,9 @@ def denoiser_loop(loop_cfg: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- driver side
-_RESOURCE_FIELDS = {"num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker"}
+# Settings that change how fast a run trains, not what it learns: a resumed run may change them
+# (auto precision may also resolve differently on another machine).
+_RESOURCE_FIELDS = {"num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker", "precision"}
 
 
 def _check_same_run(run_dir: Path, cfg: Config) -> None:
@@ -321,11 +353,18 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     from semray.ray_env import init_ray
 
     run_dir = Path(run_dir).resolve()
+    parse_budget(cfg.train.budget)
+    previous = read_config(run_dir)
+    if previous is not None:
+        cfg = reuse_budget(cfg, previous)
     _check_same_run(run_dir, cfg)
     if (run_dir / MODEL_FILE).exists():
         log.info(f"{run_dir / MODEL_FILE} exists: this run is already trained")
         return run_dir / MODEL_FILE
-    save_config(run_dir, cfg)
+    device = _driver_device(cfg)
+    if device is not None:
+        precision = resolve_precision(cfg.train.precision, device, log)  # a bad value fails here, not in a worker
+        log.info(f"[train] precision {precision.name} ({precision.reason})")
     normal = load_normal_images(data_dir, min_size=cfg.patches.size)
     hold = cfg.train.holdout_normal_images
     if hold and len(normal) <= hold:
@@ -337,6 +376,9 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     normalization = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
 
     init_ray(address)
+    if not cfg.train.resolved_budget:
+        cfg = resolve_budget(cfg, [image for _, image in held_out] or images, log)
+    save_config(run_dir, cfg)  # after the inputs were checked: a failed first attempt leaves no config
     log.info(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
              f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
     path = train_stages(images, normalization, cfg, run_dir,
@@ -353,6 +395,57 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     log.info(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
              + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return path
+
+
+def _driver_device(cfg: Config) -> torch.device | None:
+    """The device the workers will train on, where this process can tell (None: a GPU this
+    process does not have, e.g. a CPU head node of a GPU cluster)."""
+    if cfg.train.use_gpu:
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    return torch.device("cpu")
+
+
+def resolve_budget(cfg: Config, calibration_images: list[np.ndarray], log: logging.Logger = LOG) -> Config:
+    """train.budget -> the config this run trains with, its record in train.resolved_budget
+    (see semray.budget). Throughput is measured where the workers run: in this process on a
+    private local Ray, in a Ray task with a worker's resources on a cluster."""
+    import ray
+
+    from semray.ray_env import is_private
+
+    sized, minutes, reason = sized_for(cfg, cfg.train.use_gpu)
+    if minutes is None:
+        resolved, record = sized, {"minutes": None, "scale": 1.0}
+    else:
+        threads = worker_threads(sized)
+        if is_private() and not sized.train.use_gpu:
+            rates = measure_rates(sized, "cpu", threads)
+        else:
+            probe = ray.remote(num_cpus=threads, num_gpus=1 if sized.train.use_gpu else 0)(_remote_rates)
+            rates = ray.get(probe.remote(sized.to_dict(), threads))
+        windows = sum(grid_coordinates(*im.shape, cfg.patches.size, cfg.eval.stride, cfg.eval.cover_edges)[0].size
+                      for im in calibration_images)
+        resolved, record = plan(sized, minutes, rates, windows, sized.train.num_workers)
+    record["reason"] = reason
+    record["changed"] = {f"{s}.{k}": v for s, section in resolved.to_dict().items() if s != "eval"
+                         for k, v in section.items() if cfg.to_dict()[s][k] != v and k != "resolved_budget"}
+    t = resolved.train
+    if record["scale"] < 1:
+        rates = record["rates"]
+        log.info(f"[train] budget: {reason}; measured {rates['autoencoder']:.0f} / {rates['denoiser']:.0f} "
+                 f"patches/s (autoencoder / denoiser training), the full budget would take about "
+                 f"{record['full_minutes']:g} min: {t.epochs} x {t.patches_per_epoch} autoencoder and "
+                 f"{t.denoiser_epochs} x {t.denoiser_patches_per_epoch} denoiser patches instead "
+                 "(train.budget: full for all of it)")
+    else:
+        log.info(f"[train] budget: {reason}; {t.epochs} x {t.patches_per_epoch} autoencoder and "
+                 f"{t.denoiser_epochs} x {t.denoiser_patches_per_epoch} denoiser patches")
+    return resolved.updated({"train": {"resolved_budget": record}})
+
+
+def _remote_rates(cfg: dict[str, Any], threads: int) -> dict[str, float]:
+    config = Config.from_dict(cfg)
+    return measure_rates(config, "cuda" if config.train.use_gpu else "cpu", threads)
 
 
 def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: Config, run_dir: Path,
@@ -375,10 +468,23 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     loop_cfg = {"config": cfg.to_dict(), "images": ray.put(images), "normalization": normalization,
                 "threads": worker_threads(cfg), "validate": validate}
     ae_path = run_dir / AUTOENCODER_FILE
+    record = read_training_record(run_dir)
     if ae_path.exists():
         autoencoder = load_state(ae_path)
     else:
-        autoencoder = _ema_or_model(_fit(autoencoder_loop, loop_cfg, cfg, storage, "autoencoder", callbacks))
+        state = _fit(autoencoder_loop, loop_cfg, cfg, storage, "autoencoder", callbacks)
+        autoencoder = _ema_or_model(state)
+        record["autoencoder"] = _stage_record(state)
+        save_training_record(run_dir, record)
         atomic_torch_save(autoencoder, ae_path)
     state = _fit(denoiser_loop, {**loop_cfg, "autoencoder": autoencoder}, cfg, storage, "denoiser", callbacks)
-    return save_model(run_dir, cfg, normalization, autoencoder, _ema_or_model(state))
+    record["denoiser"] = _stage_record(state)
+    save_training_record(run_dir, record)
+    return save_model(run_dir, cfg, normalization, autoencoder, _ema_or_model(state), training=record)
+
+
+def _stage_record(state: dict[str, Any]) -> dict[str, Any]:
+    """What a stage ran in, from its last checkpoint: provenance for training.json and model.pt."""
+    return {"precision": state.get("precision", "fp32"), "memory_format": state.get("memory_format", "contiguous"),
+            "device": state.get("device", "cpu"), "epochs": state["epoch"] + 1,
+            "patches_per_s": round(float(state["patches_per_s"]), 1)}

@@ -38,12 +38,14 @@ import yaml
 from semray.config import Config, config_from_dict, read_yaml
 from semray.data.datasets import LabelledImage, load_anomalous_images, load_normal_images
 from semray.data.patches import image_statistics, iter_patch_batches, normalize_patches, patch_labels
-from semray.evaluate import calibrate_run, format_grid, pick_device, summarize
+from semray.device import Precision, pick_device
+from semray.evaluate import calibrate_run, format_grid, summarize
 from semray.log import get_logger
 from semray.maps import score_image
 from semray.metrics import auroc
-from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, RunError, load_detector, save_config
 from semray.models import AnomalyDetector
+from semray.models.detector import FP32
+from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, RunError, load_detector, save_config
 from semray.scores import SCORE_NAMES, reconstruction_score
 
 SPEC_FILE = "search.yaml"
@@ -198,11 +200,15 @@ def _settings(data: dict[str, Any] | None, where: str) -> TuneSettings:
 
 
 def load_tune_spec(data_dir: str | Path, config_path: str | Path | None = None,
-                   settings: dict[str, Any] | None = None, storage: str = "") -> TuneSpec:
+                   settings: dict[str, Any] | None = None, storage: str = "",
+                   overrides: dict[str, dict[str, Any]] | None = None) -> TuneSpec:
     """A YAML with config sections (as for `semray train`), plus optional `search:` (dotted config
-    field -> distribution) and `tune:` (TuneSettings) sections; CLI settings override the YAML's."""
+    field -> distribution) and `tune:` (TuneSettings) sections; CLI settings (and config overrides
+    such as --precision's) override the YAML's."""
     data = read_yaml(config_path) if config_path else {}
     data["tune"] = {**(data.get("tune") or {}), **(settings or {})}
+    for section, values in (overrides or {}).items():
+        data[section] = {**(data.get(section) or {}), **values}
     spec = TuneSpec.from_dict(data, where=str(config_path or "tune settings"))
     spec.data, spec.storage = str(Path(data_dir).resolve()), storage
     return spec
@@ -242,19 +248,23 @@ class EpochValidator:
         self.score, self.batch_size = score, batch_size
 
     @torch.no_grad()
-    def __call__(self, autoencoder: torch.nn.Module, denoiser: torch.nn.Module | None) -> dict[str, Any]:
+    def __call__(self, autoencoder: torch.nn.Module, denoiser: torch.nn.Module | None,
+                 precision: Precision = FP32, fmt: torch.memory_format = torch.contiguous_format) -> dict[str, Any]:
+        """precision, fmt: the training's, so validation costs what the trial's own scoring will."""
         device = next(autoencoder.parameters()).device
         norm = self.normalization
         out: dict[str, list[np.ndarray]] = {}
-        detector = (AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"])
+        detector = (AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"], precision, fmt)
                     if denoiser is not None else None)
         for start in range(0, len(self.patches), self.batch_size):
             raw = torch.tensor(self.patches[start:start + self.batch_size], device=device)  # a copy: shared arrays are read-only
             if detector is not None:
                 scores = detector.scores(raw)
             else:  # stage 1: no denoiser yet, so only the reconstruction score exists
-                x = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"])
-                scores = {"reconstruction": reconstruction_score(x, autoencoder(x))}
+                x = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"]).contiguous(memory_format=fmt)
+                with precision.autocast(device):
+                    reconstruction = autoencoder(x)
+                scores = {"reconstruction": reconstruction_score(x, reconstruction.float())}
             for k, v in scores.items():
                 out.setdefault(k, []).append(v.float().cpu().numpy())
         aurocs = {k: auroc(self.labels, np.concatenate(v)) for k, v in out.items()}

@@ -52,6 +52,32 @@ def test_bad_data_dir_is_a_clear_error(tmp_path, tiny_config, capsys):
 
 
 @pytest.mark.ray
+def test_bf16_train_then_score_records_the_precision_everywhere(tmp_path, synth_data, tiny_config):
+    """--precision bf16 runs on any CPU (slowly where bf16 is emulated) and is recorded in the run
+    (config, training.json, model.pt) and in the Parquet maps."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    run, out = tmp_path / "run", tmp_path / "scored"
+    proc = run_cli("train", "--data", synth_data, "--run", run, "--config", tiny_config, "--model", "ae",
+                   "--epochs", 1, "--denoiser-epochs", 1, "--precision", "bf16")
+    assert "[train] precision bf16" in proc.stdout and "Traceback" not in proc.stderr
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["train"]["precision"] == cfg["eval"]["precision"] == "bf16"
+    assert cfg["train"]["resolved_budget"]["scale"] == 1.0  # a tiny config fits any budget
+    training = json.loads((run / "training.json").read_text())
+    for stage in ("autoencoder", "denoiser"):
+        assert training[stage]["precision"] == "bf16" and training[stage]["memory_format"] in ("channels_last", "contiguous")
+        assert training[stage]["patches_per_s"] > 0 and training[stage]["device"].startswith("cpu")
+    assert torch.load(run / "model.pt", weights_only=True)["training"] == training
+
+    image = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
+    run_cli("score", image, "--run", run, "--out", out, "--precision", "bf16")
+    meta = json.loads(pq.read_schema(next((out / "maps").glob("*.parquet"))).metadata[b"semray"])
+    assert meta["precision"] == "bf16" and meta["memory_format"] == "channels_last" and meta["training"] == training
+
+
+@pytest.mark.ray
 def test_thresholds_calibrated_on_a_held_out_normal_image(synth_data, trained_run):
     assert "on 2 normal image(s)" in trained_run.stdout  # 3 in the data set, 1 held out
     calibration = json.loads((trained_run.path / "threshold.json").read_text())

@@ -176,6 +176,8 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     threshold = read_threshold(run_dir)["scores"]["feature"]
     assert meta["threshold"] == threshold and "calibrated" in meta["threshold_origin"]
     assert meta["semray_version"] and meta["ray_version"]
+    assert meta["precision"] == detector.precision.name and meta["memory_format"] == "channels_last"
+    assert meta["training"]["denoiser"]["precision"] in ("fp32", "bf16")  # what the model trained in
 
     # the same maps, computed in this process without Ray
     rows = {(r["source"], r["page"]): r for r in maps.to_pylist()}

@@ -70,7 +70,7 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(self(x), x)
+        return F.mse_loss(self(x).float(), x)  # fp32 loss under bf16 autocast
 
 
 class DenoisingAutoencoder(ConvAutoencoder):
@@ -79,7 +79,7 @@ class DenoisingAutoencoder(ConvAutoencoder):
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         noisy = x + self.cfg.dae_sigma * torch.randn_like(x)
         target = noisy if self.cfg.dae_noisy_target else x
-        return F.mse_loss(self(noisy), target)
+        return F.mse_loss(self(noisy).float(), target)
 
 
 class ConvVAE(ConvAutoencoder):
@@ -93,7 +93,7 @@ class ConvVAE(ConvAutoencoder):
     latent_factor = 2
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        mean, logvar = self.encoder(x).float().chunk(2, dim=1)
         return mean, logvar.clamp(-20.0, 10.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class ConvVAE(ConvAutoencoder):
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         mean, logvar = self.encode(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        recon = self.decoder(z)
+        recon = self.decoder(z).float()
         rec = (recon - x).pow(2).flatten(1).sum(1).mean()
         kl = (-0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(1)).mean()
         return (rec + self.cfg.cvae_beta * kl) / x[0].numel()

@@ -1,7 +1,10 @@
 """An autoencoder and its denoiser chained into one module that yields the three scores.
 
-Normalisation lives here too, so every caller (evaluation, the Ray Data scoring actors, a notebook)
-feeds raw [0,1] patches and gets the same numbers the training saw.
+Normalisation lives here too, so every caller (evaluation, the Ray Data scoring actors, Tune's
+validators, a notebook) feeds raw [0,1] patches and gets the same numbers the training saw. So does
+the number format: the networks run in the detector's precision (bf16 autocast where the device
+runs it fast, see semray.device) and memory format, while normalisation and the scores are computed
+in fp32 from their outputs.
 """
 from __future__ import annotations
 
@@ -9,28 +12,36 @@ import torch
 from torch import nn
 
 from semray.data.patches import normalize_patches
+from semray.device import Precision
 from semray.scores import all_scores
+
+FP32 = Precision("fp32", "default")
 
 
 class AnomalyDetector(nn.Module):
     def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, normalization: str = "patch",
-                 mean: float = 0.5, std: float = 0.25):
+                 mean: float = 0.5, std: float = 0.25, precision: Precision = FP32,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.autoencoder = autoencoder
         self.denoiser = denoiser
         self.normalization = normalization
         self.mean, self.std = mean, std
+        self.precision = precision
+        self.memory_format = memory_format  # of the inputs; the caller converts the weights (runs.detector_from_state)
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return normalize_patches(raw, self.normalization, self.mean, self.std)
 
     @torch.no_grad()
     def forward(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """raw (N,1,S,S) in [0,1] -> the stages (normalised space), and the three scores under "scores"
-        (their names overlap the stage names: "reconstruction" is both a patch and an error)."""
-        x = self.normalize(raw)
-        reconstruction = self.autoencoder(x)
-        mask, smooth = self.denoiser(reconstruction)
+        """raw (N,1,S,S) in [0,1] -> the stages (normalised space, fp32), and the three scores under
+        "scores" (their names overlap the stage names: "reconstruction" is both a patch and an error)."""
+        x = self.normalize(raw.float()).contiguous(memory_format=self.memory_format)
+        with self.precision.autocast(x.device):
+            reconstruction = self.autoencoder(x)
+            mask, smooth = self.denoiser(reconstruction)
+        reconstruction, mask, smooth = reconstruction.float(), mask.float(), smooth.float()
         return {"x": x, "reconstruction": reconstruction, "feature_mask": mask, "smooth": smooth,
                 "scores": all_scores(x, reconstruction, smooth, mask)}
 
