@@ -20,6 +20,7 @@ import torch
 from semray.device import Precision
 
 USES = {"scoring": "score", "stage-1 training": "autoencoder", "stage-2 training": "denoiser"}
+DEVICE = torch.device("cpu")
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -36,15 +37,46 @@ def cpu_description() -> str:
             + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in FLAGS))
 
 
-def rate(step, batch: int, seconds: float) -> float:
+def rate(step, batch: int, seconds: float, device: torch.device) -> float:
     """patches/s of step() after one warm-up step, over at least `seconds` (and one step: a slow
     variant, such as bf16 emulated on an AVX2-only CPU, is measured on fewer steps)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     step()
+    sync()
     n, t0 = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < seconds or n < 1:
         step()
         n += 1
+        sync()
     return n * batch / elapsed
+
+
+def fp32_peak_gflops(threads: int) -> tuple[float, str]:
+    """The CPU's fp32 peak for `threads` cores, and how it was computed: cores x clock x fp32 FLOP per
+    cycle per core (two FMA units: 2 x 2 x 8 lanes = 32 with AVX2, 64 with AVX-512; 16 on Zen 1,
+    family 23 model 1, whose 256-bit FMAs run as two 128-bit halves). The clock is /proc/cpuinfo's
+    'cpu MHz' (what the kernel saw last, not a guaranteed boost clock)."""
+    info: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in (cpuinfo.read_text().split("\n\n")[0].splitlines() if cpuinfo.exists() else []):
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    flags = set(info.get("flags", "").split())
+    ghz = float(info.get("cpu MHz", "nan")) / 1000
+    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 16
+    if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "23" and info.get("model") == "1":
+        per_cycle = 16
+    return threads * ghz * per_cycle, f"{threads} core(s) x {ghz:.2f} GHz x {per_cycle} fp32 FLOP/cycle"
+
+
+def forward_flops(module: torch.nn.Module, x: torch.Tensor) -> float:
+    """FLOPs of one forward pass (torch's own counter: 2 per multiply-add of convolutions and
+    matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(x)
+    return float(counter.get_total_flops())
 
 
 def variants():
@@ -57,8 +89,8 @@ def variants():
             yield (("bf16" if bf16 else "fp32") + (" + channels_last" if channels_last else ""),
                    Precision("bf16" if bf16 else "fp32", "fixed"),
                    torch.channels_last if channels_last else torch.contiguous_format)
-    auto = resolve_precision("auto", "cpu")
-    fmts = {figure: memory_format("cpu", use) for figure, use in USES.items()}
+    auto = resolve_precision("auto", DEVICE)
+    fmts = {figure: memory_format(DEVICE, use) for figure, use in USES.items()}
     yield f"auto ({auto.name}; " + "/".join(memory_format_name(f) for f in fmts.values()) + ")", auto, fmts
 
 
@@ -67,7 +99,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per figure")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--score-batch", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--skip", default="", help="comma-separated variant names not to measure, e.g. 'bf16,bf16 + "
+                                              "channels_last' where bf16 is emulated and takes minutes per figure")
     args = p.parse_args()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    global DEVICE
+    DEVICE = device = torch.device(args.device)
 
     from semray.config import Config
     from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
@@ -76,7 +114,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = Config()
     size, train_batch = cfg.patches.size, cfg.train.batch_size
-    print(f"CPU: {cpu_description()}")
+    print(f"CPU: {cpu_description()}" + (f"; GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     print(f"torch {torch.__version__}, {args.threads} thread(s); default models: {cfg.model.kind} width "
           f"{cfg.model.width}, denoiser {cfg.denoiser.depth}x{cfg.denoiser.width}; scoring batch "
           f"{args.score_batch}, training batch {train_batch}; {args.seconds:g} s per figure")
@@ -84,22 +122,24 @@ def main() -> None:
     def fresh(fmt):
         torch.manual_seed(0)
         ae, den = create_autoencoder(cfg.model, size), create_denoiser(cfg.denoiser, cfg.model.init_std)
-        return ae.to(memory_format=fmt), den.to(memory_format=fmt)
+        return ae.to(device, memory_format=fmt), den.to(device, memory_format=fmt)
 
     results: dict[str, dict[str, float]] = {}
     for name, precision, fmts in variants():
+        if name in skip:
+            continue
         if not isinstance(fmts, dict):
             fmts = {figure: fmts for figure in USES}
         row = results.setdefault(name, {})
         fmt = fmts["scoring"]
         ae, den = fresh(fmt)
         detector = AnomalyDetector(ae, den, precision=precision, memory_format=fmt).eval()  # semray's scoring path
-        raw = torch.rand(args.score_batch, 1, size, size)
+        raw = torch.rand(args.score_batch, 1, size, size, device=device)
 
         def score():
             with torch.inference_mode():
                 detector.scores(raw)
-        row["scoring"] = rate(score, args.score_batch, args.seconds)
+        row["scoring"] = rate(score, args.score_batch, args.seconds, device)
 
         for stage in ("stage-1 training", "stage-2 training"):
             fmt = fmts[stage]
@@ -110,15 +150,15 @@ def main() -> None:
                 objective = DenoiserObjective(ae, den, cfg.denoiser.input_noise).train()
                 params = den.parameters()
             optimizer = torch.optim.Adam(params, lr=1e-3)
-            x = torch.randn(train_batch, 1, size, size)
+            x = torch.randn(train_batch, 1, size, size, device=device)
 
             def train_step(fmt=fmt):  # as semray.train.run_epoch does it
-                with precision.autocast("cpu"):
+                with precision.autocast(device):
                     loss = objective(x.contiguous(memory_format=fmt))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # master weights and Adam's state stay fp32
                 optimizer.step()
-            row[stage] = rate(train_step, train_batch, args.seconds)
+            row[stage] = rate(train_step, train_batch, args.seconds, device)
         print(f"  measured {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()), flush=True)
 
     base = results["fp32"]
@@ -130,6 +170,20 @@ def main() -> None:
     auto = next(n for n in results if n.startswith("auto"))
     print("auto against the fastest: " + "; ".join(
         f"{k} {results[auto][k] / results[fastest[k]][k]:.0%}" for k in base))
+    if device.type == "cpu":
+        # training = forward + backward ~ 3 forwards; stage 2 = the frozen AE's forward + 3 denoiser forwards
+        x = torch.zeros(1, 1, size, size)
+        ae, den = fresh(torch.contiguous_format)
+        f_ae, f_den = forward_flops(ae.cpu(), x), forward_flops(den.cpu(), x)
+        per_patch = {"scoring": f_ae + f_den, "stage-1 training": 3 * f_ae, "stage-2 training": f_ae + 3 * f_den}
+        peak, how = fp32_peak_gflops(args.threads)
+        print(f"\nfp32 peak {peak:.0f} GFLOP/s ({how}); FLOP per patch: autoencoder {f_ae / 1e6:.1f} M, "
+              f"denoiser {f_den / 1e6:.1f} M forward")
+        for name in ("fp32", auto):
+            if name in results:
+                print(f"{name}: " + "; ".join(f"{k} {results[name][k] * per_patch[k] / 1e9:.1f} GFLOP/s = "
+                                              f"{results[name][k] * per_patch[k] / 1e9 / peak:.0%} of peak"
+                                              for k in base))
 
 
 if __name__ == "__main__":

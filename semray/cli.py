@@ -62,18 +62,22 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from semray.tune import SearchInterrupted, load_tune_spec, read_spec, tune_search
+    from semray.tune import SearchInterrupted, load_tune_spec, read_spec, recipe_path, tune_search
 
     if args.resume:
         spec, tune_dir = read_spec(args.resume), args.resume
     else:
         if not (args.data and args.out):
             raise ValueError("--data and --out are required (or --resume TUNE_DIR)")
+        if args.recipe and args.config:
+            raise ValueError("--recipe and --config both name a search; give one (copy the recipe's YAML "
+                             "from semray/recipes/ to change it)")
         settings = {k: v for k, v in (("samples", args.samples), ("gpus_per_trial", args.gpus_per_trial),
                                       ("cpus_per_trial", args.cpus_per_trial), ("score", args.score),
                                       ("scheduler", args.scheduler), ("max_concurrent_trials", args.max_concurrent))
                     if v is not None}
-        spec, tune_dir = load_tune_spec(args.data, args.config, settings, args.storage or "", _overrides(args)), args.out
+        config = recipe_path(args.recipe) if args.recipe else args.config
+        spec, tune_dir = load_tune_spec(args.data, config, settings, args.storage or "", _overrides(args)), args.out
     try:
         tune_search(spec, tune_dir, address=args.address, resume=bool(args.resume))
     except SearchInterrupted as e:
@@ -234,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--data", help="data directory in the NanoTWICE layout")
     u.add_argument("--out", help="search directory (Tune state, results.parquet, best.json, best/)")
     u.add_argument("--config", help="YAML: config sections, plus `search:` and `tune:` sections (see README)")
+    u.add_argument("--recipe", choices=["laptop", "gpu"],
+                   help="a search shipped with semray: laptop (6 trials, ~50 min on 2 CPU cores) or gpu "
+                        "(18 full-budget trials, 4 per GPU)")
     u.add_argument("--samples", type=int, help="samples of the space; each is tried with every model kind")
     u.add_argument("--cpus-per-trial", type=float)
     u.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")

@@ -304,15 +304,19 @@ def _ema_or_model(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 def _fit(loop: Callable, loop_cfg: dict[str, Any], cfg: Config, storage: str, name: str,
          callbacks: list | None = None) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker or loop_cfg["threads"]}
     if t.use_gpu and t.gpus_per_worker:
         resources["GPU"] = t.gpus_per_worker  # a fraction lets several small trials share one GPU
+    # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): workers sharing GPUs
+    # (gpus_per_worker < 1) synchronise their gradients through gloo, which handles CUDA tensors too.
+    shared_gpu = t.use_gpu and 0 < t.gpus_per_worker < 1 and t.num_workers > 1
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_cfg,
+        torch_config=TorchConfig(backend="gloo") if shared_gpu else None,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,

@@ -199,6 +199,16 @@ def _settings(data: dict[str, Any] | None, where: str) -> TuneSettings:
     return TuneSettings(**(data or {})).check()
 
 
+RECIPES = ("laptop", "gpu")
+
+
+def recipe_path(name: str) -> Path:
+    """A search shipped with the package (semray/recipes/NAME.yaml): `semray tune --recipe NAME`."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return Path(__file__).resolve().parent / "recipes" / f"{name}.yaml"
+
+
 def load_tune_spec(data_dir: str | Path, config_path: str | Path | None = None,
                    settings: dict[str, Any] | None = None, storage: str = "",
                    overrides: dict[str, dict[str, Any]] | None = None) -> TuneSpec:

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU check of the speed issue: on a CUDA machine, from a fresh checkout, everything semray does
+# with a GPU, once, with one summary line per step:
+#   install (timed on its own: it may fetch CUDA torch), synthetic data, `semray train --gpu` (both
+#   stages), a second run with 2 Ray Train workers sharing the GPU (train.gpus_per_worker: 0.5),
+#   `semray score` with GPU scoring actors (--gpus-per-worker 0.5), and fp32 against bf16 throughput
+#   (bench/precision.py --device cuda).
+# Aim: under 8 minutes once installed. Logs of every step: $OUT/*.log (default bench/out/gpu_check).
+#
+#   bench/gpu_check.sh            # or: OUT=/tmp/gpu bench/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/out/gpu_check}
+rm -rf "$OUT" && mkdir -p "$OUT"
+failed=0
+
+step() {  # step NAME COMMAND...: run it, log it, print one line with its status and time
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  if "$@" >"$OUT/$name.log" 2>&1; then local status=ok; else local status="FAILED (rc $?)"; failed=1; fi
+  echo "[gpu_check] $name: $status in $(( $(date +%s) - t0 )) s; log $OUT/$name.log"
+  [ "$status" = ok ]
+}
+
+step install make install || { echo "[gpu_check] cannot continue without an install"; exit 1; }
+PY=.venv/bin/python
+SEMRAY=.venv/bin/semray
+step cuda "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
+print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())" \
+  || { cat "$OUT/cuda.log"; exit 1; }
+echo "[gpu_check] $(tail -1 "$OUT/cuda.log")"
+started=$(date +%s)
+
+step synth "$SEMRAY" synth "$OUT/data" --normal 5 --anomalous 20
+
+# Small but real: both stages, per-epoch checkpoints, calibration, all on the GPU.
+cat >"$OUT/small.yaml" <<'EOF'
+train: {epochs: 4, patches_per_epoch: 16384, denoiser_epochs: 3, denoiser_patches_per_epoch: 8192, batch_size: 256}
+EOF
+cat >"$OUT/shared.yaml" <<'EOF'
+train: {epochs: 2, patches_per_epoch: 16384, denoiser_epochs: 2, denoiser_patches_per_epoch: 8192, batch_size: 256,
+        gpus_per_worker: 0.5}
+EOF
+summary() {  # the precision and patches/s each stage of a run trained in
+  "$PY" - "$1" <<'EOF'
+import json, sys
+t = json.load(open(f"{sys.argv[1]}/training.json"))
+print("; ".join(f"{k}: {v['precision']}, {v['memory_format']}, {v['patches_per_s']:.0f} patches/s on {v['device']}"
+                for k, v in t.items()))
+EOF
+}
+if step train "$SEMRAY" train --data "$OUT/data" --model dae --run "$OUT/run" --gpu --config "$OUT/small.yaml"; then
+  echo "[gpu_check]   $(summary "$OUT/run")"
+fi
+if step train_2_workers_1_gpu "$SEMRAY" train --data "$OUT/data" --model ae --run "$OUT/run2" --gpu --workers 2 \
+    --config "$OUT/shared.yaml"; then
+  echo "[gpu_check]   $(summary "$OUT/run2")"
+fi
+if step score "$SEMRAY" score "$OUT/data/Anomalous/images" --run "$OUT/run" --out "$OUT/scored" \
+    --gpus-per-worker 0.5 --workers 2; then
+  echo "[gpu_check]   $(grep -E 'scored|image\(s\)' "$OUT/score.log" | tail -1)"
+fi
+if step evaluate "$SEMRAY" evaluate --run "$OUT/run" --data "$OUT/data" --gpu; then
+  echo "[gpu_check]   $(grep -E '^\[evaluate\]' "$OUT/evaluate.log" | tail -1)"
+fi
+if step precision "$PY" bench/precision.py --device cuda --seconds 3 --score-batch 1024; then
+  grep -E "^(fp32|bf16|auto)" "$OUT/precision.log" | sed 's/^/[gpu_check]   /'
+  grep -E "^auto against" "$OUT/precision.log" | sed 's/^/[gpu_check]   /'
+fi
+echo "[gpu_check] all steps after the install: $(( $(date +%s) - started )) s; $([ $failed = 0 ] && echo 'every step passed' || echo 'SOME STEPS FAILED')"
+exit $failed
