@@ -21,6 +21,7 @@ from semray.device import Precision
 
 USES = {"scoring": "score", "stage-1 training": "autoencoder", "stage-2 training": "denoiser"}
 DEVICE = torch.device("cpu")
+COMPILE = False
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -92,6 +93,8 @@ def variants():
     auto = resolve_precision("auto", DEVICE)
     fmts = {figure: memory_format(DEVICE, use) for figure, use in USES.items()}
     yield f"auto ({auto.name}; " + "/".join(memory_format_name(f) for f in fmts.values()) + ")", auto, fmts
+    if COMPILE:
+        yield "auto + torch.compile", auto, fmts
 
 
 def main() -> None:
@@ -100,12 +103,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--score-batch", type=int, default=256)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--compile", action="store_true", help="also measure auto's variant under torch.compile "
+                                                          "(inductor; compile time excluded)")
     p.add_argument("--skip", default="", help="comma-separated variant names not to measure, e.g. 'bf16,bf16 + "
                                               "channels_last' where bf16 is emulated and takes minutes per figure")
     args = p.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    global DEVICE
+    global DEVICE, COMPILE
     DEVICE = device = torch.device(args.device)
+    COMPILE = args.compile
 
     from semray.config import Config
     from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
@@ -133,6 +139,8 @@ def main() -> None:
         row = results.setdefault(name, {})
         fmt = fmts["scoring"]
         ae, den = fresh(fmt)
+        if "compile" in name:
+            ae, den = torch.compile(ae), torch.compile(den)
         detector = AnomalyDetector(ae, den, precision=precision, memory_format=fmt).eval()  # semray's scoring path
         raw = torch.rand(args.score_batch, 1, size, size, device=device)
 
@@ -144,6 +152,8 @@ def main() -> None:
         for stage in ("stage-1 training", "stage-2 training"):
             fmt = fmts[stage]
             ae, den = fresh(fmt)
+            if "compile" in name:
+                ae, den = torch.compile(ae), torch.compile(den)
             if stage == "stage-1 training":
                 objective, params = AutoencoderObjective(ae).train(), ae.parameters()
             else:

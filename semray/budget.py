@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from semray.config import Config, DenoiserConfig
+from semray.errors import ConfigError
 
 LAPTOP_MINUTES = 20.0
 LAPTOP_DENOISER = {"depth": 10, "width": 32}
@@ -42,7 +43,7 @@ def parse_budget(value: Any) -> float | str:
     except (TypeError, ValueError):
         minutes = math.nan
     if not minutes > 0 or math.isinf(minutes):
-        raise ValueError(f"train.budget must be auto, full or a positive number of minutes per model, got {value!r}")
+        raise ConfigError(f"train.budget must be auto, full or a positive number of minutes per model, got {value!r}")
     return minutes
 
 

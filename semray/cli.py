@@ -1,7 +1,8 @@
 """`semray`: one command with sub-commands (synth, train, evaluate, calibrate, tune, score, overlay, report, demo).
 
-Errors users can fix (bad images, bad configs, unusable run directories) end in one line on stderr
-and exit status 2, not a traceback.
+Errors users can fix (bad images, bad configs, unusable run directories, a full disk) end in one
+line on stderr and the exit code of semray.errors (2 for bad input), not a traceback; anything else
+is a bug and keeps its traceback (exit 1).
 """
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from semray import __version__
 from semray.config import PRECISIONS, load_config
+from semray.errors import EXIT_CODES, ConfigError, SemrayError
 from semray.log import duration
 
 
@@ -68,9 +71,9 @@ def cmd_tune(args) -> int:
         spec, tune_dir = read_spec(args.resume), args.resume
     else:
         if not (args.data and args.out):
-            raise ValueError("--data and --out are required (or --resume TUNE_DIR)")
+            raise ConfigError("--data and --out are required (or --resume TUNE_DIR)")
         if args.recipe and args.config:
-            raise ValueError("--recipe and --config both name a search; give one (copy the recipe's YAML "
+            raise ConfigError("--recipe and --config both name a search; give one (copy the recipe's YAML "
                              "from semray/recipes/ to change it)")
         settings = {k: v for k, v in (("samples", args.samples), ("gpus_per_trial", args.gpus_per_trial),
                                       ("cpus_per_trial", args.cpus_per_trial), ("score", args.score),
@@ -100,6 +103,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_score(args) -> int:
+    from semray.errors import NothingDoneError
     from semray.pipeline import job_from_args, score_archive
 
     job = job_from_args(inputs=args.inputs, run=args.run, out=args.out, stride=args.stride, score=args.score,
@@ -108,7 +112,7 @@ def cmd_score(args) -> int:
                         threshold=args.threshold, patches=args.patches, images_per_file=args.images_per_file,
                         precision=args.precision)
     summary = score_archive(job, address=args.address)
-    return 0 if summary["images"] or not summary["errors"] else 1
+    return 0 if summary["images"] or not summary["errors"] else NothingDoneError.exit_code
 
 
 def cmd_overlay(args) -> int:
@@ -183,7 +187,9 @@ DEMO_SETTINGS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="semray", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="semray", description=__doc__.splitlines()[0],
+                                epilog="exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()))
+    p.add_argument("--version", action="version", version=f"semray {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     talk = common.add_mutually_exclusive_group()
     talk.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
@@ -309,12 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     from semray.log import configure
 
     configure(args.verbosity)
-    from semray.data.io import ImageReadError
-    from semray.runs import RunError
-
     try:
         return args.func(args)
-    except (ImageReadError, RunError, ValueError, FileNotFoundError) as e:
+    except SemrayError as e:  # a mistake the user can fix: one line, no traceback
+        print(f"semray {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # a full disk, a permission, a file that vanished: not a bug in semray
         print(f"semray {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from semray.errors import ConfigError
+
 PRECISIONS = ("auto", "fp32", "bf16")  # see semray.device
 
 
@@ -128,31 +130,123 @@ class Config:
         merged = self.to_dict()
         for section, values in overrides.items():
             if section not in merged:
-                raise ValueError(f"unknown config section {section!r}; expected one of {sorted(merged)}")
+                raise ConfigError(f"unknown config section {section!r}; expected one of {sorted(merged)}")
             if values is None:  # a section whose keys are all commented out: no overrides
                 continue
             if not isinstance(values, dict):
-                raise ValueError(f"config section {section!r} must be a mapping of keys, got {values!r}")
+                raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
             merged[section].update(values)
         return Config.from_dict(merged)
 
 
 def _build(cls, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
         ftype = fields[name].type
         sub = _SECTIONS.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
+        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else _checked(cls, name, ftype, value, where)
     return cls(**kwargs)
 
 
+def _checked(cls, name: str, ftype: str, value: Any, where: str) -> Any:
+    """One field's value, coerced to its declared type and checked against its rule, before any
+    work starts. YAML reads `1e-3` as a string (PyYAML follows YAML 1.1, which wants `1.0e-3`), so
+    numeric strings become numbers; anything else of the wrong type is an error naming the field."""
+    key = label = f"{_SECTION_NAMES[cls]}.{name}"
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{label}: expected {expected}, got {value!r}")
+    if ftype == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif ftype in ("int", "float"):
+        if isinstance(value, bool):
+            raise bad("a number")
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad("a number") from None
+        if not isinstance(value, (int, float)) or value != value:  # NaN
+            raise bad("a number")
+        if ftype == "int":
+            if float(value) != int(value):
+                raise bad("a whole number")
+            value = int(value)
+        else:
+            value = float(value)
+    elif ftype == "str" and not isinstance(value, str):
+        raise bad("a string")
+    elif ftype.startswith("dict") and not isinstance(value, dict):
+        raise bad("a mapping")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{label}: {value!r} is not one of {', '.join(map(str, CHOICES[key]))}")
+    if key in RULES:
+        ok, expected = RULES[key]
+        if not ok(value):
+            raise ConfigError(f"{label}: expected {expected}, got {value!r}")
+    return value
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _at_least(n):
+    return lambda v: v >= n
+
+
+def _unit(v) -> bool:
+    return 0 <= v < 1
+
+
+CHOICES: dict[str, tuple] = {
+    "patches.normalization": ("patch", "image"),
+    "model.kind": ("ae", "dae", "cvae"),  # semray.models.AUTOENCODERS (a test keeps them equal)
+    "model.output": ("linear", "tanh", "sigmoid"),
+    "train.precision": PRECISIONS,
+    "eval.precision": PRECISIONS,
+}
+RULES: dict[str, tuple[Any, str]] = {
+    "patches.size": (lambda v: v >= 8 and v & (v - 1) == 0, "a power of two >= 8"),
+    "patches.min_patch_std": (_at_least(0), "a number >= 0"),
+    "model.width": (_positive, "a positive number"), "model.latent_dim": (_positive, "a positive number"),
+    "model.init_std": (_positive, "a positive number"), "model.dae_sigma": (_at_least(0), "a number >= 0"),
+    "model.cvae_beta": (_at_least(0), "a number >= 0"),
+    "denoiser.depth": (_at_least(2), "at least 2"), "denoiser.width": (_at_least(2), "at least 2"),
+    "denoiser.input_noise": (_at_least(0), "a number >= 0"),
+    **{f"train.{k}": (_positive, "a positive number") for k in
+       ("epochs", "denoiser_epochs", "patches_per_epoch", "denoiser_patches_per_epoch", "batch_size", "lr",
+        "denoiser_lr", "num_workers", "checkpoints_to_keep")},
+    "train.adam_beta1": (_unit, "a number in [0, 1)"), "train.ema_decay": (_unit, "a number in [0, 1)"),
+    "train.cpus_per_worker": (_at_least(0), "a number >= 0"), "train.gpus_per_worker": (_at_least(0), "a number >= 0"),
+    "train.max_failures": (_at_least(-1), "a number >= -1 (-1: retry forever)"),
+    "train.holdout_normal_images": (_at_least(0), "a number >= 0"),
+    "train.budget": (lambda v: _budget_ok(v), "auto, full or a positive number of minutes per model"),
+    "eval.stride": (_positive, "a positive number"), "eval.min_defect_pixels": (_positive, "a positive number"),
+    "eval.smoothing_px": (_at_least(0), "a number >= 0"), "eval.batch_size": (_positive, "a positive number"),
+    "eval.threshold_fpr": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
+}
+
+
+def _budget_ok(value: Any) -> bool:
+    if value in ("auto", "full"):
+        return True
+    try:
+        return 0 < float(value) < float("inf")
+    except (TypeError, ValueError):
+        return False
+
+
 _SECTIONS = {c.__name__: c for c in (PatchConfig, ModelConfig, DenoiserConfig, TrainConfig, EvalConfig)}
+_SECTION_NAMES = {PatchConfig: "patches", ModelConfig: "model", DenoiserConfig: "denoiser", TrainConfig: "train",
+                  EvalConfig: "eval"}
 
 # The study's reference code, selectable as a whole (`preset: study` in a `--config` YAML, or
 # `Config().updated(PRESETS["study"])`). Capacity and budget are the study's: slow on a CPU.
@@ -176,9 +270,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read config ({e})") from e
+        raise ConfigError(f"{path}: cannot read config ({e})") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must be a mapping of sections")
+        raise ConfigError(f"{path}: a config file must be a mapping of sections")
     return data
 
 
@@ -191,9 +285,13 @@ def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = No
     data = dict(data)
     preset = data.pop("preset", "default")
     if preset not in PRESETS:
-        raise ValueError(f"{where}: unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        raise ConfigError(f"{where}: unknown preset {preset!r}; known: {sorted(PRESETS)}")
     overrides = overrides or {}
-    cfg = Config().updated(PRESETS[preset]).updated(data).updated(overrides)
+    try:
+        cfg = Config().updated(PRESETS[preset]).updated(data)
+    except ConfigError as e:  # name the file the bad value came from
+        raise ConfigError(f"{where}: {e}" if where not in ("config", "None") else str(e)) from None
+    cfg = cfg.updated(overrides)
     explicit_output = any("output" in (src.get("model") or {}) for src in (data, overrides))
     if cfg.model.kind == "cvae" and preset == "study" and not explicit_output:
         cfg = cfg.updated({"model": {"output": "sigmoid"}})  # the study's CVAE decoder ended in a sigmoid

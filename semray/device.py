@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from semray.config import PRECISIONS
+from semray.errors import ConfigError, SemrayError
 
 FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -29,7 +30,8 @@ FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 def pick_device(use_gpu: bool | None = None) -> torch.device:
     """CUDA when asked for (or, with None, when present); never assumes it exists."""
     if use_gpu and not torch.cuda.is_available():
-        raise RuntimeError("--gpu was given but PyTorch sees no CUDA device")
+        raise SemrayError("--gpu was given but PyTorch sees no CUDA device (no GPU here, or a CPU-only torch "
+                          "build: `python -c 'import torch; print(torch.version.cuda)'` says which)")
     if use_gpu or (use_gpu is None and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -102,7 +104,7 @@ def resolve_precision(requested: str, device: torch.device | str, log: logging.L
     bf16 where it is slow runs, with one warning; where the device has no bf16 at all it is a
     user error (ValueError: one line from the CLI), raised before any work starts."""
     if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     device = torch.device(device)
     runs, fast, why = bf16_speed(device)
     if requested == "fp32":
@@ -112,7 +114,7 @@ def resolve_precision(requested: str, device: torch.device | str, log: logging.L
             return Precision("bf16", f"auto: {why}")
         return Precision("fp32", f"auto: {why}")
     if not runs:
-        raise ValueError(f"--precision bf16: {why}; use --precision fp32 (or auto)")
+        raise ConfigError(f"--precision bf16: {why}; use --precision fp32 (or auto)")
     if warn and not fast and why not in _warned:
         _warned.add(why)
         (log or logging.getLogger("semray")).warning(

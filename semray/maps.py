@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from semray.data.patches import iter_patch_batches, neighbourhood_mean
+from semray.errors import ConfigError, SemrayError
 from semray.regions import find_regions
 from semray.scores import SCORE_NAMES
 
@@ -81,8 +82,8 @@ def calibrate_threshold(normal_scores: list[np.ndarray], fpr: float = 0.01) -> f
     material where nobody has labelled a defect; the 'higher' rule keeps the normal false-positive
     rate at or below fpr."""
     if not 0 < fpr < 1:
-        raise ValueError(f"target false-positive rate must be between 0 and 1, got {fpr}")
+        raise ConfigError(f"target false-positive rate must be between 0 and 1, got {fpr}")
     values = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in normal_scores])
     if values.size == 0:
-        raise ValueError("no normal window scores to calibrate a threshold on")
+        raise SemrayError("no normal window scores to calibrate a threshold on")
     return float(np.quantile(values, 1 - fpr, method="higher"))

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from semray.data.datasets import IMAGE_SUFFIXES
 from semray.device import Precision
+from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
 from semray.log import get_logger
 
 LOG = get_logger("score")
@@ -103,13 +104,13 @@ def list_inputs(inputs: list[str]) -> list[str]:
         elif any(c in item for c in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
-                raise FileNotFoundError(f"{item}: no file matches this pattern")
+                raise InputError(f"{item}: no file matches this pattern")
             for m in matches:
                 found.extend(_list_local(m) if os.path.isdir(m) else [os.path.abspath(m)])
         elif os.path.isdir(item) or os.path.isfile(item):
             found.extend(_list_local(item) if os.path.isdir(item) else [os.path.abspath(item)])
         else:
-            raise FileNotFoundError(f"{item}: no such file or directory")
+            raise InputError(f"{item}: no such file or directory")
     return sorted(set(found))
 
 
@@ -128,7 +129,7 @@ def _list_uri(uri: str) -> list[str]:
     if info.type == pafs.FileType.File:
         return [uri]
     if info.type != pafs.FileType.Directory:
-        raise FileNotFoundError(f"{uri}: no such file or directory")
+        raise InputError(f"{uri}: no such file or directory")
     selector = pafs.FileSelector(root, recursive=True)
     return [f"{scheme}://{f.path}" for f in filesystem.get_file_info(selector)
             if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
@@ -302,7 +303,7 @@ def check_same_job(out: str, metadata: dict[str, str]) -> None:
         keys = ("checkpoint_sha256", "score", "stride", "threshold", "quantile")
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
         if diff:
-            raise ValueError(f"{out} holds results of another scoring job ({'; '.join(diff)}); use a new --out, "
+            raise SemrayError(f"{out} holds results of another scoring job ({'; '.join(diff)}); use a new --out, "
                              "or the same run and settings to resume it")
         return
 
@@ -332,7 +333,7 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
     from semray.scores import SCORE_NAMES
 
     if job.score not in SCORE_NAMES:
-        raise ValueError(f"--score must be one of {SCORE_NAMES}, got {job.score!r}")
+        raise ConfigError(f"--score must be one of {SCORE_NAMES}, got {job.score!r}")
     cfg = read_config(run_dir)
     if cfg is None:
         raise RunError(f"{run_dir}: no config.yaml; is this a `semray train` run directory?")
@@ -396,7 +397,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     import ray
 
     from semray.ray_env import init_ray, wait_for_resources
-    from semray.runs import RunError, read_model
+    from semray.runs import read_model
 
     run_dir = str(Path(job.run).resolve()) if not _is_uri(job.run) else job.run
     out = str(Path(job.out).resolve()) if not _is_uri(job.out) else job.out
@@ -437,7 +438,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
         messages.extend(row["error_messages"][:MESSAGES_SHOWN - len(messages)])
     summary = _summary(out, images, errors, windows, messages, time.time() - started, log)
     if images == 0 and len(paths) == len(todo):
-        raise RunError(f"no image could be scored: {errors} failure(s), see {out}/{ERRORS}/")
+        raise NothingDoneError(f"no image could be scored: {errors} failure(s), see {out}/{ERRORS}/")
     return summary
 
 
@@ -460,7 +461,7 @@ def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
 
     directory = f"{out}/{MAPS}"
     if not Path(directory).is_dir():
-        raise FileNotFoundError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?")
+        raise InputError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?")
     table = ds.dataset(directory, format="parquet").to_table(filter=(pc.field("page") == page))
     sources = table.column("source").to_pylist()
     want = image if _is_uri(image) else os.path.abspath(image)
@@ -469,7 +470,7 @@ def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
         hits = [i for i, s in enumerate(sources) if Path(s).name == Path(image).name]
     if len(hits) != 1:
         what = "no row" if not hits else f"{len(hits)} rows"
-        raise FileNotFoundError(f"{image}: {what} for page {page} in {directory}")
+        raise InputError(f"{image}: {what} for page {page} in {directory}")
     return table.slice(hits[0], 1).to_pylist()[0]
 
 

@@ -25,6 +25,7 @@ import yaml
 from semray import __version__
 from semray.config import Config
 from semray.device import memory_format, resolve_precision
+from semray.errors import SemrayError
 from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
 
 MODEL_FILE = "model.pt"
@@ -34,7 +35,7 @@ THRESHOLD_FILE = "threshold.json"
 TRAINING_FILE = "training.json"
 
 
-class RunError(ValueError):
+class RunError(SemrayError):
     """A run directory that cannot be used, with what to do about it."""
 
 

@@ -39,6 +39,7 @@ from semray.config import Config, config_from_dict, read_yaml
 from semray.data.datasets import LabelledImage, load_anomalous_images, load_normal_images
 from semray.data.patches import image_statistics, iter_patch_batches, normalize_patches, patch_labels
 from semray.device import Precision, pick_device
+from semray.errors import ConfigError, SemrayError
 from semray.evaluate import calibrate_run, format_grid, summarize
 from semray.log import get_logger
 from semray.maps import score_image
@@ -75,15 +76,15 @@ class Param:
         if not isinstance(value, dict):
             return cls("fixed", [value])
         if len(value) != 1 or next(iter(value)) not in cls.KINDS:
-            raise ValueError(f"search.{key}: expected a value or one of {{{', '.join(cls.KINDS)}: ...}}, got {value!r}")
+            raise ConfigError(f"search.{key}: expected a value or one of {{{', '.join(cls.KINDS)}: ...}}, got {value!r}")
         kind, values = next(iter(value.items()))
         values = values if isinstance(values, list) else [values]
         if kind in ("uniform", "loguniform", "randint") and (len(values) != 2 or values[0] >= values[1]):
-            raise ValueError(f"search.{key}: {kind} needs [low, high] with low < high, got {values!r}")
+            raise ConfigError(f"search.{key}: {kind} needs [low, high] with low < high, got {values!r}")
         if kind == "loguniform" and values[0] <= 0:
-            raise ValueError(f"search.{key}: loguniform needs a positive lower bound, got {values[0]!r}")
+            raise ConfigError(f"search.{key}: loguniform needs a positive lower bound, got {values[0]!r}")
         if not values:
-            raise ValueError(f"search.{key}: {kind} needs at least one value")
+            raise ConfigError(f"search.{key}: {kind} needs at least one value")
         return cls(kind, list(values))
 
     def to_yaml(self) -> Any:
@@ -125,7 +126,7 @@ def parse_space(data: dict[str, Any] | None, base: Config) -> dict[str, Param]:
     known = {f"{s}.{k}" for s, section in base.to_dict().items() for k in section}
     unknown = sorted(set(space) - known)
     if unknown:
-        raise ValueError(f"search: unknown config field(s) {unknown}; use dotted names such as 'train.lr'")
+        raise ConfigError(f"search: unknown config field(s) {unknown}; use dotted names such as 'train.lr'")
     return space
 
 
@@ -158,13 +159,13 @@ class TuneSettings:
 
     def check(self) -> "TuneSettings":
         if self.score not in ("best", *SCORE_NAMES):
-            raise ValueError(f"tune.score: {self.score!r} is not 'best' or one of {SCORE_NAMES}")
+            raise ConfigError(f"tune.score: {self.score!r} is not 'best' or one of {SCORE_NAMES}")
         if self.scheduler not in ("asha", "fifo"):
-            raise ValueError(f"tune.scheduler: {self.scheduler!r}; expected 'asha' or 'fifo'")
+            raise ConfigError(f"tune.scheduler: {self.scheduler!r}; expected 'asha' or 'fifo'")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"tune.val_fraction must be between 0 and 1, got {self.val_fraction}")
+            raise ConfigError(f"tune.val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.samples < 1 or self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise ValueError("tune: samples >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0 are required")
+            raise ConfigError("tune: samples >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0 are required")
         return self
 
 
@@ -195,7 +196,7 @@ def _settings(data: dict[str, Any] | None, where: str) -> TuneSettings:
     names = {f.name for f in fields(TuneSettings)}
     unknown = set(data or {}) - names
     if unknown:
-        raise ValueError(f"{where}: unknown tune setting(s) {sorted(unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"{where}: unknown tune setting(s) {sorted(unknown)}; known: {sorted(names)}")
     return TuneSettings(**(data or {})).check()
 
 
@@ -205,7 +206,7 @@ RECIPES = ("laptop", "gpu")
 def recipe_path(name: str) -> Path:
     """A search shipped with the package (semray/recipes/NAME.yaml): `semray tune --recipe NAME`."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     return Path(__file__).resolve().parent / "recipes" / f"{name}.yaml"
 
 
@@ -233,7 +234,7 @@ def split_validation_test(items: list, fraction: float = 0.5) -> tuple[list, lis
     for i, item in enumerate(items):
         (val if math.ceil((i + 1) * fraction) > math.ceil(i * fraction) else test).append(item)
     if not val or not test:
-        raise ValueError(f"{len(items)} anomalous image(s) cannot be split into validation and test "
+        raise SemrayError(f"{len(items)} anomalous image(s) cannot be split into validation and test "
                          f"parts at fraction {fraction}; at least 2 are needed")
     return val, test
 
@@ -493,7 +494,7 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
     tune_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         if (tune_dir / SPEC_FILE).exists():
-            raise ValueError(f"{tune_dir} already holds a search; continue it with --resume {tune_dir}, "
+            raise SemrayError(f"{tune_dir} already holds a search; continue it with --resume {tune_dir}, "
                              "or choose another --out")
         (tune_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     init_ray(address)
@@ -641,5 +642,5 @@ def search_summary(rows: list[dict[str, Any]], grid, spec: TuneSpec) -> dict[str
 def read_spec(tune_dir: str | Path) -> TuneSpec:
     path = Path(tune_dir) / SPEC_FILE
     if not path.exists():
-        raise ValueError(f"{tune_dir}: no {SPEC_FILE}; is this a `semray tune --out` directory?")
+        raise SemrayError(f"{tune_dir}: no {SPEC_FILE}; is this a `semray tune --out` directory?")
     return TuneSpec.from_dict(read_yaml(path), where=str(path))

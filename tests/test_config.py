@@ -185,3 +185,56 @@ def test_updated_returns_new_config():
     new = cfg.updated({"denoiser": {"depth": 3}})
     assert new.denoiser.depth == 3 and cfg.denoiser.depth == 20
     assert dataclasses.replace(new.denoiser, depth=20) == cfg.denoiser
+
+
+# ---------------------------------------------------------------- typed validation at load time
+def test_yaml_numeric_strings_become_numbers(tmp_path):
+    """PyYAML reads `1e-3` as a string; the config must hold the number, or a Ray worker fails later."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: 1e-3, denoiser_lr: '2E-4', epochs: '12', batch_size: 32.0}\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == 0.001 and isinstance(cfg.train.lr, float) and cfg.train.denoiser_lr == 2e-4
+    assert cfg.train.epochs == 12 and isinstance(cfg.train.epochs, int) and cfg.train.batch_size == 32
+
+
+@pytest.mark.parametrize("text, words", [
+    ("train: {epochs: ten}", "train.epochs: expected a number, got 'ten'"),
+    ("train: {epochs: 2.5}", "train.epochs: expected a whole number"),
+    ("model: {kind: xyz}", "model.kind: 'xyz' is not one of ae, dae, cvae"),
+    ("patches: {normalization: global}", "patches.normalization: 'global' is not one of patch, image"),
+    ("model: {output: relu}", "model.output"),
+    ("train: {precision: fp16}", "train.precision: 'fp16' is not one of auto, fp32, bf16"),
+    ("eval: {precision: half}", "eval.precision"),
+    ("train: {use_gpu: maybe}", "train.use_gpu: expected true or false"),
+    ("train: {lr: 0}", "train.lr: expected a positive number"),
+    ("train: {batch_size: -1}", "train.batch_size"),
+    ("eval: {threshold_fpr: 1.0}", "eval.threshold_fpr: expected a fraction between 0 and 1"),
+    ("eval: {stride: 0}", "eval.stride"),
+    ("patches: {size: 30}", "patches.size: expected a power of two"),
+    ("denoiser: {depth: 1}", "denoiser.depth: expected at least 2"),
+    ("train: {ema_decay: 1.0}", "train.ema_decay"),
+    ("train: {budget: soon}", "train.budget"),
+    ("train: {resolved_budget: 3}", "train.resolved_budget: expected a mapping"),
+])
+def test_bad_values_are_refused_at_load_naming_file_and_field(tmp_path, text, words):
+    from semray.errors import ConfigError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert words in str(info.value) and str(path) in str(info.value)
+
+
+def test_config_choices_match_the_model_registry():
+    from semray.config import CHOICES
+    from semray.models import AUTOENCODERS
+
+    assert set(CHOICES["model.kind"]) == set(AUTOENCODERS)
+
+
+def test_budget_accepts_auto_full_and_minutes(tmp_path):
+    path = tmp_path / "c.yaml"
+    for value in ("auto", "full", 15, 7.5):
+        path.write_text(f"train: {{budget: {value}}}\n")
+        assert load_config(path).train.budget == value

@@ -240,7 +240,7 @@ def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive, capsys):
 def test_nothing_scorable_is_a_failure(tmp_path, run_dir, archive):
     proc = run_cli("score", archive / "empty.tif", archive / "text.tif", "--run", run_dir, "--out", tmp_path / "o",
                    check=False, timeout=400)
-    assert proc.returncode != 0
+    assert proc.returncode == 4  # "nothing could be done" in the exit-code table
     assert "no image could be scored" in proc.stderr and "2 failure(s)" in proc.stdout
 
 

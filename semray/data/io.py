@@ -13,12 +13,14 @@ import numpy as np
 import tifffile
 from PIL import PngImagePlugin
 
+from semray.errors import SemrayError
+
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 PNG_MAGIC = b"\x89PNG"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
 
-class ImageReadError(ValueError):
+class ImageReadError(SemrayError):
     """One error type for every unreadable input; message names the file and the reason."""
 
     def __init__(self, path: str, reason: str):

@@ -9,6 +9,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from semray.errors import ConfigError
+
 
 # ---------------------------------------------------------------- normalisation
 def normalize_patches(patches: torch.Tensor, mode: str, mean: float = 0.5, std: float = 0.25) -> torch.Tensor:
@@ -25,7 +27,7 @@ def normalize_patches(patches: torch.Tensor, mode: str, mean: float = 0.5, std: 
         return (patches - mu) / sd
     if mode == "image":
         return (patches - mean) / std
-    raise ValueError(f"unknown normalization {mode!r}; expected 'patch' or 'image'")
+    raise ConfigError(f"unknown normalization {mode!r}; expected 'patch' or 'image'")
 
 
 def image_statistics(images: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -91,7 +93,7 @@ def tile_positions(height: int, width: int, size: int = 32, stride: int = 16, co
     if height < size or width < size:
         raise ValueError(f"image {height}x{width} is smaller than the {size}x{size} patch")
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+        raise ConfigError(f"stride must be >= 1, got {stride}")
 
     def axis(n: int) -> np.ndarray:
         pos = np.arange(0, n - size + 1, stride)

@@ -3,6 +3,7 @@ chains an autoencoder and its denoiser into the three anomaly scores."""
 from __future__ import annotations
 
 from semray.config import DenoiserConfig, ModelConfig
+from semray.errors import ConfigError
 from semray.models.autoencoders import ConvAutoencoder, ConvVAE, DenoisingAutoencoder
 from semray.models.denoiser import Denoiser
 from semray.models.detector import AnomalyDetector
@@ -18,7 +19,7 @@ def create_autoencoder(cfg: ModelConfig, patch_size: int = 32) -> ConvAutoencode
     try:
         cls = AUTOENCODERS[cfg.kind]
     except KeyError:
-        raise ValueError(f"unknown model {cfg.kind!r}; expected one of {sorted(AUTOENCODERS)}") from None
+        raise ConfigError(f"unknown model {cfg.kind!r}; expected one of {sorted(AUTOENCODERS)}") from None
     return cls(cfg, patch_size)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semray.config import ModelConfig
+from semray.errors import ConfigError
 
 
 def _init_weights(module: nn.Module, std: float) -> None:
@@ -38,9 +39,9 @@ class ConvAutoencoder(nn.Module):
     def __init__(self, cfg: ModelConfig = ModelConfig(), patch_size: int = 32):
         super().__init__()
         if patch_size < 8 or patch_size & (patch_size - 1):
-            raise ValueError(f"patch size must be a power of two >= 8, got {patch_size}")
+            raise ConfigError(f"patch size must be a power of two >= 8, got {patch_size}")
         if cfg.output not in _OUTPUTS:
-            raise ValueError(f"unknown output activation {cfg.output!r}; expected one of {sorted(_OUTPUTS)}")
+            raise ConfigError(f"unknown output activation {cfg.output!r}; expected one of {sorted(_OUTPUTS)}")
         self.cfg = cfg
         w, bn = cfg.width, self.batch_norm
         enc: list[nn.Module] = []

@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from semray.config import DenoiserConfig
+from semray.errors import ConfigError
 
 
 class Denoiser(nn.Module):
     def __init__(self, cfg: DenoiserConfig = DenoiserConfig(), init_std: float = 0.02):
         super().__init__()
         if cfg.depth < 2 or cfg.width < 2:
-            raise ValueError(f"denoiser needs depth >= 2 and width >= 2, got {cfg.depth} x {cfg.width}")
+            raise ConfigError(f"denoiser needs depth >= 2 and width >= 2, got {cfg.depth} x {cfg.width}")
         feats = cfg.width - 1
         layers = [nn.Conv2d(1, cfg.width, 3, padding=1)]
         layers += [nn.Conv2d(feats, cfg.width, 3, padding=1) for _ in range(cfg.depth - 2)]

@@ -1,0 +1,59 @@
+"""The command line's contract without Ray: --version, the exit-code table, and which errors end in
+one line (a user's mistake) and which keep their traceback (a bug)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import main_in_process, run_cli
+from semray.errors import EXIT_CODES
+
+
+def test_version():
+    from semray import __version__
+
+    proc = run_cli("--version")
+    assert proc.stdout.strip() == f"semray {__version__}"
+
+
+def test_help_lists_the_exit_codes():
+    out = run_cli("--help").stdout
+    for code in EXIT_CODES:
+        assert f"{code} " in out
+
+
+def test_a_bad_config_value_is_one_line_before_anything_starts(tmp_path, synth_data, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {epochs: ten}\n")
+    code, _, err = main_in_process(capsys, "train", "--data", synth_data, "--model", "ae", "--run", tmp_path / "run",
+                                   "--config", config)
+    assert code == 2 and err.count("\n") == 1 and "train.epochs" in err and str(config) in err
+    assert not (tmp_path / "run").exists()  # nothing written for a command that did not start
+
+
+def test_gpu_without_cuda_is_one_line(untrained_run, synth_data, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = main_in_process(capsys, "evaluate", "--run", untrained_run, "--data", synth_data, "--gpu")
+    assert code == 2 and err.startswith("semray evaluate: error: --gpu was given but PyTorch sees no CUDA device")
+
+
+def test_an_os_error_is_one_line(tmp_path, untrained_run, synth_data, capsys):
+    """A full disk or a permission problem is not a bug in semray: one line naming the path."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    code, _, err = main_in_process(capsys, "report", "--run", untrained_run, "--data", synth_data,
+                                   "--out", blocked / "report")
+    assert code == 2 and err.count("\n") == 1 and str(blocked) in err
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path, capsys):
+    """A ValueError that is not a SemrayError is a bug: the CLI must not hide it as a user error."""
+    import semray.data.synth as synth
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+    monkeypatch.setattr(synth, "write_dataset", broken)
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        main_in_process(capsys, "synth", tmp_path / "d")
