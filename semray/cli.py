@@ -186,6 +186,17 @@ DEMO_SETTINGS = {
 }
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows each option's default where it has one worth reading (not None or False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "%(default)" not in text and \
+                "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semray", description=__doc__.splitlines()[0],
                                 epilog="exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()))
@@ -197,31 +208,34 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
                       help="print debug messages too")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_Help, **kwargs)  # every command shows its defaults
     precision = argparse.ArgumentParser(add_help=False)
     precision.add_argument("--precision", choices=PRECISIONS,
                            help="number format of the forward passes: auto (bf16 where the device runs it fast: "
                                 "a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16; else fp32), fp32 or bf16. "
                                 "Default: the run's config (auto)")
 
-    s = sub.add_parser("synth", parents=[common], help="write a synthetic SEM data set in the NanoTWICE layout")
-    s.add_argument("out_dir")
-    s.add_argument("--normal", type=int, default=5)
-    s.add_argument("--anomalous", type=int, default=10)
-    s.add_argument("--height", type=int, default=384)
-    s.add_argument("--width", type=int, default=512)
-    s.add_argument("--seed", type=int, default=0)
+    s = command("synth", parents=[common], help="write a synthetic SEM data set in the NanoTWICE layout")
+    s.add_argument("out_dir", help="directory to write (Normal/, Anomalous/images/, Anomalous/gt/)")
+    s.add_argument("--normal", type=int, default=5, help="defect-free images")
+    s.add_argument("--anomalous", type=int, default=10, help="images with beads and films, and their masks")
+    s.add_argument("--height", type=int, default=384, help="image height in pixels")
+    s.add_argument("--width", type=int, default=512, help="image width in pixels")
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same images")
     s.set_defaults(func=cmd_synth)
 
-    t = sub.add_parser("train", parents=[common, precision], help="train an autoencoder and its denoiser with Ray Train")
+    t = command("train", parents=[common, precision], help="train an autoencoder and its denoiser with Ray Train")
     t.add_argument("--data", required=True, help="data directory in the NanoTWICE layout")
-    t.add_argument("--model", choices=["ae", "dae", "cvae"])
+    t.add_argument("--model", choices=["ae", "dae", "cvae"], help="autoencoder kind (default: the config's, dae)")
     t.add_argument("--run", required=True, help="run directory (created; resumed if it exists)")
     t.add_argument("--config", help="YAML file overriding config sections (see README)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--denoiser-epochs", type=int)
+    t.add_argument("--epochs", type=int, help="autoencoder epochs (default: the config's, 30)")
+    t.add_argument("--denoiser-epochs", type=int, help="denoiser epochs (default: the config's, 24)")
     t.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=int, help="random seed of weights and patches (default 0)")
     t.add_argument("--max-failures", type=int,
                    help="worker failures to survive by restarting from the last checkpoint (default 0)")
     t.add_argument("--storage", help="Ray Train checkpoint root (s3://, gs:// or a shared path; needed on a "
@@ -229,18 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", parents=[common, precision], help="patch-level AUROC/precision/recall/F1 of a run")
-    e.add_argument("--run", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--stride", type=int)
+    e = command("evaluate", parents=[common, precision], help="patch-level AUROC/precision/recall/F1 of a run")
+    e.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/)")
+    e.add_argument("--data", required=True, help="data directory whose Anomalous/ images and masks to score")
+    e.add_argument("--stride", type=int, help="window stride in pixels (default: the run's eval.stride, 16)")
     e.add_argument("--min-defect-pixels", type=int, help="defect pixels that make a patch anomalous (default 1)")
     e.add_argument("--smoothing-px", type=int,
                    help="average each window's score with neighbours within this many pixels (0 = off)")
-    e.add_argument("--json")
-    e.add_argument("--gpu", action="store_true")
+    e.add_argument("--json", help="also write the results to this JSON file")
+    e.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
     e.set_defaults(func=cmd_evaluate)
 
-    u = sub.add_parser("tune", parents=[common, precision], help="Ray Tune search over the nine model/score combinations")
+    u = command("tune", parents=[common, precision], help="Ray Tune search over the nine model/score combinations")
     u.add_argument("--data", help="data directory in the NanoTWICE layout")
     u.add_argument("--out", help="search directory (Tune state, results.parquet, best.json, best/)")
     u.add_argument("--config", help="YAML: config sections, plus `search:` and `tune:` sections (see README)")
@@ -248,33 +262,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a search shipped with semray: laptop (6 trials, ~50 min on 2 CPU cores) or gpu "
                         "(18 full-budget trials, 4 per GPU)")
     u.add_argument("--samples", type=int, help="samples of the space; each is tried with every model kind")
-    u.add_argument("--cpus-per-trial", type=float)
+    u.add_argument("--cpus-per-trial", type=float, help="CPUs per trial's Ray Train worker (default 1)")
     u.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
     u.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources hold)")
     u.add_argument("--score", choices=["best", "reconstruction", "smooth", "feature"],
                    help="objective: validation AUROC of this score (default: the best of the three)")
-    u.add_argument("--scheduler", choices=["asha", "fifo"])
+    u.add_argument("--scheduler", choices=["asha", "fifo"],
+                   help="asha stops weak trials early (default); fifo runs all to the end")
     u.add_argument("--resume", metavar="TUNE_DIR", help="continue an interrupted search")
     u.add_argument("--storage", help="Tune storage path or URI (s3://..., gs://...); default: --out")
     u.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     u.set_defaults(func=cmd_tune)
 
-    c = sub.add_parser("calibrate", parents=[common, precision], help="thresholds from normal images at a target false-positive rate")
-    c.add_argument("--run", required=True)
+    c = command("calibrate", parents=[common, precision],
+                help="thresholds from normal images at a target false-positive rate")
+    c.add_argument("--run", required=True, help="trained run directory; thresholds go to RUN/threshold.json")
     c.add_argument("--data", required=True, help="data directory whose Normal/ images to calibrate on")
     c.add_argument("--fpr", type=float, help="fraction of normal windows to flag (default: eval.threshold_fpr, 0.01)")
-    c.add_argument("--stride", type=int)
-    c.add_argument("--gpu", action="store_true")
+    c.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride, 16)")
+    c.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
     c.set_defaults(func=cmd_calibrate)
 
-    b = sub.add_parser("score", parents=[common, precision], help="bulk-score images on Ray Data into Parquet anomaly maps")
+    b = command("score", parents=[common, precision], help="bulk-score images on Ray Data into Parquet anomaly maps")
     b.add_argument("inputs", nargs="+", help="files, directories (recursive), globs or URIs (s3://...)")
-    b.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/), a path or a URI (s3://...)")
+    b.add_argument("--run", required=True,
+                   help="trained run directory (semray train, or a tune's best/), a path or a URI (s3://...)")
     b.add_argument("--out", required=True, help="output directory (re-run to resume: finished images are skipped)")
     b.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride)")
-    b.add_argument("--score", default="feature", choices=["reconstruction", "smooth", "feature"])
+    b.add_argument("--score", default="feature", choices=["reconstruction", "smooth", "feature"],
+                   help="the score the maps, regions and threshold use")
     b.add_argument("--workers", type=int, help="scoring actors (default: one per CPU, or per GPU share)")
-    b.add_argument("--cpus-per-worker", type=float)
+    b.add_argument("--cpus-per-worker", type=float, help="CPUs per scoring actor (default 1)")
     b.add_argument("--gpus-per-worker", type=float, help="GPUs per scoring actor (fractions share a GPU)")
     b.add_argument("--batch-size", type=int, help="windows per forward pass (default 512)")
     b.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
@@ -284,28 +302,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     b.set_defaults(func=cmd_score)
 
-    o = sub.add_parser("overlay", parents=[common], help="draw an image's anomaly map and regions from a score output")
+    o = command("overlay", parents=[common], help="draw an image's anomaly map and regions from a score output")
     o.add_argument("out_dir", help="a `semray score --out` directory")
     o.add_argument("--image", required=True, help="the image, as given to semray score")
-    o.add_argument("--page", type=int, default=0)
-    o.add_argument("--png", required=True)
+    o.add_argument("--page", type=int, default=0, help="page of a multi-page TIFF")
+    o.add_argument("--png", required=True, help="the picture to write")
     o.set_defaults(func=cmd_overlay)
 
-    r = sub.add_parser("report", parents=[common, precision], help="an HTML report: the table, curves, histograms and pictures of runs")
+    r = command("report", parents=[common, precision],
+                help="an HTML report: the table, curves, histograms and pictures of runs")
     r.add_argument("--run", action="append", required=True, help="run directory (repeat for several models)")
     r.add_argument("--data", required=True, help="data directory whose anomalous images to evaluate on")
     r.add_argument("--out", required=True, help="report directory (index.html and its PNGs)")
-    r.add_argument("--stride", type=int)
+    r.add_argument("--stride", type=int, help="window stride (default: each run's eval.stride, 16)")
     r.add_argument("--examples", type=int, default=3, help="test images shown stage by stage")
-    r.add_argument("--gpu", action="store_true")
+    r.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
     r.set_defaults(func=cmd_report)
 
-    d = sub.add_parser("demo", parents=[common, precision], help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
-    d.add_argument("--out", default="demo")
+    d = command("demo", parents=[common, precision], help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
+    d.add_argument("--out", default="demo", help="directory for the synthetic data and the three runs")
     d.add_argument("--config", help="YAML replacing the demo's small settings")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--gpu", action="store_true")
-    d.add_argument("--address")
+    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    d.add_argument("--gpu", action="store_true", help="train and score on the GPU")
+    d.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -57,3 +57,15 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(synth, "write_dataset", broken)
     with pytest.raises(ValueError, match="internal inconsistency"):
         main_in_process(capsys, "synth", tmp_path / "d")
+
+
+def test_every_option_has_help_and_shows_its_default():
+    from semray.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"semray {name} {action.option_strings or action.dest}: no help text"
+    assert "(default: 5)" in commands["synth"].format_help()
