@@ -1,0 +1,79 @@
+"""scripts/bootstrap.sh (what `make install` runs) picks the torch build for the machine: the small CPU
+build without a GPU, also on a real Linux box whose pip index would hand it the CUDA build, and the
+CUDA build with one. Run with a stand-in python and nvidia-smi that log what would be installed."""
+from __future__ import annotations
+
+import os
+import platform
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+FAKE_PYTHON = f"""#!/bin/bash
+echo "$@" >> "$FAKE_LOG"
+if [ "$1" = -c ]; then
+  [ "$2" = "import torch" ] && exit 1      # a fresh venv: no torch yet
+  exec {sys.executable} "$@"               # the report parser
+fi
+if [ "$1" = -m ] && [ "$2" = pip ] && [[ "$*" == *--dry-run* ]]; then
+  echo '{{"install": [{{"metadata": {{"name": "torch", "version": "'"$FAKE_PICK"'"}}}}]}}'
+fi
+exit 0
+"""
+
+
+def _executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture
+def bootstrap(tmp_path):
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        pytest.skip("the CPU-index rule is for Linux x86_64")
+    venv, bin_dir, log = tmp_path / "venv", tmp_path / "bin", tmp_path / "calls.log"
+    (venv / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    _executable(venv / "bin" / "python", FAKE_PYTHON)
+
+    def run(gpu: bool, index_serves: str, **env) -> list[str]:
+        _executable(bin_dir / "nvidia-smi", "#!/bin/sh\nexit 0\n" if gpu else "#!/bin/sh\nexit 9\n")
+        log.write_text("")
+        (venv / ".semray-installed").unlink(missing_ok=True)
+        full = {k: v for k, v in os.environ.items() if not k.startswith("SEMRAY_TORCH")}
+        full.update({"VENV": str(venv), "FAKE_LOG": str(log), "FAKE_PICK": index_serves,
+                     "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env})
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "bootstrap.sh")], env=full, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return [line for line in log.read_text().splitlines()
+                if line.startswith("-m pip") and " install " in f" {line} " and "--dry-run" not in line]
+    return run
+
+
+def test_no_gpu_and_an_index_with_the_cpu_build_installs_it_from_there(bootstrap):
+    calls = bootstrap(gpu=False, index_serves="2.13.0+cpu")
+    assert calls[0].endswith("install torch==2.13.0") and "--index-url" not in calls[0]
+    assert calls[1].endswith('install -e .[test]')
+
+
+def test_no_gpu_and_an_index_with_the_cuda_build_takes_the_cpu_index(bootstrap):
+    """PyPI's torch for Linux x86_64 is the CUDA build: a laptop must not download GBs of CUDA."""
+    calls = bootstrap(gpu=False, index_serves="2.13.0")
+    assert calls[0].endswith(f"install torch==2.13.0 --index-url {CPU_INDEX}")
+
+
+def test_a_gpu_gets_the_cuda_build(bootstrap):
+    calls = bootstrap(gpu=True, index_serves="2.13.0")
+    assert calls[0].endswith("install torch") and "--index-url" not in calls[0]
+
+
+def test_an_explicit_index_wins(bootstrap):
+    calls = bootstrap(gpu=False, index_serves="2.13.0", SEMRAY_TORCH_INDEX="https://example.org/simple")
+    assert calls[0].endswith("install torch==2.13.0 --index-url https://example.org/simple")
