@@ -6,18 +6,17 @@ scoring of archives has its own Ray Data pipeline. Images become window scores i
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import torch
 
 from semray.config import Config
 from semray.data.datasets import LabelledImage, load_anomalous_images
 from semray.data.patches import assemble_map, neighbourhood_mean, patch_labels
 from semray.device import memory_format_name, pick_device
+from semray.files import atomic_write, to_json
 from semray.log import get_logger
 from semray.maps import calibrate_threshold, score_image
 from semray.metrics import at_threshold, aupro, held_out_f1, image_auroc, patch_metrics, pixel_auroc
@@ -180,4 +179,5 @@ def format_grid(results: Iterable[dict[str, Any]], key: str = "auroc", title: st
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+    """Strict JSON: an undefined metric (NaN, e.g. image AUROC without defect-free images) is null."""
+    atomic_write(path, to_json(result))

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from semray.data.datasets import IMAGE_SUFFIXES
 from semray.device import Precision
 from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
+from semray.files import atomic_path
 from semray.log import get_logger
 
 LOG = get_logger("score")
@@ -264,11 +265,8 @@ def _write_table(table: pa.Table, path: str, metadata: dict[str, str]) -> None:
         filesystem, inner = pafs.FileSystem.from_uri(path)
         pq.write_table(table, inner, filesystem=filesystem)
         return
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")  # hidden: pyarrow, DuckDB and pandas skip it
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def finished_pages(out: str) -> dict[str, set[int]]:

@@ -25,42 +25,55 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != _PINNED:  # (our own pin of a private Ray shut down since is stale)
         ray.init(address=address, log_to_driver=not quiet)
         return
     global _PRIVATE
     _PRIVATE = True  # a private local Ray has no autoscaler: waiting for it to grow is pointless
-    _warn_if_another_local_ray()
+    _pin_private_address()
     ray.init(
         address="local",  # never attach by accident to a cluster left running by `ray start`
         num_cpus=num_cpus or os.cpu_count(),
         # The dashboard hosts the State API that Ray Train's placement-group cleaner polls;
         # without it Train warns in a loop and Tune + ASHA leaks placement groups.
         include_dashboard=True,
+        dashboard_port=_free_port(),  # 8265 may be another private Ray's
         log_to_driver=not quiet,
         configure_logging=True,
         logging_level="WARNING",
     )
+    os.environ.pop(ray_gcs_port_variable(), None)  # a later private Ray picks a port of its own
 
 
-def _warn_if_another_local_ray() -> None:
-    """Two private Ray instances on one machine confuse Ray 2.60's State API ("Found multiple active
-    Ray instances"): Ray Train's placement-group cleaner then dies, placement groups leak, and later
-    trials of a search starve waiting for CPUs. Say so up front rather than fail an hour later."""
-    try:
-        from ray._private.services import find_gcs_addresses
+def _pin_private_address() -> None:
+    """Several semray commands at once on one machine each start a private Ray. Ray Train's
+    placement-group cleaner (an actor) asks Ray's State API for "the" local instance, which with
+    two running fails ("Found multiple active Ray instances"), leaking placement groups. So choose
+    the GCS port before starting Ray and put the address in RAY_ADDRESS: the raylet, and every
+    worker and actor it starts, inherit it, and each State API call goes to this instance."""
+    global _PINNED
+    from ray._private.services import get_node_ip_address
 
-        running = find_gcs_addresses()
-    except Exception:  # a private API: if it moves, skip the check
-        return
-    if running:
-        import warnings
+    port = _free_port()
+    os.environ[ray_gcs_port_variable()] = str(port)
+    _PINNED = os.environ["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
 
-        warnings.warn(
-            f"another Ray instance is running on this machine ({', '.join(sorted(running))}); a second "
-            "private one makes Ray Train lose track of its placement groups. Run one semray command at a "
-            "time, or share one cluster: `ray start --head`, then pass --address 127.0.0.1:6379 to each "
-            "command.", RuntimeWarning, stacklevel=3)
+
+def ray_gcs_port_variable() -> str:
+    from ray._private.ray_constants import GCS_PORT_ENVIRONMENT_VARIABLE
+
+    return GCS_PORT_ENVIRONMENT_VARIABLE
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+_PINNED: str | None = None  # the RAY_ADDRESS this process set for its private Ray
 
 
 def is_private() -> bool:

@@ -26,6 +26,7 @@ from semray import __version__
 from semray.config import Config
 from semray.device import memory_format, resolve_precision
 from semray.errors import SemrayError
+from semray.files import atomic_path, atomic_write, to_json
 from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
 
 MODEL_FILE = "model.pt"
@@ -40,10 +41,9 @@ class RunError(SemrayError):
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file then rename, so a killed process never leaves half a model."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Written under a temporary name then renamed, so a killed process never leaves half a model."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -123,9 +123,7 @@ def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoen
 def save_training_record(run_dir: Path, record: dict[str, Any]) -> None:
     """RUN_DIR/training.json: per finished stage, the precision, memory format and device it ran
     in and its throughput (the budget it was given is train.resolved_budget in config.yaml)."""
-    tmp = run_dir / (TRAINING_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, run_dir / TRAINING_FILE)
+    atomic_write(run_dir / TRAINING_FILE, to_json(record))
 
 
 def read_training_record(run_dir: str | Path) -> dict[str, Any]:
@@ -134,9 +132,7 @@ def read_training_record(run_dir: str | Path) -> dict[str, Any]:
 
 
 def save_threshold(run_dir: Path, calibration: dict[str, Any]) -> None:
-    tmp = run_dir / (THRESHOLD_FILE + ".tmp")
-    tmp.write_text(json.dumps(calibration, indent=2) + "\n")
-    os.replace(tmp, run_dir / THRESHOLD_FILE)
+    atomic_write(run_dir / THRESHOLD_FILE, to_json(calibration))
 
 
 def read_threshold(run_dir: str | Path) -> dict[str, Any] | None:

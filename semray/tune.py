@@ -40,6 +40,7 @@ from semray.data.datasets import LabelledImage, load_anomalous_images, load_norm
 from semray.data.patches import image_statistics, iter_patch_batches, normalize_patches, patch_labels
 from semray.device import Precision, pick_device
 from semray.errors import ConfigError, SemrayError
+from semray.files import atomic_path, atomic_write, to_json
 from semray.evaluate import calibrate_run, format_grid, summarize
 from semray.log import get_logger
 from semray.maps import score_image
@@ -529,7 +530,7 @@ def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: logging.Logger = LO
     calibrate_run(best_run, normal, f"the training images in {Path(spec.data) / 'Normal'}")
     best.update({"run": str(best_run), "checkpoint": best_result.checkpoint.path,
                  "search": search_summary(rows, grid, spec)})
-    (tune_dir / BEST_FILE).write_text(json.dumps(best, indent=2, default=_plain) + "\n")
+    atomic_write(tune_dir / BEST_FILE, to_json(best, default=_plain))
     log.info("\nbest validation AUROC per model/score (its trial's test AUROC below)")
     log.info(format_grid(cell_table(rows, "val_auroc"), "val_auroc", "val"))
     log.info(format_grid(cell_table(rows, "test_auroc"), "test_auroc", "test"))
@@ -594,9 +595,8 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(rows)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def pick_best(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     evaluation = run_cli("evaluate", "--run", run, "--data", synth_data, "--stride", 8, "--json", out)
     for name in SCORE_NAMES:
         assert name in evaluation.stdout
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in --json: not JSON"))
+    assert all(m["image_auroc"] is None for m in result["scores"].values())  # undefined (no defect-free image): null
     assert result["model"] == "dae" and result["patch_size"] == 32 and result["stride"] == 8
     assert set(result["scores"]) == set(SCORE_NAMES)
     for metrics in result["scores"].values():

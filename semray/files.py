@@ -1,0 +1,53 @@
+"""Writing files so that a reader never sees half of one, and JSON that every parser accepts.
+
+One `atomic_write` for every file semray writes in place (models, thresholds, records, Parquet
+parts): write under a hidden temporary name in the same directory, then rename, so a killed
+process leaves the old file or the new one, never a torn one. And `to_json`: Python's json writes
+NaN and Infinity, which are not JSON (`JSON.parse` rejects them); a metric that is undefined (an
+AUROC without positives) is written as null.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path to write to; renamed onto `path` when the block ends without an error."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp")  # hidden: pyarrow, DuckDB and pandas skip it
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def finite(obj: Any) -> Any:
+    """obj with every NaN or infinite float replaced by None (JSON's null), recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON (no NaN/Infinity), indented, with a final newline."""
+    if default is not None:  # plain values first, so that NaNs hidden in numpy scalars are seen too
+        obj = json.loads(json.dumps(obj, default=default))
+    return json.dumps(finite(obj), indent=2, allow_nan=False) + "\n"
