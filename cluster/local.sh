@@ -39,8 +39,10 @@ fi
 export PATH="$(dirname "$RAY"):$PATH"
 export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
 # Every node listens on the loopback address only, so nothing outside this machine can reach it and
-# Ray's token authentication (on by default since Ray 2.5x) is turned off unless you turn it on:
-# clients then need no token. Export RAY_AUTH_MODE=token to try jobs with authentication.
+# Every node, the dashboard and the job API listen on 127.0.0.1 only: nothing outside this machine
+# can reach the cluster, which is why Ray's token authentication (on by default for local clusters
+# since Ray 2.59) is turned off here unless you turn it on: clients then need no token. Export
+# RAY_AUTH_MODE=token to try jobs with authentication. Cloud clusters keep it on (cluster/*.yaml).
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }

@@ -103,16 +103,25 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from semray.errors import NothingDoneError
+    from semray.errors import NothingDoneError, PartialFailureError
     from semray.pipeline import job_from_args, score_archive
 
     job = job_from_args(inputs=args.inputs, run=args.run, out=args.out, stride=args.stride, score=args.score,
                         workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size,
                         threshold=args.threshold, patches=args.patches, images_per_file=args.images_per_file,
-                        precision=args.precision)
+                        precision=args.precision, max_pixels=args.max_pixels,
+                        max_failed_fraction=args.max_failed_fraction)
     summary = score_archive(job, address=args.address)
-    return 0 if summary["images"] or not summary["errors"] else NothingDoneError.exit_code
+    if not summary["images"] and summary["errors"]:
+        return NothingDoneError.exit_code
+    if summary.get("too_many_failures"):
+        archive = summary["archive"]
+        raise PartialFailureError(
+            f"{archive['failures']} of {archive['images'] + archive['failures']} image(s) failed "
+            f"({archive['failed_fraction']:.1%}), above --max-failed-fraction {job.max_failed_fraction:g}; "
+            f"everything else is written; reasons in {summary['out']}/summary.json and errors/")
+    return 0
 
 
 def cmd_overlay(args) -> int:
@@ -299,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--patches", action="store_true", help="also write one row per window to patches/")
     b.add_argument("--images-per-file", type=int,
                    help="images per Parquet part (default 64); fewer means less work redone after a crash")
+    b.add_argument("--max-pixels", type=int,
+                   help="pixels per image page above which a file is an error row, checked from its header "
+                        "before any pixel is read (default: 625000000, a 25000 x 25000 page)")
+    b.add_argument("--max-failed-fraction", type=float, default=0.01,
+                   help="fraction of failed images (over the whole --out) above which the command exits 3, "
+                        "after writing everything it could")
     b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     b.set_defaults(func=cmd_score)
 

@@ -32,6 +32,11 @@ class InputError(SemrayError, FileNotFoundError):
     """An input that does not exist (a file, directory, glob or URI given on the command line)."""
 
 
+class PartialFailureError(SemrayError):
+    """Some of the work failed, more than allowed; the rest is done and written."""
+    exit_code = 3
+
+
 class NothingDoneError(SemrayError):
     """The command could do none of its work (e.g. not one image could be scored)."""
     exit_code = 4

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from semray.data.datasets import IMAGE_SUFFIXES
+from semray.data.io import DEFAULT_MAX_PIXELS
 from semray.device import Precision
 from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
 from semray.files import atomic_path
@@ -87,6 +89,10 @@ class ScoreJob:
     images_per_file: int = 64
     quantile: float = 0.99  # the robust image-level score
     precision: str | None = None  # auto | fp32 | bf16; None = the run's eval.precision
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image page, checked from the header before decoding
+    # Above this fraction of failed files/pages (over the whole OUT_DIR) the job exits with code 3,
+    # after writing everything it could, so a scheduler sees the failure.
+    max_failed_fraction: float = 0.01
 
 
 # ---------------------------------------------------------------- listing and reading
@@ -200,7 +206,8 @@ class ScoreImages:
             if page in skip:
                 continue
             try:
-                image = decode_page(data, source, page, self.cfg.patches.size)
+                image = decode_page(data, source, page, self.cfg.patches.size,
+                                    self.s.get("max_pixels", DEFAULT_MAX_PIXELS))
                 out.append({**score_page(self.detector, self.cfg, image, source, page, self.s), "pages": pages})
             except Exception as e:  # this page is bad; the file's other pages may be fine
                 out.append(_error(source, page, pages, str(e)))
@@ -332,6 +339,10 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
 
     if job.score not in SCORE_NAMES:
         raise ConfigError(f"--score must be one of {SCORE_NAMES}, got {job.score!r}")
+    if not 0 <= job.max_failed_fraction <= 1:
+        raise ConfigError(f"--max-failed-fraction must be between 0 and 1, got {job.max_failed_fraction:g}")
+    if job.max_pixels < 1:
+        raise ConfigError(f"--max-pixels must be positive, got {job.max_pixels}")
     cfg = read_config(run_dir)
     if cfg is None:
         raise RunError(f"{run_dir}: no config.yaml; is this a `semray train` run directory?")
@@ -351,7 +362,7 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
     precision, fmt = actor_precision(job.precision or cfg.eval.precision, job.gpus_per_worker > 0)
     settings = {"stride": stride, "score": job.score, "threshold": threshold, "quantile": job.quantile,
                 "batch_size": job.batch_size, "patches": job.patches, "cpus_per_worker": job.cpus_per_worker,
-                "gpus_per_worker": job.gpus_per_worker, "precision": precision.name}
+                "gpus_per_worker": job.gpus_per_worker, "precision": precision.name, "max_pixels": job.max_pixels}
     provenance = {"model": cfg.model.kind, "checkpoint_sha256": checkpoint_sha256,
                   "run": str(run_dir), "config": cfg.to_dict(), "score": job.score, "stride": stride,
                   "smoothing_px": cfg.eval.smoothing_px, "threshold": threshold, "threshold_origin": origin,
@@ -434,23 +445,84 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
         errors += row["errors"]
         windows += row["windows"]
         messages.extend(row["error_messages"][:MESSAGES_SHOWN - len(messages)])
-    summary = _summary(out, images, errors, windows, messages, time.time() - started, log)
+    summary = _summary(out, images, errors, windows, messages, time.time() - started, log,
+                       max_failed_fraction=job.max_failed_fraction)
     if images == 0 and len(paths) == len(todo):
         raise NothingDoneError(f"no image could be scored: {errors} failure(s), see {out}/{ERRORS}/")
     return summary
 
 
 def _summary(out: str, images: int, errors: int, windows: int, messages: list[str], seconds: float,
-             log: logging.Logger, already: int = 0) -> dict[str, Any]:
+             log: logging.Logger, already: int = 0, max_failed_fraction: float = 0.01) -> dict[str, Any]:
+    """Print this invocation's figures and write OUT_DIR/summary.json: the whole output's counts
+    (earlier, resumed invocations included) with the failures by reason, and whether the failed
+    fraction is above what the job allows."""
     for m in messages:
         log.warning(f"[score] failed: {m}")
     if errors > len(messages):
         log.warning(f"[score] ... and {errors - len(messages)} more failures in {out}/{ERRORS}/")
     rate = images / seconds if seconds else 0.0
-    log.info(f"[score] {images} image(s), {windows} patches, {errors} failure(s) in {seconds:.1f} s "
+    whole = archive_counts(out)
+    done, failed = whole["images"], whole["failures"]
+    fraction = failed / (done + failed) if done + failed else 0.0
+    log.info(f"[score] {images} image(s), {windows} windows, {errors} failure(s) in {seconds:.1f} s "
              f"({rate:.2f} images/s); maps in {out}/{MAPS}/" + (f" ({already} already done)" if already else ""))
-    return {"images": images, "patches": windows, "errors": errors, "seconds": seconds, "images_per_s": rate,
-            "out": out}
+    if failed:
+        log.info(f"[score] in {out}: {done} image(s) scored, {failed} failed ({fraction:.1%}; allowed "
+                 f"{max_failed_fraction:.1%}): " + ", ".join(f"{n} {r}" for r, n in whole["by_reason"].items()))
+    summary = {"images": images, "windows": windows, "errors": errors, "seconds": seconds, "images_per_s": rate,
+               "out": out, "archive": {**whole, "failed_fraction": fraction},
+               "max_failed_fraction": max_failed_fraction, "too_many_failures": fraction > max_failed_fraction}
+    _write_summary(out, summary)
+    return summary
+
+
+def failure_reason(message: str) -> str:
+    """An error row's message without its file name and particulars: what to count failures by
+    ("/a/b.tif: corrupt or truncated image (zlib ...)" -> "corrupt or truncated image")."""
+    reason = message.split(": ", 1)[1] if ": " in message else message
+    reason = reason.split(" (", 1)[0].split(": ", 1)[0]
+    return re.sub(r"\d+", "N", reason).strip() or "unknown"
+
+
+def archive_counts(out: str) -> dict[str, Any]:
+    """Scored image pages and failures in OUT_DIR (maps/ and errors/ as on disk), failures by reason."""
+    import pyarrow.dataset as ds
+
+    counts: dict[str, Any] = {"images": 0, "failures": 0, "by_reason": {}}
+    for name in (MAPS, ERRORS):
+        directory = f"{out}/{name}"
+        if not _is_uri(directory) and not Path(directory).is_dir():
+            continue
+        try:
+            table = ds.dataset(directory, format="parquet").to_table(columns=["error"] if name == ERRORS else ["page"])
+        except (FileNotFoundError, pa.ArrowInvalid):
+            continue
+        if name == MAPS:
+            counts["images"] = table.num_rows
+            continue
+        counts["failures"] = table.num_rows
+        reasons: dict[str, int] = {}
+        for message in table.column("error").to_pylist():
+            reasons[failure_reason(message or "")] = reasons.get(failure_reason(message or ""), 0) + 1
+        counts["by_reason"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return counts
+
+
+def _write_summary(out: str, summary: dict[str, Any]) -> None:
+    from semray.files import to_json
+
+    path = f"{out}/summary.json"
+    if _is_uri(path):
+        from pyarrow import fs as pafs
+
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+        with filesystem.open_output_stream(inner) as f:
+            f.write(to_json(summary).encode())
+        return
+    from semray.files import atomic_write
+
+    atomic_write(path, to_json(summary))
 
 
 def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:

@@ -503,6 +503,8 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
     if settings.gpus_per_trial:  # trials' GPUs must be up before Ray Train's one-minute start timeout
         wait_for_resources("GPU", settings.gpus_per_trial * (settings.max_concurrent_trials or 1),
                            f"tuning with --gpus-per-trial {settings.gpus_per_trial:g}")
+    if resume and "://" in spec.storage:
+        log.warning(pickled_state_warning(spec.storage))
     tuner = _tuner(spec, tune_dir, log, restore=resume)
     log.info(f"[tune] {'resuming' if resume else 'starting'} a search into {tune_dir} "
              f"({spec.settings.scheduler}, up to {concurrency(spec)} trial(s) at once)")
@@ -512,6 +514,14 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
         raise SearchInterrupted(f"{expected_trials(spec) - ended} of {expected_trials(spec)} trial(s) did not "
                                 f"end; continue with `semray tune --resume {tune_dir}`")
     return write_outputs(grid, spec, tune_dir, log)
+
+
+def pickled_state_warning(storage: str) -> str:
+    """Ray Tune keeps its experiment state (searcher, scheduler, trial configs) as pickles, and
+    resuming unpickles them: whoever can write to that storage can run code on this machine. Run
+    directories (model.pt, config.yaml) hold no pickled code; Tune's state does."""
+    return (f"[tune] resuming from {storage}: Ray Tune's experiment state there is pickled, and loading it "
+            "runs whatever it holds. Resume only from storage that you (and people you trust) alone can write.")
 
 
 def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: logging.Logger = LOG) -> dict[str, Any]:

@@ -183,6 +183,8 @@ def test_aws_file_mounts_mirror_the_repo(aws):
     mounts = aws["file_mounts"]
     assert mounts
     for remote, local in mounts.items():
+        if remote == "~/.ray/auth_token":  # the cluster's token, from the user's home: test_aws_job_api_is_locked_down
+            continue
         assert (REPO / local).exists(), f"file mount source {local} missing (ray up runs from the repo root)"
         assert remote.startswith(NODE_ROOT + "/") or remote == NODE_ROOT, remote
         # ~/semray keeps the repo's layout, so paths inside it mean the same on a node as here.
@@ -213,8 +215,29 @@ def test_aws_start_commands(aws):
     head_start = " ".join(head[1:])
     assert "ray start --head" in head_start and "--port=6379" in head_start
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start  # else nothing autoscales
-    assert "--dashboard-host=0.0.0.0" in head_start
+    assert "--dashboard-host=0.0.0.0" in head_start  # reachable inside the VPC (a scheduler)...
     assert "ray start --address=$RAY_HEAD_IP:6379" in " ".join(worker[1:])
+    # ...but only with the token, on every node (Ray 2.60 does not turn it on for `ray start`)
+    for commands in (head, worker):
+        start = " ".join(commands[1:])
+        assert start.index("export RAY_AUTH_MODE=token") < start.index("ray start")
+
+
+def test_aws_job_api_is_locked_down(aws):
+    assert aws["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the token reaches every node
+    rules = aws["provider"]["security_group"]["IpPermissions"]
+    api = [r for r in rules if r["FromPort"] <= 8265 <= r["ToPort"]]
+    assert api, "the job API must be reachable from the VPC for a scheduler"
+    for rule in rules:
+        ranges = [r["CidrIp"] for r in rule.get("IpRanges", [])]
+        assert "0.0.0.0/0" not in ranges and not rule.get("Ipv6Ranges"), f"{rule} is open to the internet"
+        assert all(c.startswith(("10.", "172.", "192.168.")) for c in ranges), f"{ranges}: not a VPC range"
+
+
+def test_local_cluster_listens_on_localhost_only():
+    text = (REPO / "cluster" / "local.sh").read_text()
+    assert "--dashboard-host=127.0.0.1" in text and "--node-ip-address=127.0.0.1" in text
+    assert "0.0.0.0" not in text
 
 
 # ---------------------------------------------------------------- cluster/setup-node.sh
@@ -438,6 +461,12 @@ def test_kuberay_ray_start_params_are_strings():
         head = spec["headGroupSpec"]["rayStartParams"]
         assert head.get("num-cpus") == "0", f"{name}: work would land on the head"
         assert head.get("dashboard-host") == "0.0.0.0", f"{name}: the job API would be unreachable"
+
+
+def test_kuberay_clusters_need_the_token_and_stay_inside():
+    for name, spec in cluster_specs():
+        assert spec.get("authOptions", {}).get("mode") == "token", f"{name}: anyone reaching the head runs code"
+        assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", f"{name}: head exposed"
 
 
 def gpu_groups(spec: dict) -> list[dict]:

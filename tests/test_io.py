@@ -217,3 +217,34 @@ def test_read_bytes_local_and_uri(tmp_path):
     for missing in (tmp_path / "gone.tif", (tmp_path / "gone.tif").as_uri()):
         with pytest.raises(ImageReadError, match="gone.tif"):
             read_bytes(missing)
+
+
+# ---------------------------------------------------------------- the pixel limit
+@pytest.mark.parametrize("make", [tiff_bytes, png_bytes])
+def test_a_page_above_the_pixel_limit_is_refused(make):
+    from semray.data.io import decode_page
+
+    data = make(np.zeros((40, 48), np.uint8))
+    assert decode_page(data, "ok", 0, max_pixels=40 * 48).shape == (40, 48)
+    with pytest.raises(ImageReadError, match=r"too large: image is 40x48 = 1,920 pixels, above the limit of 1,919"):
+        decode_page(data, "big", 0, max_pixels=40 * 48 - 1)
+
+
+def test_the_pixel_limit_is_checked_from_the_header_before_any_pixel_is_read():
+    """A header claiming a huge image with (almost) no pixel data behind it is refused as too large,
+    not decoded: that is what keeps a hostile file from exhausting a scoring actor's memory."""
+    from semray.data.io import decode_page
+
+    full = tiff_bytes(np.zeros((400, 480), np.uint8))
+    truncated = full[:400]  # the header survives, the pixel data does not
+    with pytest.raises(ImageReadError, match="too large"):
+        decode_page(truncated, "hostile.tif", 0, max_pixels=1000)
+    png = png_bytes(np.zeros((400, 480), np.uint8))
+    with pytest.raises(ImageReadError, match="too large"):
+        decode_page(png[:60], "hostile.png", 0, max_pixels=1000)
+
+
+def test_the_default_limit_admits_a_20000_by_20000_scan():
+    from semray.data.io import DEFAULT_MAX_PIXELS
+
+    assert DEFAULT_MAX_PIXELS >= 20000 * 20000

@@ -150,14 +150,26 @@ def _table(directory):
 
 
 def _files(out):
-    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    """Every output file but summary.json (rewritten by each invocation with its own figures)."""
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
+            and p.name != "summary.json"}
 
 
 @pytest.mark.ray
 def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     out = tmp_path / "out"
-    proc = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, timeout=400)
+    proc = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, timeout=400,
+                   check=False)
     assert "5 image(s)" in proc.stdout and f"{len(BAD)} failure(s)" in proc.stdout, proc.stdout
+    # 6 of 11 failed, far above the default 1%: exit 3 (after writing everything), so a scheduler sees it
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"semray score: error: {len(BAD)} of {5 + len(BAD)} image(s) failed ({len(BAD) / (5 + len(BAD)):.1%}), above "
+        f"--max-failed-fraction 0.01; everything else is written; reasons in {out}/summary.json and errors/"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["archive"]["images"] == 5 and summary["archive"]["failures"] == len(BAD)
+    assert sum(summary["archive"]["by_reason"].values()) == len(BAD) and summary["too_many_failures"]
+    assert summary["archive"]["by_reason"]["too small"] == 1
 
     maps, errors, patches = _table(out / "maps"), _table(out / "errors"), _table(out / "patches")
     assert maps.schema.remove_metadata() == MAPS_SCHEMA and errors.schema.remove_metadata() == ERRORS_SCHEMA
@@ -209,8 +221,13 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
 
     # a second run skips everything and leaves the output byte for byte as it was
     before = _files(out)
-    again = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, timeout=400)
+    again = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, timeout=400,
+                    check=False)
+    assert again.returncode == 3  # the whole output is judged, resumed or not
     assert "scoring 0" in again.stdout and _files(out) == before
+    # with a looser limit the same output passes
+    assert run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16,
+                   "--max-failed-fraction", 0.6, timeout=400).returncode == 0
 
     # the overlay picture has the image's size
     png = tmp_path / "overlay.png"
@@ -252,3 +269,32 @@ def test_gpus_asked_of_a_cluster_without_them_is_a_clear_error(tmp_path, run_dir
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "needs 1 GPU(s) but the Ray cluster has 0; ask for fewer or add GPU nodes" in proc.stderr
     assert not (tmp_path / "o" / "maps").exists()
+
+
+def test_failure_reasons_drop_file_names_and_particulars():
+    from semray.pipeline import failure_reason
+
+    assert failure_reason("/a/b.tif: corrupt or truncated image (zlib: bad)") == "corrupt or truncated image"
+    assert failure_reason("s3://bucket/x.png: too small: image is 20x30, smaller than the 32x32 patch") == "too small"
+    assert failure_reason("/x.tif: page 3 out of range (file has 2 pages)") == "page N out of range"
+
+
+def test_summary_counts_the_whole_output_by_reason_and_flags_too_many_failures(tmp_path):
+    import logging
+
+    from semray.pipeline import _summary
+
+    out = str(tmp_path)
+    write_part(pa_table([_record(f"/ok{i}.tif", 0, 1) for i in range(3)]), out, {"semray": "{}"}, patches=False)
+    write_part(pa_table([_record("/e1.tif", WHOLE_FILE, WHOLE_FILE, "/e1.tif: empty file"),
+                         _record("/e2.tif", WHOLE_FILE, WHOLE_FILE, "/e2.tif: empty file"),
+                         _record("/e3.tif", 0, 1, "/e3.tif: too large: image is 9x9 = 81 pixels (--max-pixels)")]),
+               out, {"semray": "{}"}, patches=False)
+    summary = _summary(out, images=0, errors=1, windows=0, messages=[], seconds=1.0,
+                       log=logging.getLogger("test"), max_failed_fraction=0.25)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["archive"] == {"images": 3, "failures": 3, "by_reason": {"empty file": 2, "too large": 1},
+                                  "failed_fraction": 0.5}
+    assert on_disk["too_many_failures"] is True
+    assert _summary(out, 0, 0, 0, [], 1.0, logging.getLogger("test"), max_failed_fraction=0.5)["too_many_failures"] is False

@@ -40,3 +40,10 @@ def test_recipe_and_config_together_are_refused(tmp_path, synth_data, capsys):
 def test_an_unknown_recipe_is_refused():
     with pytest.raises(ValueError, match="laptop, gpu"):
         recipe_path("cluster")
+
+
+def test_resuming_from_shared_storage_warns_that_tune_state_is_pickled():
+    from semray.tune import pickled_state_warning
+
+    text = pickled_state_warning("s3://bucket/tune")
+    assert "s3://bucket/tune" in text and "pickled" in text and "you" in text

@@ -18,6 +18,10 @@ from semray.errors import SemrayError
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 PNG_MAGIC = b"\x89PNG"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+# Pixels per image page above which a file is refused before its pixels are read: a 25000 x 25000
+# scan passes, a corrupt or hostile header claiming billions of pixels cannot exhaust a worker's
+# memory (Pillow's own decompression-bomb limit, 179 M pixels, would refuse real 20000 x 20000 scans).
+DEFAULT_MAX_PIXELS = 625_000_000
 
 
 class ImageReadError(SemrayError):
@@ -91,9 +95,17 @@ def to_gray_float(array: np.ndarray, path: str = "<array>") -> np.ndarray:
     return np.minimum(out, 1, out=out)
 
 
-def _png_array(data: bytes) -> np.ndarray:
-    # PngImageFile directly skips Pillow's decompression-bomb limit: 20k x 20k SEM scans are legit.
+def _check_pixels(path: str, height: int, width: int, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise ImageReadError(path, f"too large: image is {height}x{width} = {height * width:,} pixels, above the "
+                                   f"limit of {max_pixels:,} (--max-pixels)")
+
+
+def _png_array(data: bytes, path: str, max_pixels: int) -> np.ndarray:
+    # PngImageFile directly, with our own limit checked from the header (IHDR) before any pixel
+    # is decoded, instead of Pillow's bomb limit, which is too low for 20k x 20k SEM scans.
     im = PngImagePlugin.PngImageFile(io.BytesIO(data))
+    _check_pixels(path, im.size[1], im.size[0], max_pixels)
     im.load()
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -105,7 +117,7 @@ def _png_array(data: bytes) -> np.ndarray:
     return a
 
 
-def _tiff_arrays(data: bytes, path: str, page: int | None) -> list[np.ndarray]:
+def _tiff_arrays(data: bytes, path: str, page: int | None, max_pixels: int) -> list[np.ndarray]:
     with tifffile.TiffFile(io.BytesIO(data)) as tf:
         pages = list(tf.pages)
         if not pages:
@@ -116,6 +128,7 @@ def _tiff_arrays(data: bytes, path: str, page: int | None) -> list[np.ndarray]:
             pages = [pages[page]]
         arrays = []
         for p in pages:
+            _check_pixels(path, int(p.imagelength), int(p.imagewidth), max_pixels)  # from the header
             # tifffile may zero-fill missing strips instead of failing: check the bytes exist.
             ends = [o + c for o, c in zip(p.dataoffsets, p.databytecounts)]
             if ends and max(ends) > len(data):
@@ -127,7 +140,7 @@ def _tiff_arrays(data: bytes, path: str, page: int | None) -> list[np.ndarray]:
         return arrays
 
 
-def _decode_raw(data: bytes, path: str, page: int | None) -> list[np.ndarray]:
+def _decode_raw(data: bytes, path: str, page: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
     """Decoded pixel arrays in their stored dtype; the one place decoder exceptions are translated."""
     if not data:
         raise ImageReadError(path, "empty file")
@@ -138,8 +151,8 @@ def _decode_raw(data: bytes, path: str, page: int | None) -> list[np.ndarray]:
         if head == PNG_MAGIC:
             if page not in (None, 0):
                 raise ImageReadError(path, f"page {page} out of range (file has 1 pages)")
-            return [_png_array(data)]
-        return _tiff_arrays(data, path, page)
+            return [_png_array(data, path, max_pixels)]
+        return _tiff_arrays(data, path, page, max_pixels)
     except (ImageReadError, MemoryError):  # running out of memory is not a property of the file
         raise
     except Exception as e:  # tifffile/PIL/zlib raise many unrelated types for broken files
@@ -150,13 +163,14 @@ def _finish(a: np.ndarray, path: str, min_size: int) -> np.ndarray:
     img = to_gray_float(a, path)
     h, w = img.shape
     if h < min_size or w < min_size:
-        raise ImageReadError(path, f"image is {h}x{w}, smaller than the {min_size}x{min_size} patch size")
+        raise ImageReadError(path, f"too small: image is {h}x{w}, smaller than the {min_size}x{min_size} patch size")
     return img
 
 
-def decode_image_bytes(data: bytes, path: str = "<bytes>", min_size: int = 32) -> list[np.ndarray]:
+def decode_image_bytes(data: bytes, path: str = "<bytes>", min_size: int = 32,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
     """All pages of a TIFF (or the one PNG image) as float32 (H, W) arrays in [0, 1]."""
-    return [_finish(a, path, min_size) for a in _decode_raw(data, path, None)]
+    return [_finish(a, path, min_size) for a in _decode_raw(data, path, None, max_pixels)]
 
 
 def page_count(data: bytes, path: str = "<bytes>") -> int:
@@ -178,9 +192,11 @@ def page_count(data: bytes, path: str = "<bytes>") -> int:
     return n
 
 
-def decode_page(data: bytes, path: str, page: int, min_size: int = 32) -> np.ndarray:
-    """One page as float32 (H, W) in [0, 1]: bulk scoring decodes a stack one page at a time."""
-    return _finish(_decode_raw(data, path, page)[0], path, min_size)
+def decode_page(data: bytes, path: str, page: int, min_size: int = 32,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One page as float32 (H, W) in [0, 1]: bulk scoring decodes a stack one page at a time.
+    A page above max_pixels is refused from its header, before its pixel data is read."""
+    return _finish(_decode_raw(data, path, page, max_pixels)[0], path, min_size)
 
 
 def read_bytes(path) -> bytes:
