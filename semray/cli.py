@@ -1,4 +1,6 @@
-"""`semray`: one command with sub-commands (synth, train, evaluate, calibrate, tune, score, overlay, report, demo).
+"""`semray`: defect detection in SEM images of nanofibrous materials, one command with sub-commands.
+
+Sub-commands: synth, train, evaluate, calibrate, tune, score, predict, overlay, report, demo.
 
 Errors users can fix (bad images, bad configs, unusable run directories, a full disk) end in one
 line on stderr and the exit code of semray.errors (2 for bad input), not a traceback; anything else
@@ -47,6 +49,11 @@ def cmd_train(args) -> int:
     from semray.train import train_run
 
     cfg = load_config(args.config, _overrides(args))
+    if args.print_config:  # what this command would train with (train.budget is resolved when it starts)
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
     train_run(args.data, args.run, cfg, address=args.address, storage=args.storage)
     return 0
 
@@ -121,6 +128,32 @@ def cmd_score(args) -> int:
             f"{archive['failures']} of {archive['images'] + archive['failures']} image(s) failed "
             f"({archive['failed_fraction']:.1%}), above --max-failed-fraction {job.max_failed_fraction:g}; "
             f"everything else is written; reasons in {summary['out']}/summary.json and errors/")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from semray.predict import load_run
+
+    run = load_run(args.run, score=args.score, stride=args.stride, use_gpu=True if args.gpu else None,
+                   precision=args.precision)
+    out = Path(args.png) if args.png else None
+    results = []
+    for image in args.images:
+        p = run.predict(image, threshold=args.threshold)
+        line = (f"{image}: {'DEFECTS' if p.defective else 'no defect'}: image score {p.score:.4g} "
+                f"(threshold {p.threshold:.4g}), {len(p.regions)} region(s)")
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            png = out / f"{Path(image).stem}-defects.png"
+            run.overlay(p).save(png)
+            line += f"; {png}"
+        print(line)
+        results.append(p.to_dict())
+    if args.json:
+        from semray.files import atomic_write, to_json
+
+        atomic_write(args.json, to_json(results))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -250,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--storage", help="Ray Train checkpoint root (s3://, gs:// or a shared path; needed on a "
                                      "multi-node cluster); default: RUN/ray")
     t.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the config this command would train with (defaults, --config, flags) and exit")
     t.set_defaults(func=cmd_train)
 
     e = command("evaluate", parents=[common, precision], help="patch-level AUROC/precision/recall/F1 of a run")
@@ -323,6 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--page", type=int, default=0, help="page of a multi-page TIFF")
     o.add_argument("--png", required=True, help="the picture to write")
     o.set_defaults(func=cmd_overlay)
+
+    q = command("predict", parents=[common, precision],
+                help="score a few images in this process (no Ray) and draw their defects")
+    q.add_argument("images", nargs="+", help="TIFF or PNG files (page 0 of a multi-page TIFF)")
+    q.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/)")
+    q.add_argument("--png", metavar="DIR", help="write IMAGE-defects.png overlays into this directory")
+    q.add_argument("--json", help="also write every image's score and regions to this JSON file")
+    q.add_argument("--score", default="feature", choices=["reconstruction", "smooth", "feature"],
+                   help="the score the map, regions and threshold use")
+    q.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride, 16)")
+    q.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
+    q.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
+    q.set_defaults(func=cmd_predict)
 
     r = command("report", parents=[common, precision],
                 help="an HTML report: the table, curves, histograms and pictures of runs")

@@ -69,3 +69,15 @@ def test_every_option_has_help_and_shows_its_default():
             if action.dest != "help":
                 assert action.help, f"semray {name} {action.option_strings or action.dest}: no help text"
     assert "(default: 5)" in commands["synth"].format_help()
+
+
+def test_print_config_shows_the_resolved_config_and_starts_nothing(tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {lr: 1e-3}\n")
+    code, out, _ = main_in_process(capsys, "train", "--data", tmp_path / "nowhere", "--run", tmp_path / "run",
+                                   "--model", "cvae", "--epochs", 7, "--config", config, "--print-config")
+    printed = yaml.safe_load(out)
+    assert code == 0 and printed["model"]["kind"] == "cvae" and printed["train"]["epochs"] == 7
+    assert printed["train"]["lr"] == 0.001 and not (tmp_path / "run").exists()

@@ -8,7 +8,8 @@ import sys
 RAY_FREE = ["semray.config", "semray.data.io", "semray.data.synth", "semray.data.datasets",
             "semray.data.patches", "semray.models", "semray.scores", "semray.maps", "semray.regions",
             "semray.metrics", "semray.evaluate", "semray.overlay", "semray.report",
-            "semray.runs", "semray.train", "semray.cli", "semray.log", "semray.device", "semray.budget"]
+            "semray.runs", "semray.train", "semray.cli", "semray.log", "semray.device", "semray.budget",
+            "semray.predict", "semray.files", "semray.errors"]
 
 
 def test_core_modules_do_not_import_ray():

@@ -1,0 +1,114 @@
+"""A trained run as a Python object: score a few images in this process, no Ray.
+
+    import semray
+    run = semray.load_run("runs/mine")
+    p = run.predict("sample1.tif")           # a path (page 0), or a 2-D array in [0, 1]
+    p.score, p.defective, p.regions          # image score, any region above threshold, boxes
+    p.map                                    # the anomaly map on the window grid (see semray.maps)
+    run.overlay(p).save("sample1-defects.png")
+
+What `semray predict` runs, for an instrument PC or a notebook; `semray score` is the same scoring
+spread over a Ray cluster for whole archives. The image goes through exactly the scoring that
+bulk scoring applies (semray.maps.image_record): the same map, regions and threshold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from semray.config import Config
+from semray.data.io import read_image
+from semray.device import pick_device
+from semray.errors import ConfigError
+from semray.maps import image_record, score_image
+from semray.models import AnomalyDetector
+from semray.overlay import render_overlay
+from semray.runs import RunError, load_detector, read_threshold
+from semray.scores import SCORE_NAMES
+
+
+@dataclass
+class Prediction:
+    """One scored image: the maps/ row `semray score` would write for it, as attributes."""
+    source: str
+    page: int
+    height: int
+    width: int
+    score_name: str
+    threshold: float
+    record: dict[str, Any] = field(repr=False)
+
+    @property
+    def map(self) -> np.ndarray:
+        """The anomaly map, (map_height, map_width): cell (i, j) is the window at (grid_ys[i], grid_xs[j])."""
+        return np.asarray(self.record["map"], dtype=np.float32).reshape(self.record["map_height"],
+                                                                         self.record["map_width"])
+
+    @property
+    def score(self) -> float:
+        """The image-level score: the 99th percentile of its map (robust to one odd window)."""
+        return self.record["score_quantile"]
+
+    @property
+    def regions(self) -> list[dict[str, Any]]:
+        return self.record["regions"]
+
+    @property
+    def defective(self) -> bool:
+        """Whether any window scores at or above the run's calibrated threshold."""
+        return bool(self.record["regions_count"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: everything but the map itself."""
+        return {"source": self.source, "page": self.page, "height": self.height, "width": self.width,
+                "score": self.score_name, "threshold": self.threshold, "image_score": self.score,
+                "score_max": self.record["score_max"], "defective": self.defective,
+                "regions_count": self.record["regions_count"], "regions_area": self.record["regions_area"],
+                "regions": self.regions}
+
+
+class Run:
+    """A trained run directory loaded for scoring (see load_run)."""
+
+    def __init__(self, detector: AnomalyDetector, cfg: Config, thresholds: dict[str, float], score: str,
+                 stride: int, path: str):
+        self.detector, self.cfg, self.thresholds = detector, cfg, thresholds
+        self.score, self.stride, self.path = score, stride, path
+
+    def predict(self, image: str | Path | np.ndarray, page: int = 0, threshold: float | None = None) -> Prediction:
+        """Score one image (a path, or a 2-D float array in [0, 1]) with the run's threshold."""
+        source = str(image) if not isinstance(image, np.ndarray) else "<array>"
+        pixels = read_image(image, page, self.cfg.patches.size) if not isinstance(image, np.ndarray) \
+            else np.asarray(image, dtype=np.float32)
+        if pixels.ndim != 2:
+            raise ConfigError(f"{source}: expected a 2-D gray image, got shape {pixels.shape}")
+        t = float(self.thresholds[self.score] if threshold is None else threshold)
+        scores = score_image(self.detector, pixels, self.cfg.patches.size, self.stride, self.cfg.eval.cover_edges,
+                             self.cfg.eval.batch_size)
+        record = image_record(scores, self.score, self.cfg.patches.size, self.stride, self.cfg.eval.smoothing_px, t)
+        record.update({"height": pixels.shape[0], "width": pixels.shape[1], "patch_size": self.cfg.patches.size,
+                       "stride": self.stride, "threshold": t})
+        return Prediction(source, page, pixels.shape[0], pixels.shape[1], self.score, t, record)
+
+    def overlay(self, prediction: Prediction, image: np.ndarray | None = None) -> Image.Image:
+        """The image with its anomaly map and regions drawn over it (as `semray overlay` draws)."""
+        if image is None:
+            image = read_image(prediction.source, prediction.page, self.cfg.patches.size)
+        return render_overlay(image, prediction.record)
+
+
+def load_run(run_dir: str | Path, score: str = "feature", stride: int | None = None, use_gpu: bool | None = None,
+             precision: str | None = None) -> Run:
+    """A trained run (a `semray train` directory, or a tune's best/) ready to predict, in this process."""
+    if score not in SCORE_NAMES:
+        raise ConfigError(f"score must be one of {', '.join(SCORE_NAMES)}, got {score!r}")
+    detector, cfg = load_detector(run_dir, pick_device(use_gpu), precision)
+    calibration = read_threshold(run_dir)
+    if calibration is None:
+        raise RunError(f"{run_dir}: no calibrated threshold (threshold.json); run `semray calibrate --run "
+                       f"{run_dir} --data DATA_DIR`")
+    return Run(detector, cfg, calibration["scores"], score, stride or cfg.eval.stride, str(run_dir))

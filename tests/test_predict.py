@@ -1,0 +1,57 @@
+"""The in-process path (`semray predict`, `semray.load_run(...).predict(...)`): no Ray, the same map,
+regions and threshold as bulk scoring."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from conftest import main_in_process
+from semray.data.io import read_image
+from semray.maps import image_record, score_image
+
+
+def test_the_python_api_scores_like_bulk_scoring(untrained_run, synth_data):
+    import semray
+
+    run = semray.load_run(untrained_run)
+    path = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
+    p = run.predict(path)
+    image = read_image(path)
+    expected = image_record(score_image(run.detector, image, 32, run.stride), "feature", 32, run.stride,
+                            run.cfg.eval.smoothing_px, run.thresholds["feature"])
+    np.testing.assert_allclose(p.map.ravel(), expected["map"], rtol=1e-6)
+    assert p.regions == expected["regions"] and p.score == expected["score_quantile"]
+    assert p.defective == bool(expected["regions_count"]) and p.threshold == run.thresholds["feature"]
+    assert run.predict(image).score == p.score  # an array works as well as a path
+    assert run.overlay(p).size == (image.shape[1], image.shape[0])
+
+
+def test_predict_writes_overlays_and_json_without_starting_ray(tmp_path, untrained_run, synth_data):
+    images = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[:2]
+    code = ("import sys\nfrom semray.cli import main\n"
+            f"rc = main(['predict', *{[str(p) for p in images]!r}, '--run', {str(untrained_run)!r}, "
+            f"'--png', {str(tmp_path / 'png')!r}, '--json', {str(tmp_path / 'p.json')!r}])\n"
+            "assert 'ray' not in sys.modules, 'predict imported Ray'\nsys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "p.json").read_text())
+    assert [r["source"] for r in results] == [str(p) for p in images]
+    for path, r in zip(images, results):
+        png = tmp_path / "png" / f"{path.stem}-defects.png"
+        assert Image.open(png).size == (r["width"], r["height"])
+        assert f"{path}: " in proc.stdout and {"image_score", "regions", "defective", "threshold"} <= set(r)
+
+
+def test_predict_on_a_run_without_thresholds_is_one_line(tmp_path, untrained_run, synth_data, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(untrained_run, run)
+    (run / "threshold.json").unlink()
+    image = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
+    code, _, err = main_in_process(capsys, "predict", image, "--run", run)
+    assert code == 2 and "no calibrated threshold" in err and err.count("\n") == 1
