@@ -44,5 +44,5 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "bootstrap: installing semray and its dependencies" >&2
-pip install -e ".[test]"
+pip install -e ".[test,onnx]"
 touch "$stamp"

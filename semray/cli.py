@@ -1,6 +1,6 @@
 """`semray`: defect detection in SEM images of nanofibrous materials, one command with sub-commands.
 
-Sub-commands: synth, train, evaluate, calibrate, tune, score, predict, overlay, report, demo.
+Sub-commands: synth, train, evaluate, calibrate, tune, score, predict, overlay, report, export, demo.
 
 Errors users can fix (bad images, bad configs, unusable run directories, a full disk) end in one
 line on stderr and the exit code of semray.errors (2 for bad input), not a traceback; anything else
@@ -154,6 +154,15 @@ def cmd_predict(args) -> int:
 
         atomic_write(args.json, to_json(results))
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from semray.export import export_onnx
+
+    path = export_onnx(args.run, args.out, stride=args.stride)
+    print(f"wrote {path}: input 'image' (1, 1, H, W) in [0, 1] -> 'scores' (3, ny, nx): reconstruction, "
+          "smooth and feature score of each window (see semray/export.py)")
     return 0
 
 
@@ -371,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
     q.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
     q.set_defaults(func=cmd_predict)
+
+    x = command("export", parents=[common], help="write a trained run as an ONNX model (image in, score maps out)")
+    x.add_argument("--run", required=True, help="trained run directory")
+    x.add_argument("--out", required=True, help="the .onnx file to write")
+    x.add_argument("--stride", type=int, help="window stride baked into the model (default: the run's eval.stride)")
+    x.set_defaults(func=cmd_export)
 
     r = command("report", parents=[common, precision],
                 help="an HTML report: the table, curves, histograms and pictures of runs")
