@@ -63,17 +63,30 @@ def grid_regions(grid: np.ndarray, grid_ys: np.ndarray, grid_xs: np.ndarray, siz
 
 
 def image_record(scores: dict[str, np.ndarray], score: str, size: int, stride: int, smoothing_px: int,
-                 threshold: float, quantile: float = 0.99) -> dict[str, Any]:
-    """Everything a maps/ row holds about one scored image, apart from where it came from."""
+                 threshold: float, quantile: float = 0.99, pixel_size_um: float | None = None) -> dict[str, Any]:
+    """Everything a maps/ row holds about one scored image, apart from where it came from.
+    pixel_size_um (from the SEM's metadata, semray.data.io.pixel_size_um) adds each region's area
+    in square micrometres beside its pixels."""
     grid, grid_ys, grid_xs = anomaly_grid(scores[score], scores["ys"], scores["xs"], smoothing_px)
     regions = grid_regions(grid, grid_ys, grid_xs, size, stride, threshold)
+    for r in regions:
+        r["area_um2"] = r["area"] * pixel_size_um ** 2 if pixel_size_um else None
     return {
         "map_height": int(grid.shape[0]), "map_width": int(grid.shape[1]),
         "map": grid.ravel(), "grid_ys": grid_ys.astype(np.int32), "grid_xs": grid_xs.astype(np.int32),
         "score_max": float(grid.max()), "score_quantile": float(np.quantile(grid, quantile)),
         "regions_count": len(regions), "regions_area": int(sum(r["area"] for r in regions)),
-        "regions": regions,
+        "regions": regions, "pixel_size_um": pixel_size_um,
     }
+
+
+def pixel_size_mismatch(pixel_size_um: float | None, trained_um: float | None, tolerance: float = 0.2) -> bool:
+    """Whether an image was taken at another magnification than the training images (pixel sizes
+    more than `tolerance` apart): a model of normal fibres at one scale does not know them at
+    another, so its scores there mean little. Unknown sizes never count as a mismatch."""
+    if not pixel_size_um or not trained_um:
+        return False
+    return abs(pixel_size_um - trained_um) > tolerance * trained_um
 
 
 def calibrate_threshold(normal_scores: list[np.ndarray], fpr: float = 0.01) -> float:

@@ -48,7 +48,7 @@ LOG = get_logger("score")
 MAPS, PATCHES, ERRORS = "maps", "patches", "errors"
 REGION = pa.struct([("y0", pa.int32()), ("x0", pa.int32()), ("y1", pa.int32()), ("x1", pa.int32()),
                     ("area", pa.int64()), ("windows", pa.int32()), ("peak", pa.float64()),
-                    ("mean", pa.float64())])
+                    ("mean", pa.float64()), ("area_um2", pa.float64())])
 MAPS_SCHEMA = pa.schema([
     ("source", pa.string()), ("page", pa.int32()), ("pages", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
     ("stride", pa.int32()), ("patch_size", pa.int32()), ("score", pa.string()),
@@ -57,6 +57,8 @@ MAPS_SCHEMA = pa.schema([
     ("grid_ys", pa.list_(pa.int32())), ("grid_xs", pa.list_(pa.int32())),
     ("score_max", pa.float64()), ("score_quantile", pa.float64()), ("threshold", pa.float64()),
     ("regions_count", pa.int32()), ("regions_area", pa.int64()), ("regions", pa.list_(REGION)),
+    # From the SEM's TIFF metadata (FEI, Zeiss, OME) where it has any: regions get area_um2 too.
+    ("pixel_size_um", pa.float64()),
 ])
 PATCH_COLUMNS = [("patch_ys", pa.list_(pa.int32())), ("patch_xs", pa.list_(pa.int32())),
                  ("patch_reconstruction", pa.list_(pa.float32())), ("patch_smooth", pa.list_(pa.float32())),
@@ -193,7 +195,7 @@ class ScoreImages:
         return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
     def score_file(self, source: str, data: bytes, read_error: str | None, skip: set[int]) -> list[dict[str, Any]]:
-        from semray.data.io import decode_page, page_count
+        from semray.data.io import decode_page, page_count, pixel_size_um
 
         if read_error:
             return [_error(source, WHOLE_FILE, WHOLE_FILE, read_error)]
@@ -202,19 +204,22 @@ class ScoreImages:
         except Exception as e:
             return [_error(source, WHOLE_FILE, WHOLE_FILE, str(e))]
         out = []
+        pixel_size = pixel_size_um(data)
         for page in range(pages):
             if page in skip:
                 continue
             try:
                 image = decode_page(data, source, page, self.cfg.patches.size,
                                     self.s.get("max_pixels", DEFAULT_MAX_PIXELS))
-                out.append({**score_page(self.detector, self.cfg, image, source, page, self.s), "pages": pages})
+                out.append({**score_page(self.detector, self.cfg, image, source, page, self.s, pixel_size),
+                            "pages": pages})
             except Exception as e:  # this page is bad; the file's other pages may be fine
                 out.append(_error(source, page, pages, str(e)))
         return out
 
 
-def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict[str, Any]) -> dict[str, Any]:
+def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict[str, Any],
+               pixel_size_um: float | None = None) -> dict[str, Any]:
     """One decoded page -> one record (the maps row, plus its windows when --patches is on)."""
     from semray.maps import image_record, score_image
 
@@ -224,7 +229,7 @@ def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict
               "stride": s["stride"], "patch_size": size, "score": s["score"], "threshold": s["threshold"],
               "windows": int(scores["ys"].size),
               **image_record(scores, s["score"], size, s["stride"], cfg.eval.smoothing_px, s["threshold"],
-                             s["quantile"])}
+                             s["quantile"], pixel_size_um)}
     if s["patches"]:
         record.update({"patch_ys": scores["ys"], "patch_xs": scores["xs"],
                        **{f"patch_{k}": scores[k] for k in ("reconstruction", "smooth", "feature")}})
@@ -413,6 +418,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     paths = list_inputs(job.inputs)
     state, checkpoint_sha256 = read_model(run_dir)  # read once: hashed here, shipped to the actors below
     settings, metadata = job_settings(job, run_dir, checkpoint_sha256, state.get("training"))
+    trained_pixel_size = (state.get("training") or {}).get("pixel_size_um")
     check_same_job(out, metadata)
     done = finished_pages(out)
     todo = [p for p in paths if WHOLE_FILE not in done.get(p, ())]
@@ -446,14 +452,15 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
         windows += row["windows"]
         messages.extend(row["error_messages"][:MESSAGES_SHOWN - len(messages)])
     summary = _summary(out, images, errors, windows, messages, time.time() - started, log,
-                       max_failed_fraction=job.max_failed_fraction)
+                       max_failed_fraction=job.max_failed_fraction, trained_pixel_size=trained_pixel_size)
     if images == 0 and len(paths) == len(todo):
         raise NothingDoneError(f"no image could be scored: {errors} failure(s), see {out}/{ERRORS}/")
     return summary
 
 
 def _summary(out: str, images: int, errors: int, windows: int, messages: list[str], seconds: float,
-             log: logging.Logger, already: int = 0, max_failed_fraction: float = 0.01) -> dict[str, Any]:
+             log: logging.Logger, already: int = 0, max_failed_fraction: float = 0.01,
+             trained_pixel_size: float | None = None) -> dict[str, Any]:
     """Print this invocation's figures and write OUT_DIR/summary.json: the whole output's counts
     (earlier, resumed invocations included) with the failures by reason, and whether the failed
     fraction is above what the job allows."""
@@ -462,7 +469,11 @@ def _summary(out: str, images: int, errors: int, windows: int, messages: list[st
     if errors > len(messages):
         log.warning(f"[score] ... and {errors - len(messages)} more failures in {out}/{ERRORS}/")
     rate = images / seconds if seconds else 0.0
-    whole = archive_counts(out)
+    whole = archive_counts(out, trained_pixel_size)
+    if whole["other_magnification"]:
+        log.warning(f"[score] {whole['other_magnification']} image(s) have a pixel size more than 20% from the "
+                    f"training images' ({trained_pixel_size:.4g} um): taken at another magnification, their "
+                    "scores mean little (maps/ column pixel_size_um)")
     done, failed = whole["images"], whole["failures"]
     fraction = failed / (done + failed) if done + failed else 0.0
     log.info(f"[score] {images} image(s), {windows} windows, {errors} failure(s) in {seconds:.1f} s "
@@ -485,21 +496,27 @@ def failure_reason(message: str) -> str:
     return re.sub(r"\d+", "N", reason).strip() or "unknown"
 
 
-def archive_counts(out: str) -> dict[str, Any]:
-    """Scored image pages and failures in OUT_DIR (maps/ and errors/ as on disk), failures by reason."""
+def archive_counts(out: str, trained_pixel_size: float | None = None) -> dict[str, Any]:
+    """Scored image pages and failures in OUT_DIR (maps/ and errors/ as on disk), failures by
+    reason, and the images whose SEM pixel size is more than 20% from the training images'."""
     import pyarrow.dataset as ds
 
-    counts: dict[str, Any] = {"images": 0, "failures": 0, "by_reason": {}}
+    from semray.maps import pixel_size_mismatch
+
+    counts: dict[str, Any] = {"images": 0, "failures": 0, "by_reason": {}, "other_magnification": 0}
     for name in (MAPS, ERRORS):
         directory = f"{out}/{name}"
         if not _is_uri(directory) and not Path(directory).is_dir():
             continue
         try:
-            table = ds.dataset(directory, format="parquet").to_table(columns=["error"] if name == ERRORS else ["page"])
+            table = ds.dataset(directory, format="parquet").to_table(
+                columns=["error"] if name == ERRORS else ["page", "pixel_size_um"])
         except (FileNotFoundError, pa.ArrowInvalid):
             continue
         if name == MAPS:
             counts["images"] = table.num_rows
+            counts["other_magnification"] = sum(pixel_size_mismatch(s, trained_pixel_size)
+                                                for s in table.column("pixel_size_um").to_pylist())
             continue
         counts["failures"] = table.num_rows
         reasons: dict[str, int] = {}

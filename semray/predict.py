@@ -21,14 +21,17 @@ import numpy as np
 from PIL import Image
 
 from semray.config import Config
-from semray.data.io import read_image
+from semray.data.io import pixel_size_um, read_bytes, read_image
 from semray.device import pick_device
 from semray.errors import ConfigError
-from semray.maps import image_record, score_image
+from semray.log import get_logger
+from semray.maps import image_record, pixel_size_mismatch, score_image
 from semray.models import AnomalyDetector
 from semray.overlay import render_overlay
-from semray.runs import RunError, load_detector, read_threshold
+from semray.runs import RunError, load_detector, read_threshold, read_training_record
 from semray.scores import SCORE_NAMES
+
+LOG = get_logger("predict")
 
 
 @dataclass
@@ -68,16 +71,17 @@ class Prediction:
                 "score": self.score_name, "threshold": self.threshold, "image_score": self.score,
                 "score_max": self.record["score_max"], "defective": self.defective,
                 "regions_count": self.record["regions_count"], "regions_area": self.record["regions_area"],
-                "regions": self.regions}
+                "pixel_size_um": self.record["pixel_size_um"], "regions": self.regions}
 
 
 class Run:
     """A trained run directory loaded for scoring (see load_run)."""
 
     def __init__(self, detector: AnomalyDetector, cfg: Config, thresholds: dict[str, float], score: str,
-                 stride: int, path: str):
+                 stride: int, path: str, trained_pixel_size: float | None = None):
         self.detector, self.cfg, self.thresholds = detector, cfg, thresholds
         self.score, self.stride, self.path = score, stride, path
+        self.trained_pixel_size = trained_pixel_size  # um, from the training images' SEM metadata
 
     def predict(self, image: str | Path | np.ndarray, page: int = 0, threshold: float | None = None) -> Prediction:
         """Score one image (a path, or a 2-D float array in [0, 1]) with the run's threshold."""
@@ -87,9 +91,14 @@ class Run:
         if pixels.ndim != 2:
             raise ConfigError(f"{source}: expected a 2-D gray image, got shape {pixels.shape}")
         t = float(self.thresholds[self.score] if threshold is None else threshold)
+        pixel_size = None if isinstance(image, np.ndarray) else pixel_size_um(read_bytes(image))
+        if pixel_size_mismatch(pixel_size, self.trained_pixel_size):
+            LOG.warning(f"{source}: pixel size {pixel_size:.4g} um, more than 20% from the training images' "
+                        f"{self.trained_pixel_size:.4g} um: another magnification, its scores mean little")
         scores = score_image(self.detector, pixels, self.cfg.patches.size, self.stride, self.cfg.eval.cover_edges,
                              self.cfg.eval.batch_size)
-        record = image_record(scores, self.score, self.cfg.patches.size, self.stride, self.cfg.eval.smoothing_px, t)
+        record = image_record(scores, self.score, self.cfg.patches.size, self.stride, self.cfg.eval.smoothing_px, t,
+                              pixel_size_um=pixel_size)
         record.update({"height": pixels.shape[0], "width": pixels.shape[1], "patch_size": self.cfg.patches.size,
                        "stride": self.stride, "threshold": t})
         return Prediction(source, page, pixels.shape[0], pixels.shape[1], self.score, t, record)
@@ -111,4 +120,5 @@ def load_run(run_dir: str | Path, score: str = "feature", stride: int | None = N
     if calibration is None:
         raise RunError(f"{run_dir}: no calibrated threshold (threshold.json); run `semray calibrate --run "
                        f"{run_dir} --data DATA_DIR`")
-    return Run(detector, cfg, calibration["scores"], score, stride or cfg.eval.stride, str(run_dir))
+    trained = read_training_record(run_dir).get("pixel_size_um")
+    return Run(detector, cfg, calibration["scores"], score, stride or cfg.eval.stride, str(run_dir), trained)

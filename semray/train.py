@@ -386,7 +386,8 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     log.info(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
              f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
     path = train_stages(images, normalization, cfg, run_dir,
-                        storage=f"{storage.rstrip('/')}/{run_dir.name}" if storage else None)
+                        storage=f"{storage.rstrip('/')}/{run_dir.name}" if storage else None,
+                        provenance={"pixel_size_um": training_pixel_size(data_dir, log)})
     log.info(f"trained model written to {path}")
     from semray.evaluate import calibrate_run
 
@@ -399,6 +400,22 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     log.info(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
              + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return path
+
+
+def training_pixel_size(data_dir: str | Path, log: logging.Logger = LOG) -> float | None:
+    """The training images' pixel size in micrometres, from their SEM metadata (the median, if
+    they disagree, with a warning); None when they carry none. Scoring compares every image to it."""
+    from semray.data.datasets import normal_image_paths
+    from semray.data.io import pixel_size_um, read_bytes
+
+    sizes = [s for s in (pixel_size_um(read_bytes(p)) for p in normal_image_paths(data_dir)) if s]
+    if not sizes:
+        return None
+    median = float(np.median(sizes))
+    if max(sizes) > 1.2 * min(sizes):
+        log.warning(f"[train] the normal images were taken at different magnifications (pixel sizes "
+                    f"{min(sizes):.4g} to {max(sizes):.4g} um); the model learns one scale best")
+    return median
 
 
 def _driver_device(cfg: Config) -> torch.device | None:
@@ -454,12 +471,13 @@ def _remote_rates(cfg: dict[str, Any], threads: int) -> dict[str, float]:
 
 def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: Config, run_dir: Path,
                  storage: str | None = None, callbacks: list | None = None,
-                 validate: Callable | None = None) -> Path:
+                 validate: Callable | None = None, provenance: dict[str, Any] | None = None) -> Path:
     """Both stages on a running Ray: the one training path of `semray train` and of every Tune trial.
 
     storage: where Ray Train keeps its checkpoints (a path or a cloud URI; default run_dir/ray).
     callbacks: Ray Train callbacks (Tune passes its TuneReportCallback). validate(autoencoder,
     denoiser or None) -> metrics is called on rank 0 after every epoch and its metrics reported.
+    provenance: facts about the training data recorded in training.json and model.pt (the SEM pixel size).
     """
     import ray
 
@@ -472,7 +490,7 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     loop_cfg = {"config": cfg.to_dict(), "images": ray.put(images), "normalization": normalization,
                 "threads": worker_threads(cfg), "validate": validate}
     ae_path = run_dir / AUTOENCODER_FILE
-    record = read_training_record(run_dir)
+    record = {**read_training_record(run_dir), **(provenance or {})}
     if ae_path.exists():
         autoencoder = load_state(ae_path)
     else:

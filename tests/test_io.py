@@ -248,3 +248,22 @@ def test_the_default_limit_admits_a_20000_by_20000_scan():
     from semray.data.io import DEFAULT_MAX_PIXELS
 
     assert DEFAULT_MAX_PIXELS >= 20000 * 20000
+
+
+# ---------------------------------------------------------------- SEM metadata
+@pytest.mark.parametrize("extratags, expected_um", [
+    ([(34682, "s", 0, "[Scan]\nPixelWidth=2.5e-09\nPixelHeight=2.5e-09\n", True)], 0.0025),  # FEI / Thermo Fisher
+    ([(34118, "s", 0, "\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 4.167 nm\r\n", True)], 0.004167),  # Zeiss
+])
+def test_sem_pixel_size_is_read_from_tiff_metadata(extratags, expected_um):
+    from semray.data.io import pixel_size_um
+
+    assert pixel_size_um(tiff_bytes(np.zeros((40, 48), np.uint8), extratags=extratags)) == pytest.approx(expected_um)
+
+
+def test_no_metadata_no_pixel_size():
+    from semray.data.io import pixel_size_um
+
+    assert pixel_size_um(tiff_bytes(np.zeros((40, 48), np.uint8))) is None
+    assert pixel_size_um(png_bytes(np.zeros((40, 48), np.uint8))) is None
+    assert pixel_size_um(b"II*\x00garbage") is None  # never an error

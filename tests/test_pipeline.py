@@ -279,6 +279,17 @@ def test_failure_reasons_drop_file_names_and_particulars():
     assert failure_reason("/x.tif: page 3 out of range (file has 2 pages)") == "page N out of range"
 
 
+def test_images_at_another_magnification_are_counted(tmp_path):
+    import logging
+
+    from semray.pipeline import _summary
+
+    rows = [{**_record(f"/m{i}.tif", 0, 1), "pixel_size_um": size} for i, size in enumerate([0.01, 0.0105, 0.02, None])]
+    write_part(pa_table(rows), str(tmp_path), {"semray": "{}"}, patches=False)
+    summary = _summary(str(tmp_path), 4, 0, 4, [], 1.0, logging.getLogger("test"), trained_pixel_size=0.01)
+    assert summary["archive"]["other_magnification"] == 1  # 0.02 um: twice the training images' pixel size
+
+
 def test_summary_counts_the_whole_output_by_reason_and_flags_too_many_failures(tmp_path):
     import logging
 
@@ -295,6 +306,6 @@ def test_summary_counts_the_whole_output_by_reason_and_flags_too_many_failures(t
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert on_disk["archive"] == {"images": 3, "failures": 3, "by_reason": {"empty file": 2, "too large": 1},
-                                  "failed_fraction": 0.5}
+                                  "other_magnification": 0, "failed_fraction": 0.5}
     assert on_disk["too_many_failures"] is True
     assert _summary(out, 0, 0, 0, [], 1.0, logging.getLogger("test"), max_failed_fraction=0.5)["too_many_failures"] is False

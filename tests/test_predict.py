@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import main_in_process
@@ -55,3 +56,31 @@ def test_predict_on_a_run_without_thresholds_is_one_line(tmp_path, untrained_run
     image = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
     code, _, err = main_in_process(capsys, "predict", image, "--run", run)
     assert code == 2 and "no calibrated threshold" in err and err.count("\n") == 1
+
+
+def test_a_tiff_with_sem_pixel_size_gets_areas_in_square_micrometres(tmp_path, untrained_run, caplog):
+    import logging
+
+    import tifffile
+
+    import semray
+    from semray.runs import save_training_record
+
+    image = np.random.default_rng(0).random((96, 128)).astype(np.float32)
+    path = tmp_path / "fei.tif"
+    tifffile.imwrite(path, (image * 255).astype(np.uint8),
+                     extratags=[(34682, "s", 0, "[Scan]\nPixelWidth=5e-09\nPixelHeight=5e-09\n", True)])
+    run = semray.load_run(untrained_run)
+    p = run.predict(path, threshold=0.0)  # every window flagged: one region over the whole image
+    assert p.record["pixel_size_um"] == pytest.approx(0.005)
+    assert p.regions and all(r["area_um2"] == pytest.approx(r["area"] * 0.005 ** 2) for r in p.regions)
+    # a model trained at another magnification says so
+    import shutil
+
+    other = tmp_path / "run"
+    shutil.copytree(untrained_run, other)
+    save_training_record(other, {"pixel_size_um": 0.01})
+    with caplog.at_level(logging.WARNING, logger="semray"):
+        semray.load_run(other).predict(path)
+    assert any("another magnification" in r.getMessage() for r in caplog.records)
+

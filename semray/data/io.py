@@ -167,6 +167,37 @@ def _finish(a: np.ndarray, path: str, min_size: int) -> np.ndarray:
     return img
 
 
+_TO_UM = {"m": 1e6, "mm": 1e3, "um": 1.0, "µm": 1.0, "micron": 1.0, "nm": 1e-3, "pm": 1e-6}
+
+
+def pixel_size_um(data: bytes) -> float | None:
+    """The pixel size an SEM wrote into its TIFF, in micrometres: FEI / Thermo Fisher (Scan/PixelWidth),
+    Zeiss (AP_IMAGE_PIXEL_SIZE) or OME (PhysicalSizeX); None when the file carries none. Read from
+    the headers only, and never an error: metadata is a bonus, not a requirement."""
+    if data[:4] not in TIFF_MAGIC:
+        return None
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tf:
+            if tf.is_fei:
+                width = (tf.fei_metadata or {}).get("Scan", {}).get("PixelWidth")
+                return float(width) * 1e6 if width else None
+            if tf.is_sem:
+                entry = (tf.sem_metadata or {}).get("ap_image_pixel_size")
+                if entry and len(entry) >= 3 and str(entry[2]).strip() in _TO_UM:
+                    return float(entry[1]) * _TO_UM[str(entry[2]).strip()]
+            if tf.is_ome:
+                import re
+
+                xml = tf.ome_metadata or ""
+                size = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', xml)
+                unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
+                if size:
+                    return float(size.group(1)) * _TO_UM.get(unit.group(1) if unit else "µm", 1.0)
+    except Exception:  # unreadable metadata: as if there were none
+        return None
+    return None
+
+
 def decode_image_bytes(data: bytes, path: str = "<bytes>", min_size: int = 32,
                        max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
     """All pages of a TIFF (or the one PNG image) as float32 (H, W) arrays in [0, 1]."""
