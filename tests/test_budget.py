@@ -7,7 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from semray.budget import LAPTOP_DENOISER, measure_rates, parse_budget, plan, reuse_budget, sized_for
+from semray.budget import (FIXED_OVERHEAD_S, LAPTOP_DENOISER, TRAINING_EFFICIENCY, measure_rates, parse_budget,
+                           plan, reuse_budget, sized_for)
 from semray.config import Config
 from semray.train import progress_line
 
@@ -55,8 +56,10 @@ def test_a_slow_device_gets_fewer_patches_per_epoch_and_the_same_epochs():
     assert (t.epochs, t.denoiser_epochs) == (full.epochs, full.denoiser_epochs)
     assert t.patches_per_epoch < full.patches_per_epoch and t.denoiser_patches_per_epoch < full.denoiser_patches_per_epoch
     assert t.patches_per_epoch % t.batch_size == 0 and t.denoiser_patches_per_epoch % t.batch_size == 0
-    estimate = (t.epochs * t.patches_per_epoch / SLOW["autoencoder"]
-                + t.denoiser_epochs * t.denoiser_patches_per_epoch / SLOW["denoiser"] + 45 + 13_000 / SLOW["score"])
+    # at the rate epochs really run (TRAINING_EFFICIENCY of the probe's), with the fixed overhead
+    estimate = ((t.epochs * t.patches_per_epoch / SLOW["autoencoder"]
+                 + t.denoiser_epochs * t.denoiser_patches_per_epoch / SLOW["denoiser"]) / TRAINING_EFFICIENCY
+                + FIXED_OVERHEAD_S + 13_000 / SLOW["score"])
     assert estimate <= 20 * 60 * 1.01
     assert record["scale"] < 1 and record["full_minutes"] > 20 and record["rates"] == SLOW
 
