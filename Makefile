@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 PYTEST = $(VENV)/bin/python -m pytest --durations=15
 
-.PHONY: install demo test test-fast test-cluster test-slow
+.PHONY: install demo test test-fast test-cluster test-slow lint
 install:
 	@./scripts/bootstrap.sh
 
@@ -25,3 +25,7 @@ test-cluster: install
 
 test-slow: install
 	$(PYTEST) -m "slow" $(PYTEST_ARGS)
+
+# ruff: pyflakes, pycodestyle, import order, bugbear, pyupgrade (settings in pyproject.toml)
+lint: install
+	$(VENV)/bin/ruff check semray tests bench jobs

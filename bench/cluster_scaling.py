@@ -75,9 +75,8 @@ def per_patch_cost(run: Path) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from semray.config import Config
-    from semray.models import create_autoencoder, create_denoiser
+    from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
     from semray.runs import load_detector
-    from semray.models import AnomalyDetector
 
     torch.set_num_threads(1)
     x = torch.rand(512, 1, 32, 32)
@@ -134,7 +133,8 @@ def main() -> None:
         row = run_job(archive, run, target, workers, cpus)
         rows.append(row)
         print(f"{workers} worker node(s) x {cpus} CPU: {row['images_per_s']:.3f} images/s, "
-              f"{row['patches_per_s']:.0f} patches/s (pipeline {row['pipeline_s']:.0f} s, job {row['job_wall_s']:.0f} s)",
+              f"{row['patches_per_s']:.0f} patches/s "
+              f"(pipeline {row['pipeline_s']:.0f} s, job {row['job_wall_s']:.0f} s)",
               flush=True)
     ratio = rows[1]["images_per_s"] / rows[0]["images_per_s"]
     print(f"scaling 2 nodes / 1 node: {ratio:.2f}x")

@@ -73,7 +73,8 @@ def main() -> None:
                 "training": json.loads((run / "training.json").read_text()),
                 "auroc_all20": {k: round(v["auroc"], 3) for k, v in result["scores"].items()},
                 "pixel_auroc_all20": {k: round(v["pixel_auroc"], 3) for k, v in result["scores"].items()},
-                **{f"auroc_{half}_half": {k: round(v, 3) for k, v in aurocs.items()} for half, aurocs in test_half.items()},
+                **{f"auroc_{half}_half": {k: round(v, 3) for k, v in aurocs.items()}
+                   for half, aurocs in test_half.items()},
             }
             summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         s = summary[kind]

@@ -6,7 +6,8 @@ the speed issue) and auto's fraction of the fastest variant.
     .venv/bin/python bench/precision.py [--seconds 4] [--threads 2]
 
 Which variant is fastest differs by CPU (bf16 is a 3x win with AMX and a 10x loss on an
-AVX2-only EPYC), so the choice must be measured or detected, never assumed. Inputs are random patches: throughput does not depend on their content.
+AVX2-only EPYC), so the choice must be measured or detected, never assumed. Inputs are random
+patches: throughput does not depend on their content.
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = Config()
     size, train_batch = cfg.patches.size, cfg.train.batch_size
-    print(f"CPU: {cpu_description()}" + (f"; GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+    gpu = f"; GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"CPU: {cpu_description()}{gpu}")
     print(f"torch {torch.__version__}, {args.threads} thread(s); default models: {cfg.model.kind} width "
           f"{cfg.model.width}, denoiser {cfg.denoiser.depth}x{cfg.denoiser.width}; scoring batch "
           f"{args.score_batch}, training batch {train_batch}; {args.seconds:g} s per figure")
@@ -144,7 +146,7 @@ def main() -> None:
         detector = AnomalyDetector(ae, den, precision=precision, memory_format=fmt).eval()  # semray's scoring path
         raw = torch.rand(args.score_batch, 1, size, size, device=device)
 
-        def score():
+        def score(detector=detector, raw=raw):  # this variant's, bound now
             with torch.inference_mode():
                 detector.scores(raw)
         row["scoring"] = rate(score, args.score_batch, args.seconds, device)
@@ -162,7 +164,8 @@ def main() -> None:
             optimizer = torch.optim.Adam(params, lr=1e-3)
             x = torch.randn(train_batch, 1, size, size, device=device)
 
-            def train_step(fmt=fmt):  # as semray.train.run_epoch does it
+            def train_step(fmt=fmt, objective=objective, optimizer=optimizer, x=x, precision=precision):
+                # as semray.train.run_epoch does it
                 with precision.autocast(device):
                     loss = objective(x.contiguous(memory_format=fmt))
                 optimizer.zero_grad(set_to_none=True)

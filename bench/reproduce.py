@@ -88,13 +88,13 @@ def main() -> None:
         print(f"best: {best[1]} + {best[2]} AUROC {best[0]:.3f}; cells at or above published: {beaten}/"
               f"{3 * len(results)}")
     main_rows = rows[variants[0]]
-    best = max(((r["scores"][k]["auroc"], r["model"], k) for r in main_rows for k in SCORE_NAMES))
+    best = max((r["scores"][k]["auroc"], r["model"], k) for r in main_rows for k in SCORE_NAMES)
     cell = next(r for r in main_rows if r["model"] == best[1])["scores"][best[2]]
     print(f"\nbest combination {best[1]} + {best[2]}: pixel AUROC {cell['pixel_auroc']:.3f}, "
           f"AUPRO {cell['aupro']:.3f}, F1 at the calibrated threshold {cell['calibrated_f1']:.3f} "
           f"(precision {cell['calibrated_precision']:.3f}, recall {cell['calibrated_recall']:.3f})")
-    best_pixel = max(((r["scores"][k]["pixel_auroc"], r["model"], k) for r in main_rows for k in SCORE_NAMES))
-    best_pro = max(((r["scores"][k]["aupro"], r["model"], k) for r in main_rows for k in SCORE_NAMES))
+    best_pixel = max((r["scores"][k]["pixel_auroc"], r["model"], k) for r in main_rows for k in SCORE_NAMES)
+    best_pro = max((r["scores"][k]["aupro"], r["model"], k) for r in main_rows for k in SCORE_NAMES)
     print(f"best pixel AUROC {best_pixel[0]:.3f} ({best_pixel[1]} + {best_pixel[2]}); "
           f"best AUPRO {best_pro[0]:.3f} ({best_pro[1]} + {best_pro[2]})")
     page = build_report(list(scored_runs), args.data, Path(args.out) / "report", stride=args.stride,

@@ -133,12 +133,13 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
             objective, params = AutoencoderObjective(autoencoder), autoencoder.parameters()
         else:
             denoiser = create_denoiser(cfg.denoiser, cfg.model.init_std)
-            objective, params = DenoiserObjective(autoencoder, denoiser, cfg.denoiser.input_noise), denoiser.parameters()
+            objective = DenoiserObjective(autoencoder, denoiser, cfg.denoiser.input_noise)
+            params = denoiser.parameters()
         objective.to(device, memory_format=fmt).train()
         optimizer = torch.optim.Adam(params, lr=1e-4)
         x = torch.randn(batch, 1, size, size, device=device).contiguous(memory_format=fmt)
 
-        def step():
+        def step(objective=objective, optimizer=optimizer, x=x):  # this iteration's, bound now
             with precision.autocast(device):
                 loss = objective(x)
             optimizer.zero_grad(set_to_none=True)

@@ -122,10 +122,10 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "Config":
+    def from_dict(cls, data: dict[str, Any] | None) -> Config:
         return _build(cls, data or {}, "config")
 
-    def updated(self, overrides: dict[str, Any]) -> "Config":
+    def updated(self, overrides: dict[str, Any]) -> Config:
         """A copy with nested overrides applied ({"train": {"epochs": 3}})."""
         merged = self.to_dict()
         for section, values in overrides.items():

@@ -7,8 +7,9 @@ scoring of archives has its own Ray Data pipeline. Images become window scores i
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

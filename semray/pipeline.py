@@ -372,7 +372,8 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
                   "run": str(run_dir), "config": cfg.to_dict(), "score": job.score, "stride": stride,
                   "smoothing_px": cfg.eval.smoothing_px, "threshold": threshold, "threshold_origin": origin,
                   "quantile": job.quantile, "precision": precision.name, "precision_reason": precision.reason,
-                  "memory_format": fmt, "training": training or {}, "semray_version": __version__, "ray_version": ray.__version__,
+                  "memory_format": fmt, "training": training or {}, "semray_version": __version__,
+                  "ray_version": ray.__version__,
                   "torch_version": torch.__version__,
                   "map_layout": "map[i * map_width + j] = pooled score of the window with top-left corner "
                                 "(grid_ys[i], grid_xs[j]), covering patch_size x patch_size pixels"}

@@ -221,8 +221,9 @@ small {{ color: #666; font-weight: normal; }}
 </style></head>
 <body>
 <h1>semray report</h1>
-<p>{r0['images']} anomalous image(s) from {html.escape(str(data_dir))}, {r0['patches']} patches of {r0['patch_size']} px
-at stride {r0['stride']}; a patch is anomalous when at least {r0['min_defect_pixels']} of its pixels are defect pixels.</p>
+<p>{r0['images']} anomalous image(s) from {html.escape(str(data_dir))}, {r0['patches']} windows of
+{r0['patch_size']} px at stride {r0['stride']}; a window is anomalous when at least {r0['min_defect_pixels']}
+of its pixels are defect pixels.</p>
 {_table(results)}
 <p><b>Which figures to trust.</b> <i>F1 (best)</i> uses the threshold that maximises F1 on these very labels,
 as the study did: an oracle, optimistic. <i>F1 (calibrated)</i> and its precision and recall use the threshold

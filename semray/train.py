@@ -16,8 +16,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,16 +26,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from semray.budget import measure_rates, parse_budget, plan, reuse_budget, sized_for
 from semray.config import Config
 from semray.data.datasets import load_normal_images
-from semray.budget import measure_rates, parse_budget, plan, reuse_budget, sized_for
 from semray.data.patches import grid_coordinates, image_statistics, normalize_patches, sample_patches
 from semray.device import Precision, cpu_name, memory_format, memory_format_name, resolve_precision
 from semray.log import duration, get_logger
 from semray.models import create_autoencoder, create_denoiser
 from semray.models.detector import FP32
-from semray.runs import (AUTOENCODER_FILE, MODEL_FILE, RunError, atomic_torch_save, load_state,
-                         read_config, read_training_record, save_config, save_model, save_training_record)
+from semray.runs import (
+    AUTOENCODER_FILE,
+    MODEL_FILE,
+    RunError,
+    atomic_torch_save,
+    load_state,
+    read_config,
+    read_training_record,
+    save_config,
+    save_model,
+    save_training_record,
+)
 
 LOG = get_logger("train")
 

@@ -40,8 +40,8 @@ from semray.data.datasets import LabelledImage, load_anomalous_images, load_norm
 from semray.data.patches import image_statistics, iter_patch_batches, normalize_patches, patch_labels
 from semray.device import Precision, pick_device
 from semray.errors import ConfigError, SemrayError
-from semray.files import atomic_path, atomic_write, to_json
 from semray.evaluate import calibrate_run, format_grid, summarize
+from semray.files import atomic_path, atomic_write, to_json
 from semray.log import get_logger
 from semray.maps import score_image
 from semray.metrics import auroc
@@ -71,13 +71,14 @@ class Param:
     KINDS = ("fixed", "choice", "grid", "uniform", "loguniform", "randint")
 
     @classmethod
-    def parse(cls, key: str, value: Any) -> "Param":
+    def parse(cls, key: str, value: Any) -> Param:
         if isinstance(value, Param):
             return value
         if not isinstance(value, dict):
             return cls("fixed", [value])
         if len(value) != 1 or next(iter(value)) not in cls.KINDS:
-            raise ConfigError(f"search.{key}: expected a value or one of {{{', '.join(cls.KINDS)}: ...}}, got {value!r}")
+            raise ConfigError(f"search.{key}: expected a value or one of {{{', '.join(cls.KINDS)}: ...}}, "
+                              f"got {value!r}")
         kind, values = next(iter(value.items()))
         values = values if isinstance(values, list) else [values]
         if kind in ("uniform", "loguniform", "randint") and (len(values) != 2 or values[0] >= values[1]):
@@ -158,7 +159,7 @@ class TuneSettings:
     val_fraction: float = 0.5
     val_stride: int = 64  # window stride of the per-epoch validation (a cheap proxy for early stopping)
 
-    def check(self) -> "TuneSettings":
+    def check(self) -> TuneSettings:
         if self.score not in ("best", *SCORE_NAMES):
             raise ConfigError(f"tune.score: {self.score!r} is not 'best' or one of {SCORE_NAMES}")
         if self.scheduler not in ("asha", "fifo"):
@@ -184,7 +185,7 @@ class TuneSpec:
                 "search": {k: p.to_yaml() for k, p in self.space.items()}, "tune": asdict(self.settings)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "tune config") -> "TuneSpec":
+    def from_dict(cls, data: dict[str, Any], where: str = "tune config") -> TuneSpec:
         data = dict(data)
         settings = _settings(data.pop("tune", None), where)
         space = data.pop("search", None)
@@ -269,7 +270,8 @@ class EpochValidator:
         detector = (AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"], precision, fmt)
                     if denoiser is not None else None)
         for start in range(0, len(self.patches), self.batch_size):
-            raw = torch.tensor(self.patches[start:start + self.batch_size], device=device)  # a copy: shared arrays are read-only
+            # a copy: arrays shared through the object store are read-only
+            raw = torch.tensor(self.patches[start:start + self.batch_size], device=device)
             if detector is not None:
                 scores = detector.scores(raw)
             else:  # stage 1: no denoiser yet, so only the reconstruction score exists

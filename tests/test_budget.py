@@ -7,8 +7,16 @@ import shutil
 import pytest
 import yaml
 
-from semray.budget import (FIXED_OVERHEAD_S, LAPTOP_DENOISER, TRAINING_EFFICIENCY, measure_rates, parse_budget,
-                           plan, reuse_budget, sized_for)
+from semray.budget import (
+    FIXED_OVERHEAD_S,
+    LAPTOP_DENOISER,
+    TRAINING_EFFICIENCY,
+    measure_rates,
+    parse_budget,
+    plan,
+    reuse_budget,
+    sized_for,
+)
 from semray.config import Config
 from semray.train import progress_line
 
@@ -54,7 +62,8 @@ def test_a_slow_device_gets_fewer_patches_per_epoch_and_the_same_epochs():
     resolved, record = plan(cfg, 20, SLOW, calibration_windows=13_000)
     t, full = resolved.train, cfg.train
     assert (t.epochs, t.denoiser_epochs) == (full.epochs, full.denoiser_epochs)
-    assert t.patches_per_epoch < full.patches_per_epoch and t.denoiser_patches_per_epoch < full.denoiser_patches_per_epoch
+    assert t.patches_per_epoch < full.patches_per_epoch
+    assert t.denoiser_patches_per_epoch < full.denoiser_patches_per_epoch
     assert t.patches_per_epoch % t.batch_size == 0 and t.denoiser_patches_per_epoch % t.batch_size == 0
     # at the rate epochs really run (TRAINING_EFFICIENCY of the probe's), with the fixed overhead
     estimate = ((t.epochs * t.patches_per_epoch / SLOW["autoencoder"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import main_in_process, run_cli
 from semray.errors import EXIT_CODES
+
+from conftest import main_in_process, run_cli
 
 
 def test_version():

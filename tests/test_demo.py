@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
 from semray.scores import SCORE_NAMES
+
+from conftest import run_cli
 
 
 @pytest.mark.slow

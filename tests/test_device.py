@@ -80,7 +80,8 @@ def test_memory_format_per_use():
 
 
 def _detector(kind: str, precision: str, fmt=torch.contiguous_format) -> AnomalyDetector:
-    cfg = Config.from_dict({"model": {"kind": kind, "width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
+    cfg = Config.from_dict({"model": {"kind": kind, "width": 8, "latent_dim": 16},
+                            "denoiser": {"depth": 3, "width": 8}})
     torch.manual_seed(0)
     ae, den = create_autoencoder(cfg.model, 32), create_denoiser(cfg.denoiser, init_std=0.1)
     return AnomalyDetector(ae, den, precision=dev.Precision(precision, "test"),

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from conftest import main_in_process, run_cli
 from semray.scores import SCORE_NAMES
+
+from conftest import main_in_process, run_cli
 
 
 @pytest.mark.ray
@@ -68,7 +69,8 @@ def test_bf16_train_then_score_records_the_precision_everywhere(tmp_path, synth_
     assert cfg["train"]["resolved_budget"]["scale"] == 1.0  # a tiny config fits any budget
     training = json.loads((run / "training.json").read_text())
     for stage in ("autoencoder", "denoiser"):
-        assert training[stage]["precision"] == "bf16" and training[stage]["memory_format"] in ("channels_last", "contiguous")
+        assert training[stage]["precision"] == "bf16"
+        assert training[stage]["memory_format"] in ("channels_last", "contiguous")
         assert training[stage]["patches_per_s"] > 0 and training[stage]["device"].startswith("cpu")
     assert torch.load(run / "model.pt", weights_only=True)["training"] == training
 

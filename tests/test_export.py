@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import main_in_process
 from semray.maps import score_image
 from semray.runs import load_detector
+
+from conftest import main_in_process
 
 
 def test_onnx_score_maps_match_pytorch(tmp_path, untrained_run, capsys):

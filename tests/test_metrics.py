@@ -119,7 +119,7 @@ def test_patch_metrics_combines_all():
                                     "recall": 1.0, "f1": 0.8, "threshold": 0.35})
 
 
-FUNCTIONS = [auroc, average_precision, best_f1, patch_metrics, lambda l, s: at_threshold(l, s, 0.5)]
+FUNCTIONS = [auroc, average_precision, best_f1, patch_metrics, lambda y, s: at_threshold(y, s, 0.5)]
 
 
 @pytest.mark.parametrize("fn", FUNCTIONS)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import main_in_process
 from semray.data.io import read_image
 from semray.maps import image_record, score_image
+
+from conftest import main_in_process
 
 
 def test_the_python_api_scores_like_bulk_scoring(untrained_run, synth_data):

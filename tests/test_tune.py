@@ -18,14 +18,30 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import run_cli
 from semray.config import Config
 from semray.models import create_autoencoder, create_denoiser
 from semray.scores import SCORE_NAMES
-from semray.tune import (OBJECTIVE, EpochValidator, Param, TuneSpec, _trial_log, cell_table, expected_trials,
-                         grace_period, load_tune_spec, make_scheduler, max_iterations, parse_space, pick_best,
-                         pick_objective, ray_parts, split_validation_test, trial_config)
+from semray.tune import (
+    OBJECTIVE,
+    EpochValidator,
+    Param,
+    TuneSpec,
+    _trial_log,
+    cell_table,
+    expected_trials,
+    grace_period,
+    load_tune_spec,
+    make_scheduler,
+    max_iterations,
+    parse_space,
+    pick_best,
+    pick_objective,
+    ray_parts,
+    split_validation_test,
+    trial_config,
+)
 
+from conftest import run_cli
 
 # Tiny models, one epoch per stage, and a denser validation grid than the default (the synthetic
 # images are small).

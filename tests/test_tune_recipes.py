@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import main_in_process
 from semray.tune import RECIPES, load_tune_spec, recipe_path, trial_config
+
+from conftest import main_in_process
 
 
 @pytest.mark.parametrize("name", RECIPES)

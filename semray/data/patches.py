@@ -4,7 +4,7 @@ Pure numpy/torch, no Ray: everything here is exercised by unit tests in millisec
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch

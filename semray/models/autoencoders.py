@@ -36,8 +36,9 @@ class ConvAutoencoder(nn.Module):
     batch_norm = True
     latent_factor = 1  # the CVAE's encoder emits mean and log-variance
 
-    def __init__(self, cfg: ModelConfig = ModelConfig(), patch_size: int = 32):
+    def __init__(self, cfg: ModelConfig | None = None, patch_size: int = 32):
         super().__init__()
+        cfg = cfg or ModelConfig()
         if patch_size < 8 or patch_size & (patch_size - 1):
             raise ConfigError(f"patch size must be a power of two >= 8, got {patch_size}")
         if cfg.output not in _OUTPUTS:
@@ -58,7 +59,8 @@ class ConvAutoencoder(nn.Module):
         dec_channels = [cfg.latent_dim] + [max(4 * w // 2 ** i, 8) for i in range(ups - 1)] + [1]
         dec: list[nn.Module] = [nn.Unflatten(1, (cfg.latent_dim, 1, 1))]
         for i in range(ups):
-            dec.append(nn.ConvTranspose2d(dec_channels[i], dec_channels[i + 1], 5, stride=2, padding=2, output_padding=1))
+            dec.append(nn.ConvTranspose2d(dec_channels[i], dec_channels[i + 1], 5, stride=2, padding=2,
+                                          output_padding=1))
             if i < ups - 1:
                 if bn:
                     dec.append(nn.BatchNorm2d(dec_channels[i + 1]))

@@ -15,8 +15,9 @@ from semray.errors import ConfigError
 
 
 class Denoiser(nn.Module):
-    def __init__(self, cfg: DenoiserConfig = DenoiserConfig(), init_std: float = 0.02):
+    def __init__(self, cfg: DenoiserConfig | None = None, init_std: float = 0.02):
         super().__init__()
+        cfg = cfg or DenoiserConfig()
         if cfg.depth < 2 or cfg.width < 2:
             raise ConfigError(f"denoiser needs depth >= 2 and width >= 2, got {cfg.depth} x {cfg.width}")
         feats = cfg.width - 1
