@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import semray.ray_env  # noqa: F401  (Ray's environment defaults, set before anything imports ray)
 from semray import __version__
 from semray.config import PRECISIONS, load_config
 from semray.errors import EXIT_CODES, ConfigError, SemrayError

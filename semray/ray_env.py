@@ -14,6 +14,10 @@ _DEFAULT_ENV = {
     # Train V2 copies every worker print() into its logger, which also reaches the console:
     # each progress line would show twice.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # semray's worker lines name their stage ("[autoencoder dae] ..."): Ray's "(RayTrainWorker
+    # pid=12345)" prefix adds nothing a user needs. Read when `ray` is imported: the CLI imports
+    # this module first.
+    "RAY_DISABLE_WORKER_LOG_PREFIX": "1",
 }
 for _k, _v in _DEFAULT_ENV.items():
     os.environ.setdefault(_k, _v)
@@ -30,6 +34,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         return
     global _PRIVATE
     _PRIVATE = True  # a private local Ray has no autoscaler: waiting for it to grow is pointless
+    # Token authentication on, as Ray 2.59+ does for a local ray.init, but said explicitly: Ray then
+    # skips its "Token authentication is enabled ..." warning, which asks nothing of the user.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     _pin_private_address()
     ray.init(
         address="local",  # never attach by accident to a cluster left running by `ray start`

@@ -1,0 +1,94 @@
+"""Per-pixel maps against the window grid, on NanoTWICE: what stitching and 1 - SSIM buy, with every
+choice made on Tune's validation half and the figures reported on the test half.
+
+    .venv/bin/python bench/pixel_quality.py --run bench/out/laptop/ae [--data ../shared/data/nanotwice]
+        [--stride 8] [--blurs 4,8,12]
+
+For each map (1 - SSIM against the reconstruction and the smooth output, squared residuals in image
+intensities) and blur: pixel AUROC, AUPRO and patch AUROC (the map's mean over each stride-16
+window, any-defect-pixel labels) on both halves; then the window-grid scores of the same run at
+stride 16 (what `semray evaluate` reports) for comparison. The best map/blur by validation AUPRO is
+named, and only its test figures are the result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from semray.data.datasets import load_anomalous_images
+from semray.data.patches import grid_coordinates, patch_labels
+from semray.device import pick_device
+from semray.evaluate import summarize
+from semray.maps import score_image
+from semray.metrics import aupro, auroc, pixel_auroc
+from semray.pixelmaps import pixel_maps, stitched_outputs, window_means
+from semray.runs import load_detector
+from semray.tune import split_validation_test
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
+    p.add_argument("--stride", type=int, default=8, help="stride of the stitched windows")
+    p.add_argument("--blurs", default="4,8,12")
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args()
+    blurs = [float(b) for b in args.blurs.split(",")]
+
+    detector, cfg = load_detector(args.run, pick_device())
+    size = cfg.patches.size
+    items = load_anomalous_images(args.data, min_size=size)
+    started = time.time()
+    maps: dict[tuple[str, float], list[np.ndarray]] = {}
+    grid_scored = []
+    for item in items:
+        outputs = stitched_outputs(detector, item.image, size, args.stride, cfg.eval.batch_size)
+        for blur in blurs:
+            for name, m in pixel_maps(item.image, outputs, blur_sigma=blur).items():
+                maps.setdefault((name, blur), []).append(m)
+        grid_scored.append((item, score_image(detector, item.image, size, 16, cfg.eval.cover_edges,
+                                              cfg.eval.batch_size)))
+    seconds = time.time() - started
+    halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
+
+    def figures(pixel: list[np.ndarray], idx: list[int]) -> dict[str, float]:
+        masks = [items[i].mask for i in idx]
+        chosen = [pixel[i] for i in idx]
+        labels, scores = [], []
+        for i in idx:
+            ys, xs = grid_coordinates(*items[i].image.shape, size, 16)
+            labels.append(patch_labels(items[i].mask, ys, xs, size, cfg.eval.min_defect_pixels))
+            scores.append(window_means(pixel[i], ys, xs, size))
+        return {"pixel_auroc": pixel_auroc(masks, chosen), "aupro": aupro(masks, chosen),
+                "patch_auroc": auroc(np.concatenate(labels), np.concatenate(scores))}
+
+    rows = {f"{name} blur {blur:g}": {h: figures(m, idx) for h, idx in halves.items()} for (name, blur), m in maps.items()}
+    for h, idx in halves.items():
+        s = summarize([grid_scored[i] for i in idx], cfg, 16, cfg.eval.min_defect_pixels, pixel=True)
+        for score, m in s["scores"].items():
+            rows.setdefault(f"grid {score}", {})[h] = {"pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
+                                                       "patch_auroc": m["auroc"]}
+    print(f"run {args.run}: {len(items)} images, stitched at stride {args.stride} in {seconds:.0f} s")
+    print(f"{'map':32s} {'val pix.AUROC':>13s} {'val AUPRO':>9s} {'val patch':>9s}   "
+          f"{'test pix.AUROC':>14s} {'test AUPRO':>10s} {'test patch':>10s}")
+    for name, r in rows.items():
+        v, t = r["val"], r["test"]
+        print(f"{name:32s} {v['pixel_auroc']:13.3f} {v['aupro']:9.3f} {v['patch_auroc']:9.3f}   "
+              f"{t['pixel_auroc']:14.3f} {t['aupro']:10.3f} {t['patch_auroc']:10.3f}")
+    best = max(rows, key=lambda k: rows[k]["val"]["aupro"])
+    print(f"best by validation AUPRO: {best}: test pixel AUROC {rows[best]['test']['pixel_auroc']:.3f}, "
+          f"AUPRO {rows[best]['test']['aupro']:.3f}, patch AUROC {rows[best]['test']['patch_auroc']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"run": args.run, "stride": args.stride, "seconds": seconds,
+                                               "rows": rows, "best_by_val_aupro": best}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Per-pixel anomaly maps: the models' outputs stitched back into whole images, compared pixel by pixel.
+
+The window grid (semray.maps) scores each 32 x 32 window as a whole, so a bead a few pixels wide
+lights up a window's worth of map. Here every window's reconstruction, smooth output and feature
+mask is brought back to image intensities (undoing the window's own normalisation) and the
+overlapping windows are averaged into one image per output. The image is then compared with them
+per pixel: squared residuals, and 1 - SSIM (structural similarity, Gaussian window), which
+compares local means, contrasts and correlations rather than raw differences and so is far less
+dominated by bright fibres. A blur turns the per-pixel comparison into a map of regions (defects
+span many pixels, noise a few). Window scores come back from a pixel map as its mean over each
+window, so everything that consumes window scores (AUROC, thresholds, regions) can use them.
+
+Pure numpy/scipy and one detector forward per batch of windows: testable without Ray.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from semray.data.patches import iter_patch_batches, tile_positions
+
+OUTPUTS = ("reconstruction", "smooth", "feature_mask")
+
+
+def denormalize(out: torch.Tensor, raw: torch.Tensor, mode: str, mean: float, std: float) -> torch.Tensor:
+    """A model output back in image intensities: the inverse of semray.data.patches.normalize_patches
+    for the window it came from (per-window mean and std for "patch", the global ones for "image")."""
+    if mode == "patch":
+        flat = raw.flatten(1)
+        mu = flat.mean(dim=1).view(-1, 1, 1, 1)
+        sd = flat.std(dim=1, unbiased=False).clamp_min(flat.shape[1] ** -0.5).view(-1, 1, 1, 1)
+        return out * sd + mu
+    return out * std + mean
+
+
+class _Stitcher:
+    """Accumulates windows into an image: sum and count per pixel, averaged at the end."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.sum = np.zeros(shape, dtype=np.float64)
+        self.count = np.zeros(shape, dtype=np.float64)
+
+    def add(self, windows: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
+        size = windows.shape[-1]
+        for w, y, x in zip(windows, ys, xs):
+            self.sum[y:y + size, x:x + size] += w
+            self.count[y:y + size, x:x + size] += 1
+
+    def image(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.sum / np.maximum(self.count, 1), np.nan).astype(np.float32)
+
+
+@torch.no_grad()
+def stitched_outputs(detector, image: np.ndarray, size: int, stride: int, batch_size: int = 512,
+                     cover_edges: bool = True) -> dict[str, np.ndarray]:
+    """The detector's three outputs for every window of the image (stride 8 or finer pays), brought
+    back to image intensities and averaged where windows overlap -> {"reconstruction", "smooth",
+    "feature_mask"}, each H x W float32. The feature mask is a residual, smooth - reconstruction in
+    image intensities."""
+    device = next(detector.parameters()).device
+    stitchers = {k: _Stitcher(image.shape) for k in OUTPUTS}
+    for patches, ys, xs in iter_patch_batches(image, size, stride, batch_size, cover_edges):
+        raw = torch.from_numpy(patches).unsqueeze(1).to(device)
+        out = detector(raw)
+        mode, mean, std = detector.normalization, detector.mean, detector.std
+        reconstruction = denormalize(out["reconstruction"], raw, mode, mean, std)[:, 0]
+        smooth = denormalize(out["smooth"], raw, mode, mean, std)[:, 0]
+        stitchers["reconstruction"].add(reconstruction.cpu().numpy(), ys, xs)
+        stitchers["smooth"].add(smooth.cpu().numpy(), ys, xs)
+        stitchers["feature_mask"].add((smooth - reconstruction).cpu().numpy(), ys, xs)
+    return {k: s.image() for k, s in stitchers.items()}
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, data_range: float = 1.0) -> np.ndarray:
+    """Per-pixel structural similarity of two images (Wang et al. 2004, Gaussian window of `sigma`
+    pixels, the usual constants K1 = 0.01, K2 = 0.03): 1 where they agree in local mean, contrast
+    and structure, lower where they do not."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return gaussian_filter(x, sigma, mode="reflect", truncate=3.5)
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return ssim.astype(np.float32)
+
+
+def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: float = 8.0,
+               ssim_sigma: float = 1.5) -> dict[str, np.ndarray]:
+    """Per-pixel anomaly maps of one image from its stitched outputs, each blurred by blur_sigma:
+    "ssim_reconstruction" and "ssim_smooth" (1 - SSIM against the reconstruction and the smooth
+    output), "reconstruction" and "smooth" (squared residuals, in image intensities)."""
+    image = np.asarray(image, dtype=np.float32)
+    maps = {
+        "ssim_reconstruction": 1.0 - ssim_map(image, _fill(outputs["reconstruction"], image), ssim_sigma),
+        "ssim_smooth": 1.0 - ssim_map(image, _fill(outputs["smooth"], image), ssim_sigma),
+        "reconstruction": (image - _fill(outputs["reconstruction"], image)) ** 2,
+        "smooth": (image - _fill(outputs["smooth"], image)) ** 2,
+    }
+    if blur_sigma > 0:
+        maps = {k: gaussian_filter(v.astype(np.float64), blur_sigma, mode="reflect") for k, v in maps.items()}
+    return {k: np.asarray(v, dtype=np.float32) for k, v in maps.items()}
+
+
+def _fill(output: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Pixels no window covered (cover_edges off) compare equal to themselves."""
+    return np.where(np.isnan(output), image, output)
+
+
+def window_means(pixel_map: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
+    """Each window's score as the mean of a per-pixel map over it (a summed-area table: O(1) each)."""
+    sat = np.zeros((pixel_map.shape[0] + 1, pixel_map.shape[1] + 1), dtype=np.float64)
+    np.cumsum(np.cumsum(np.asarray(pixel_map, dtype=np.float64), axis=0), axis=1, out=sat[1:, 1:])
+    sums = sat[ys + size, xs + size] - sat[ys, xs + size] - sat[ys + size, xs] + sat[ys, xs]
+    return (sums / (size * size)).astype(np.float32)
+
+
+def downsample(pixel_map: np.ndarray, scale: int) -> np.ndarray:
+    """A per-pixel map shrunk by `scale` (mean of each scale x scale block; the last partial rows and
+    columns averaged over what they hold), as float16: what `semray score` stores beside the grid."""
+    if scale <= 1:
+        return pixel_map.astype(np.float16)
+    h, w = pixel_map.shape
+    ys, xs = tile_positions(h, w, 1, scale, cover_edges=False)
+    sums = np.add.reduceat(np.add.reduceat(pixel_map.astype(np.float64), ys, axis=0), xs, axis=1)
+    counts = np.add.reduceat(np.add.reduceat(np.ones((h, w)), ys, axis=0), xs, axis=1)
+    return (sums / counts).astype(np.float16)

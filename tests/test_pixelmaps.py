@@ -1,0 +1,77 @@
+"""Per-pixel maps (semray.pixelmaps): stitching undoes each window's normalisation exactly, SSIM
+behaves as SSIM, and window scores come back from a pixel map as its window means."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from semray.config import Config
+from semray.data.patches import grid_coordinates, normalize_patches
+from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
+from semray.pixelmaps import denormalize, downsample, pixel_maps, ssim_map, stitched_outputs, window_means
+
+
+@pytest.mark.parametrize("mode", ["patch", "image"])
+def test_denormalize_inverts_normalize(mode):
+    raw = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    back = denormalize(normalize_patches(raw, mode, 0.4, 0.2), raw, mode, 0.4, 0.2)
+    torch.testing.assert_close(back, raw, rtol=1e-5, atol=1e-5)
+
+
+class Identity(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+class ZeroMask(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x), x
+
+
+@pytest.mark.parametrize("mode", ["patch", "image"])
+def test_a_perfect_model_stitches_back_the_image(mode):
+    """Identity autoencoder, zero mask: every output is the image itself, whatever the overlaps."""
+    image = np.random.default_rng(1).random((70, 90)).astype(np.float32)
+    detector = AnomalyDetector(Identity(), ZeroMask(), mode, 0.4, 0.2)
+    detector.register_parameter("p", torch.nn.Parameter(torch.zeros(1)))  # for its device
+    out = stitched_outputs(detector, image, 32, 8)
+    np.testing.assert_allclose(out["reconstruction"], image, atol=1e-5)
+    np.testing.assert_allclose(out["smooth"], image, atol=1e-5)
+    np.testing.assert_allclose(out["feature_mask"], 0, atol=1e-5)
+    maps = pixel_maps(image, out, blur_sigma=0)
+    assert np.abs(maps["ssim_reconstruction"]).max() < 1e-4 and maps["smooth"].max() < 1e-9
+
+
+def test_stitching_a_real_detector_covers_every_pixel():
+    cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
+    detector = AnomalyDetector(create_autoencoder(cfg.model), create_denoiser(cfg.denoiser)).eval()
+    image = np.random.default_rng(2).random((64, 80)).astype(np.float32)
+    out = stitched_outputs(detector, image, 32, 16)
+    assert all(v.shape == image.shape and np.isfinite(v).all() for v in out.values())
+    np.testing.assert_allclose(out["smooth"] - out["reconstruction"], out["feature_mask"], atol=1e-5)
+
+
+def test_ssim_is_one_for_equal_images_and_drops_with_structure_lost():
+    rng = np.random.default_rng(3)
+    image = rng.random((64, 64)).astype(np.float32)
+    assert np.allclose(ssim_map(image, image), 1, atol=1e-6)
+    blurred = np.full_like(image, image.mean())  # same mean, no structure
+    noisy = np.clip(image + 0.05 * rng.standard_normal(image.shape), 0, 1)
+    assert ssim_map(image, blurred).mean() < ssim_map(image, noisy).mean() < 1
+
+
+def test_window_means_of_a_pixel_map():
+    rng = np.random.default_rng(4)
+    pixel_map = rng.random((50, 60)).astype(np.float32)
+    ys, xs = grid_coordinates(50, 60, 16, 8)
+    expected = [pixel_map[y:y + 16, x:x + 16].mean() for y, x in zip(ys, xs)]
+    np.testing.assert_allclose(window_means(pixel_map, ys, xs, 16), expected, rtol=1e-5)
+
+
+def test_downsample_keeps_means_and_edges():
+    pixel_map = np.arange(7 * 9, dtype=np.float32).reshape(7, 9)
+    small = downsample(pixel_map, 4)
+    assert small.shape == (2, 3) and small.dtype == np.float16
+    assert small[0, 0] == pytest.approx(pixel_map[:4, :4].mean(), rel=1e-3)
+    assert small[1, 2] == pytest.approx(pixel_map[4:, 8:].mean(), rel=1e-3)  # the partial corner block
