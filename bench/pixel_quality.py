@@ -69,7 +69,8 @@ def main() -> None:
         return {"pixel_auroc": pixel_auroc(masks, chosen), "aupro": aupro(masks, chosen),
                 "patch_auroc": auroc(np.concatenate(labels), np.concatenate(scores))}
 
-    rows = {f"{name} blur {blur:g}": {h: figures(m, idx) for h, idx in halves.items()} for (name, blur), m in maps.items()}
+    rows = {f"{name} blur {blur:g}": {h: figures(m, idx) for h, idx in halves.items()}
+            for (name, blur), m in maps.items()}
     for h, idx in halves.items():
         s = summarize([grid_scored[i] for i in idx], cfg, 16, cfg.eval.min_defect_pixels, pixel=True)
         for score, m in s["scores"].items():
