@@ -16,13 +16,14 @@
 # the torch build, Ray's version); when nothing changed the script only checks that semray imports.
 # `ray up` re-runs it after syncing new code, which then reinstalls semray (seconds).
 #
-# Overrides: PYTHON (default python3), SEMRAY_TORCH_VERSION (default 2.13.0), SEMRAY_TORCH_INDEX
+# Overrides: PYTHON (default python3), SEMRAY_TORCH_VERSION (default: constraints.txt's), SEMRAY_TORCH_INDEX
 # (where the CPU build comes from; default PyTorch's CPU index; set it empty to use pip's own index).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
-TORCH_VERSION=${SEMRAY_TORCH_VERSION:-2.13.0}
-RAY_SPEC="ray[default,train,data,tune]==2.60.0"
+# The pinned versions, from the one file every installer reads (synced with the code).
+TORCH_VERSION=${SEMRAY_TORCH_VERSION:-$(sed -n 's/^torch==//p' "$here/constraints.txt")}
+RAY_SPEC="ray[default,train,data,tune]==$(sed -n 's/^ray==//p' "$here/constraints.txt")"
 stamp="$HOME/.cache/semray-node-setup"
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -53,7 +54,7 @@ pip() { "$PY" -m pip --disable-pip-version-check -q "$@"; }
 have=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0], "cuda" if torch.version.cuda else "cpu")' 2>/dev/null || true)
 if [ "$have" != "$TORCH_VERSION $build" ]; then
   echo "setup-node: installing torch $TORCH_VERSION ($build build; had: ${have:-none})" >&2
-  # pip counts 2.13.0+cpu as satisfying torch==2.13.0: remove the other build first.
+  # pip counts X+cpu as satisfying torch==X: remove the other build first.
   [ -z "$have" ] || pip uninstall -y torch
   if [ -n "$index" ]; then
     pip install "torch==$TORCH_VERSION" --index-url "$index"

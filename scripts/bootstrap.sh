@@ -7,7 +7,8 @@
 # On Linux without a GPU, PyPI's torch is the CUDA build: torch comes from PyTorch's CPU index,
 # tried first with a short timeout, else from pip's default index (a mirror or local wheels).
 #
-# Overrides: SEMRAY_TORCH_SPEC (default torch==2.13.0 on CPU, torch on GPU), SEMRAY_TORCH_INDEX
+# Versions: constraints.txt (torch and Ray, as on the clusters).
+# Overrides: SEMRAY_TORCH_SPEC (default torch==VERSION from constraints.txt), SEMRAY_TORCH_INDEX
 # (an index to take torch from, always), PYTHON (interpreter used to create the venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,14 +19,13 @@ stamp="$VENV/.semray-installed"
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 CPU_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_VERSION=$(sed -n 's/^torch==//p' constraints.txt)  # the one file of pinned versions
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   gpu=
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    gpu=1
-    spec=${SEMRAY_TORCH_SPEC:-torch}
-  else
-    spec=${SEMRAY_TORCH_SPEC:-torch==2.13.0}
+    gpu=1  # PyPI's Linux wheel of that version is the CUDA build
   fi
+  spec=${SEMRAY_TORCH_SPEC:-torch==$TORCH_VERSION}
   if [ -n "${SEMRAY_TORCH_INDEX:-}" ]; then
     echo "bootstrap: installing $spec from $SEMRAY_TORCH_INDEX" >&2
     pip install "$spec" --index-url "$SEMRAY_TORCH_INDEX"
@@ -44,5 +44,5 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "bootstrap: installing semray and its dependencies" >&2
-pip install -e ".[test,onnx]"
+pip install -e ".[test,onnx]" -c constraints.txt
 touch "$stamp"

@@ -59,19 +59,19 @@ def test_no_gpu_tries_the_cpu_index_first_with_a_short_timeout(bootstrap):
     """PyPI's torch for Linux is the CUDA build: a laptop must not download GBs of CUDA."""
     calls = bootstrap(gpu=False)
     assert calls[0].endswith(f"install torch==2.13.0 --index-url {CPU_INDEX} --timeout 5 --retries 0")
-    assert calls[1].endswith("install -e .[test,onnx]") and len(calls) == 2
+    assert calls[1].endswith("install -e .[test,onnx] -c constraints.txt") and len(calls) == 2
 
 
 def test_an_unreachable_cpu_index_falls_back_to_pips_own_index(bootstrap):
     calls = bootstrap(gpu=False, cpu_index_down=True)
     assert calls[0].endswith(f"--index-url {CPU_INDEX} --timeout 5 --retries 0")
     assert calls[1].endswith("install torch==2.13.0")  # a mirror or local wheels with the CPU build
-    assert calls[2].endswith("install -e .[test,onnx]")
+    assert calls[2].endswith("install -e .[test,onnx] -c constraints.txt")
 
 
 def test_a_gpu_gets_the_cuda_build(bootstrap):
     calls = bootstrap(gpu=True)
-    assert calls[0].endswith("install torch") and "--index-url" not in calls[0]
+    assert calls[0].endswith("install torch==2.13.0") and "--index-url" not in calls[0]  # PyPI's: CUDA
 
 
 def test_an_explicit_index_wins(bootstrap):

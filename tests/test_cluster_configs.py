@@ -86,19 +86,22 @@ def test_shell_scripts_parse(name):
 
 
 # ---------------------------------------------------------------- versions agree everywhere
-def setup_node_default(name: str) -> str:
-    m = re.search(rf'^{name}=\$\{{[A-Z_]+:-([^}}]+)\}}', SETUP_NODE.read_text(), re.M)
-    assert m, f"setup-node.sh: no default for {name}"
+def pinned(name: str) -> str:
+    """A version constraints.txt pins: the one file every installer reads."""
+    m = re.search(rf"^{name}==([\d.]+)$", (REPO / "constraints.txt").read_text(), re.M)
+    assert m, f"constraints.txt: no pin for {name}"
     return m.group(1)
 
 
+INSTALLERS = (SETUP_NODE, DOCKERFILE, REPO / "scripts" / "bootstrap.sh")
+
+
 def test_ray_version_is_the_same_everywhere():
-    for path in (SETUP_NODE, DOCKERFILE):
-        pinned = re.findall(r"ray\[([a-z,]+)\]==([\d.]+)", path.read_text())
-        assert pinned, f"{path.name} does not pin Ray"
-        for extras, version in pinned:
-            assert version == RAY_VERSION, path.name
-            assert {"default", "train", "data", "tune"} <= set(extras.split(",")), path.name
+    assert pinned("ray") == RAY_VERSION
+    for path in INSTALLERS:
+        assert "constraints.txt" in path.read_text(), f"{path.name} does not install from constraints.txt"
+        assert not re.search(r"ray(\[[a-z,]+\])?==[\d.]", path.read_text()), f"{path.name} pins Ray itself"
+    assert re.search(r"ray\[default,train,data,tune\]", SETUP_NODE.read_text())
     base = re.search(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.M).group(1)
     assert base.startswith(f"rayproject/ray:{RAY_VERSION}-") and base.endswith("-gpu"), base
     for manifest in (RAYCLUSTER, RAYJOB):
@@ -109,11 +112,9 @@ def test_ray_version_is_the_same_everywhere():
 
 
 def test_torch_version_is_the_same_everywhere():
-    version = setup_node_default("TORCH_VERSION")
-    assert re.search(rf"^ARG TORCH_VERSION={re.escape(version)}$", DOCKERFILE.read_text(), re.M), \
-        "the image and the VM clusters install different torch versions"
-    assert f"torch=={version}" in (REPO / "scripts" / "bootstrap.sh").read_text(), \
-        "the development venv's CPU torch differs from the clusters'"
+    version = pinned("torch")
+    for path in INSTALLERS:
+        assert not re.search(r"torch==\d", path.read_text()), f"{path.name} pins torch itself"
     torch_req = next(Requirement(d) for d in project()["dependencies"] if d.startswith("torch"))
     assert torch_req.specifier.contains(version)
 
@@ -379,7 +380,8 @@ def test_dockerfile_holds_package_and_jobs():
                 *[str(p.relative_to(REPO)) for p in JOBS.glob("*.py")]]:
         assert image_path_to_repo(f"{workdir}/{rel}") == REPO / rel, f"{rel} is not in the image"
     steps = dockerfile()
-    torch_at = next(i for i, (ins, a) in enumerate(steps) if ins == "RUN" and "pip install" in a and "torch==" in a)
+    torch_at = next(i for i, (ins, a) in enumerate(steps)
+                    if ins == "RUN" and "pip install" in a and re.search(r"constraints\.txt torch$", a))
     copy_pkg = next(i for i, (ins, a) in enumerate(steps) if ins == "COPY" and "semray/" in a)
     install_pkg = next(i for i, (ins, a) in enumerate(steps)
                        if ins == "RUN" and re.search(r"pip install\b[^&]*\s\.(\s|$)", a))
