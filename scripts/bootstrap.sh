@@ -2,7 +2,8 @@
 # Create .venv and install semray into it, choosing the torch build for this machine first:
 # a CUDA build when an NVIDIA driver is present, else the small CPU build. Installing torch before
 # the package matters: `pip install semray` alone would let pip pull a multi-GB CUDA wheel on a
-# CPU-only laptop. Re-running is cheap: a stamp file skips work when pyproject.toml is unchanged.
+# CPU-only laptop. Re-running is cheap: a stamp file skips work when pyproject.toml and
+# constraints.txt are unchanged.
 #
 # On Linux without a GPU, PyPI's torch is the CUDA build: torch comes from PyTorch's CPU index,
 # tried first with a short timeout, else from pip's default index (a mirror or local wheels).
@@ -16,7 +17,7 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 stamp="$VENV/.semray-installed"
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ]; then exit 0; fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 CPU_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_VERSION=$(sed -n 's/^torch==//p' constraints.txt)  # the one file of pinned versions
