@@ -270,7 +270,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read config ({e})") from e
+        reason = " ".join(str(e).split())[:200]  # YAML's messages span lines, with a caret drawing
+        raise ConfigError(f"{path}: cannot read config ({reason})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of sections")
     return data

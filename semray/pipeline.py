@@ -416,6 +416,10 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
 
     run_dir = str(Path(job.run).resolve()) if not _is_uri(job.run) else job.run
     out = str(Path(job.out).resolve()) if not _is_uri(job.out) else job.out
+    if not _is_uri(out):  # before any scoring: a read-only --out would fail every part write
+        Path(out).mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise SemrayError(f"{out}: not writable; choose another --out")
     paths = list_inputs(job.inputs)
     state, checkpoint_sha256 = read_model(run_dir)  # read once: hashed here, shipped to the actors below
     settings, metadata = job_settings(job, run_dir, checkpoint_sha256, state.get("training"))

@@ -66,7 +66,11 @@ def _load_checkpoint(path: str | Path) -> tuple[dict[str, Any], bytes]:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), data
     except Exception as e:  # corrupt file, or not a semray checkpoint
-        raise RunError(f"{path}: cannot load checkpoint ({e})") from e
+        # torch's own message runs to many lines and suggests weights_only=False, which would run
+        # whatever pickled code the file holds: one line, and no such advice.
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise RunError(f"{path}: damaged, or not a semray checkpoint ({type(e).__name__}: {first}); "
+                       "train the run again or restore the file") from None
 
 
 def run_file(run_dir: str | Path, name: str) -> str:
@@ -100,8 +104,16 @@ def save_config(run_dir: Path, cfg: Config) -> None:
 
 
 def read_config(run_dir: str | Path) -> Config | None:
-    data = _read_file(run_file(run_dir, CONFIG_FILE))
-    return None if data is None else Config.from_dict(yaml.safe_load(data))
+    """The run's config.yaml, or None when there is none; a damaged one is a RunError naming it."""
+    path = run_file(run_dir, CONFIG_FILE)
+    data = _read_file(path)
+    if data is None:
+        return None
+    try:
+        return Config.from_dict(yaml.safe_load(data))
+    except (yaml.YAMLError, ValueError, TypeError) as e:
+        reason = " ".join(str(e).split())[:200]  # YAML's messages span lines, with a caret drawing
+        raise RunError(f"{path}: unreadable run config ({reason}); restore it, or use a new --run directory") from None
 
 
 def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict,

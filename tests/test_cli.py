@@ -82,3 +82,51 @@ def test_print_config_shows_the_resolved_config_and_starts_nothing(tmp_path, cap
     printed = yaml.safe_load(out)
     assert code == 0 and printed["model"]["kind"] == "cvae" and printed["train"]["epochs"] == 7
     assert printed["train"]["lr"] == 0.001 and not (tmp_path / "run").exists()
+
+
+def test_an_unknown_preset_is_one_line(tmp_path, synth_data, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("preset: fastest\n")
+    code, _, err = main_in_process(capsys, "train", "--data", synth_data, "--run", tmp_path / "run",
+                                   "--config", config)
+    assert code == 2 and err.count("\n") == 1 and "unknown preset 'fastest'" in err
+
+
+@pytest.mark.parametrize("damage", ["empty", "corrupt model", "corrupt config"])
+def test_a_damaged_run_directory_is_one_line(tmp_path, untrained_run, synth_data, capsys, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    if damage == "empty":
+        run.mkdir()
+    else:
+        shutil.copytree(untrained_run, run)
+        target = run / ("model.pt" if damage == "corrupt model" else "config.yaml")
+        target.write_text("{{{ not what it should be")
+    image = next((synth_data / "Anomalous" / "images").glob("*.tif"))
+    commands = [["evaluate", "--run", run, "--data", synth_data], ["predict", image, "--run", run]]
+    if damage == "corrupt config":  # the commands that read config.yaml (scoring reads model.pt's)
+        commands = [["score", image, "--run", run, "--out", tmp_path / "out"],
+                    ["train", "--data", synth_data, "--run", run]]
+    for command in commands:
+        code, _, err = main_in_process(capsys, *command)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and str(run) in err, err
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, untrained_run, synth_data, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    image = next((synth_data / "Anomalous" / "images").glob("*.tif"))
+    code, _, err = main_in_process(capsys, "score", image, "--run", untrained_run, "--out", blocked / "out")
+    assert code == 2 and err.count("\n") == 1 and str(blocked) in err
+    code, _, err = main_in_process(capsys, "evaluate", "--run", untrained_run, "--data", synth_data,
+                                   "--json", blocked / "x.json")
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_a_yaml_syntax_error_is_one_line(tmp_path, synth_data, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {epochs: 3\nmodel: [\n")
+    code, _, err = main_in_process(capsys, "train", "--data", synth_data, "--run", tmp_path / "run",
+                                   "--config", config)
+    assert code == 2 and err.count("\n") == 1 and str(config) in err
