@@ -28,6 +28,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,13 @@ MAPS, PATCHES, ERRORS = "maps", "patches", "errors"
 REGION = pa.struct([("y0", pa.int32()), ("x0", pa.int32()), ("y1", pa.int32()), ("x1", pa.int32()),
                     ("area", pa.int64()), ("windows", pa.int32()), ("peak", pa.float64()),
                     ("mean", pa.float64()), ("area_um2", pa.float64())])
+# Which content of a source a row describes (size and modification time: a file replaced after it
+# was scored is scored again) and when it was scored. Rows are never rewritten: a changed file's new
+# rows are added beside the old ones, and readers take the newest per source and page (`current`).
+IDENTITY = [("source_version", pa.string()), ("scored_at", pa.timestamp("us", tz="UTC"))]
 MAPS_SCHEMA = pa.schema([
-    ("source", pa.string()), ("page", pa.int32()), ("pages", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
+    ("source", pa.string()), *IDENTITY,
+    ("page", pa.int32()), ("pages", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
     ("stride", pa.int32()), ("patch_size", pa.int32()), ("score", pa.string()),
     # map[i * map_width + j]: pooled score of the window whose top-left corner is (grid_ys[i], grid_xs[j])
     ("map_height", pa.int32()), ("map_width", pa.int32()), ("map", pa.list_(pa.float32())),
@@ -65,7 +71,7 @@ PATCH_COLUMNS = [("patch_ys", pa.list_(pa.int32())), ("patch_xs", pa.list_(pa.in
                  ("patch_feature", pa.list_(pa.float32()))]
 PATCHES_SCHEMA = pa.schema([("source", pa.string()), ("page", pa.int32()), ("y", pa.int32()), ("x", pa.int32()),
                             ("reconstruction", pa.float32()), ("smooth", pa.float32()), ("feature", pa.float32())])
-ERRORS_SCHEMA = pa.schema([("source", pa.string()), ("page", pa.int32()), ("pages", pa.int32()),
+ERRORS_SCHEMA = pa.schema([("source", pa.string()), *IDENTITY, ("page", pa.int32()), ("pages", pa.int32()),
                            ("error", pa.string())])
 # What flows from the scoring actors to the writers: a maps row or an error row, and the windows.
 RECORD_SCHEMA = pa.schema([*MAPS_SCHEMA, ("error", pa.string()), ("windows", pa.int64()), *PATCH_COLUMNS])
@@ -144,6 +150,28 @@ def _list_uri(uri: str) -> list[str]:
             if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
 
 
+def file_versions(paths: list[str]) -> dict[str, str]:
+    """path -> "SIZE-MTIME_NS" of the file as it is now: what a resumed job compares with the version
+    it scored, so a file replaced in the archive is scored again. (Object stores: size and
+    modification time as pyarrow reports them; pyarrow exposes no ETag.) A file that cannot be
+    stat'ed gets "missing", and its read error is recorded as for any unreadable file."""
+    from pyarrow import fs as pafs
+
+    out: dict[str, str] = {}
+    for path in paths:
+        try:
+            if _is_uri(path):
+                filesystem, inner = pafs.FileSystem.from_uri(path)
+                info = filesystem.get_file_info(inner)
+                out[path] = f"{info.size}-{info.mtime_ns}" if info.type == pafs.FileType.File else "missing"
+            else:
+                st = os.stat(path)
+                out[path] = f"{st.st_size}-{st.st_mtime_ns}"
+        except OSError:
+            out[path] = "missing"
+    return out
+
+
 def read_batch(batch: pa.Table) -> pa.Table:
     """Ray Data stage 'read bytes': a failed read travels on as an error, not an exception."""
     from semray.data.io import read_bytes
@@ -157,7 +185,8 @@ def read_batch(batch: pa.Table) -> pa.Table:
         paths.append(path)
         data.append(blob)
         errors.append(error)
-    return pa.table({"source": paths, "data": pa.array(data, pa.large_binary()), "read_error": errors,
+    return pa.table({"source": paths, "source_version": batch.column("source_version"),
+                     "data": pa.array(data, pa.large_binary()), "read_error": errors,
                      "skip_pages": batch.column("skip_pages")})
 
 
@@ -191,7 +220,9 @@ class ScoreImages:
         records: list[dict[str, Any]] = []
         rows = batch.to_pylist()
         for row in rows:
-            records.extend(self.score_file(row["source"], row["data"], row["read_error"], set(row["skip_pages"] or [])))
+            found = self.score_file(row["source"], row["data"], row["read_error"], set(row["skip_pages"] or []))
+            stamp = {"source_version": row.get("source_version"), "scored_at": datetime.now(timezone.utc)}
+            records.extend({**record, **stamp} for record in found)
         return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
     def score_file(self, source: str, data: bytes, read_error: str | None, skip: set[int]) -> list[dict[str, Any]]:
@@ -247,7 +278,8 @@ def write_part(batch: pa.Table, out: str, metadata: dict[str, str], patches: boo
     hidden temporary name and renamed into place."""
     is_error = pc.is_valid(batch.column("error"))
     ok, bad = batch.filter(pc.invert(is_error)), batch.filter(is_error)
-    keys = sorted(zip(batch.column("source").to_pylist(), batch.column("page").to_pylist()))
+    keys = sorted(zip(batch.column("source").to_pylist(), batch.column("page").to_pylist(),
+                      [v or "" for v in batch.column("source_version").to_pylist()]))
     name = "part-" + hashlib.sha1(json.dumps(keys).encode()).hexdigest()[:20] + ".parquet"
     if ok.num_rows:
         if patches:  # before maps: a part in maps/ means its patches are already on disk
@@ -281,18 +313,65 @@ def _write_table(table: pa.Table, path: str, metadata: dict[str, str]) -> None:
         pq.write_table(table, tmp)
 
 
-def finished_pages(out: str) -> dict[str, set[int]]:
-    """source -> the pages earlier runs over OUT_DIR wrote to maps/ or errors/, or {WHOLE_FILE}
-    when nothing is left to do for that file (every page written, or the file failed as a whole).
-    Parts are only ever complete files, so reading them is enough to resume."""
-    pages: dict[str, set[int]] = {}
-    totals: dict[str, int] = {}
+def finished_pages(out: str, log: logging.Logger = LOG) -> dict[tuple[str, str | None], set[int]]:
+    """(source, source_version) -> the pages earlier runs over OUT_DIR wrote to maps/ or errors/ for
+    that content of the file, or {WHOLE_FILE} when nothing is left to do (every page written, or
+    the file failed as a whole). A file replaced since (another size or modification time) has
+    another version, so it is scored again. Parts are only ever complete files, so reading them is
+    enough to resume; one that cannot be read is set aside (see read_parts) and its images redone."""
+    pages: dict[tuple[str, str | None], set[int]] = {}
+    totals: dict[tuple[str, str | None], int] = {}
     for table_name in (MAPS, ERRORS):
-        for source, page, total in _read_keys(f"{out}/{table_name}"):
-            pages.setdefault(source, set()).add(page)
-            totals[source] = total
-    return {src: ({WHOLE_FILE} if totals[src] == WHOLE_FILE or len(p) >= totals[src] else p)
-            for src, p in pages.items()}
+        table = read_parts(f"{out}/{table_name}", ["source", "source_version", "page", "pages"], log)
+        for source, version, page, total in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+            pages.setdefault((source, version), set()).add(page)
+            totals[(source, version)] = total
+    return {key: ({WHOLE_FILE} if totals[key] == WHOLE_FILE or len(p) >= totals[key] else p)
+            for key, p in pages.items()}
+
+
+def read_parts(directory: str, columns: list[str], log: logging.Logger = LOG) -> pa.Table:
+    """The given columns of every part in a maps/, errors/ or patches/ directory (local or URI), read
+    part by part: an unreadable part (a disk error, a truncated upload) is reported and moved aside
+    under a hidden name, so that the others still count and readers such as DuckDB and pandas do not
+    trip over it. Parts written before a column existed read it as null."""
+    from pyarrow import fs as pafs
+
+    if _is_uri(directory):
+        filesystem, root = pafs.FileSystem.from_uri(directory)
+    else:
+        filesystem, root = pafs.LocalFileSystem(), os.path.abspath(directory)
+    info = filesystem.get_file_info(root)
+    tables = []
+    if info.type == pafs.FileType.Directory:
+        for f in sorted(filesystem.get_file_info(pafs.FileSelector(root)), key=lambda f: f.path):
+            if f.type != pafs.FileType.File or not f.base_name.endswith(".parquet") or f.base_name.startswith("."):
+                continue
+            try:
+                part = pq.read_table(f.path, filesystem=filesystem)
+            except (OSError, pa.ArrowException) as e:
+                aside = f"{f.path.rsplit('/', 1)[0]}/.{f.base_name}.unreadable"
+                log.warning(f"[score] {f.path}: unreadable part ({e}); moved to {aside}, its images are scored again")
+                filesystem.move(f.path, aside)
+                continue
+            tables.append(pa.table({c: part.column(c) if c in part.column_names else pa.nulls(part.num_rows)
+                                    for c in columns}))
+    if not tables:
+        return pa.table({c: pa.array([], pa.null()) for c in columns})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def current_versions(out: str, log: logging.Logger = LOG) -> dict[str, str | None]:
+    """source -> the version of it that was scored last (maps/ and errors/ together): the rows every
+    reader should use when a file was scored again after it changed."""
+    latest: dict[str, tuple[Any, str | None]] = {}
+    for table_name in (MAPS, ERRORS):
+        table = read_parts(f"{out}/{table_name}", ["source", "source_version", "scored_at"], log)
+        for source, version, when in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+            key = (when is not None, when)  # rows written before scored_at existed are the oldest
+            if source not in latest or key > latest[source][0]:
+                latest[source] = (key, version)
+    return {source: version for source, (_, version) in latest.items()}
 
 
 def check_same_job(out: str, metadata: dict[str, str]) -> None:
@@ -304,11 +383,16 @@ def check_same_job(out: str, metadata: dict[str, str]) -> None:
         directory = f"{out}/{table_name}"
         if not _is_uri(directory) and not Path(directory).is_dir():
             continue
-        files = ds.dataset(directory, format="parquet").files
-        if not files:
+        dataset = ds.dataset(directory, format="parquet", exclude_invalid_files=False)
+        old = None
+        for path in dataset.files:  # the first part whose footer reads (read_parts sets the others aside)
+            try:
+                old = json.loads(pq.read_schema(path, filesystem=dataset.filesystem).metadata[b"semray"])
+                break
+            except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
+                continue
+        if old is None:
             continue
-        old = json.loads(pq.read_schema(files[0], filesystem=ds.dataset(directory).filesystem)
-                         .metadata[b"semray"])
         new = json.loads(metadata["semray"])
         keys = ("checkpoint_sha256", "score", "stride", "threshold", "quantile")
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
@@ -316,18 +400,6 @@ def check_same_job(out: str, metadata: dict[str, str]) -> None:
             raise SemrayError(f"{out} holds results of another scoring job ({'; '.join(diff)}); use a new --out, "
                              "or the same run and settings to resume it")
         return
-
-
-def _read_keys(directory: str) -> list[tuple[str, int, int]]:
-    import pyarrow.dataset as ds
-
-    if not _is_uri(directory) and not Path(directory).is_dir():
-        return []
-    try:
-        table = ds.dataset(directory, format="parquet").to_table(columns=["source", "page", "pages"])
-    except (FileNotFoundError, pa.ArrowInvalid):
-        return []
-    return list(zip(*(table.column(c).to_pylist() for c in ("source", "page", "pages"))))
 
 
 # ---------------------------------------------------------------- the job (driver side)
@@ -425,8 +497,9 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     settings, metadata = job_settings(job, run_dir, checkpoint_sha256, state.get("training"))
     trained_pixel_size = (state.get("training") or {}).get("pixel_size_um")
     check_same_job(out, metadata)
-    done = finished_pages(out)
-    todo = [p for p in paths if WHOLE_FILE not in done.get(p, ())]
+    done = finished_pages(out, log)
+    versions = file_versions(paths)
+    todo = [p for p in paths if WHOLE_FILE not in done.get((p, versions[p]), ())]
     provenance = json.loads(metadata["semray"])
     log.info(f"[score] {len(paths)} file(s); {len(paths) - len(todo)} already done in {out}; scoring {len(todo)} "
              f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}, "
@@ -439,7 +512,8 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
         wait_for_resources("GPU", (job.workers or 1) * job.gpus_per_worker,
                            f"scoring with --gpus-per-worker {job.gpus_per_worker:g} and {job.workers or 1} worker(s)")
     started = time.time()
-    items = [{"source": p, "skip_pages": sorted(done.get(p, ()))} for p in todo]
+    items = [{"source": p, "source_version": versions[p], "skip_pages": sorted(done.get((p, versions[p]), ()))}
+             for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
     ds = ds.map_batches(read_batch, batch_size=1, batch_format="pyarrow", num_cpus=0)
     model = ray.put(state)  # owned by this driver: survives worker nodes
@@ -504,29 +578,24 @@ def failure_reason(message: str) -> str:
 def archive_counts(out: str, trained_pixel_size: float | None = None) -> dict[str, Any]:
     """Scored image pages and failures in OUT_DIR (maps/ and errors/ as on disk), failures by
     reason, and the images whose SEM pixel size is more than 20% from the training images'."""
-    import pyarrow.dataset as ds
-
     from semray.maps import pixel_size_mismatch
 
     counts: dict[str, Any] = {"images": 0, "failures": 0, "by_reason": {}, "other_magnification": 0}
+    latest = current_versions(out)
     for name in (MAPS, ERRORS):
-        directory = f"{out}/{name}"
-        if not _is_uri(directory) and not Path(directory).is_dir():
-            continue
-        try:
-            table = ds.dataset(directory, format="parquet").to_table(
-                columns=["error"] if name == ERRORS else ["page", "pixel_size_um"])
-        except (FileNotFoundError, pa.ArrowInvalid):
-            continue
+        columns = ["source", "source_version"] + (["error"] if name == ERRORS else ["pixel_size_um"])
+        table = read_parts(f"{out}/{name}", columns)
+        rows = [r for r in table.to_pylist() if latest.get(r["source"], r["source_version"]) == r["source_version"]]
         if name == MAPS:
-            counts["images"] = table.num_rows
-            counts["other_magnification"] = sum(pixel_size_mismatch(s, trained_pixel_size)
-                                                for s in table.column("pixel_size_um").to_pylist())
+            counts["images"] = len(rows)
+            counts["other_magnification"] = sum(pixel_size_mismatch(r["pixel_size_um"], trained_pixel_size)
+                                                for r in rows)
             continue
-        counts["failures"] = table.num_rows
+        counts["failures"] = len(rows)
         reasons: dict[str, int] = {}
-        for message in table.column("error").to_pylist():
-            reasons[failure_reason(message or "")] = reasons.get(failure_reason(message or ""), 0) + 1
+        for r in rows:
+            reason = failure_reason(r["error"] or "")
+            reasons[reason] = reasons.get(reason, 0) + 1
         counts["by_reason"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
     return counts
 
@@ -555,15 +624,16 @@ def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
     if not Path(directory).is_dir():
         raise InputError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?")
     table = ds.dataset(directory, format="parquet").to_table(filter=(pc.field("page") == page))
-    sources = table.column("source").to_pylist()
+    rows = table.to_pylist()
     want = image if _is_uri(image) else os.path.abspath(image)
-    hits = [i for i, s in enumerate(sources) if s == want]
+    hits = [r for r in rows if r["source"] == want]
     if not hits:
-        hits = [i for i, s in enumerate(sources) if Path(s).name == Path(image).name]
-    if len(hits) != 1:
-        what = "no row" if not hits else f"{len(hits)} rows"
+        hits = [r for r in rows if Path(r["source"]).name == Path(image).name]
+    if len({r["source"] for r in hits}) != 1:
+        what = "no row" if not hits else f"{len({r['source'] for r in hits})} images of that name"
         raise InputError(f"{image}: {what} for page {page} in {directory}")
-    return table.slice(hits[0], 1).to_pylist()[0]
+    # a file scored again after it changed has several rows: the newest is its current map
+    return max(hits, key=lambda r: (r.get("scored_at") is not None, r.get("scored_at")))
 
 
 def job_from_args(**kwargs) -> ScoreJob:

@@ -83,7 +83,40 @@ def test_write_part_and_what_a_rerun_skips(tmp_path):
     assert pq.read_table(tmp_path / "patches").num_rows == 2
     done = finished_pages(out)
     # finished files are skipped whole; a 3-page stack with pages 0 and 1 done is read again for page 2
-    assert done == {"/a.tif": {WHOLE_FILE}, "/junk.tif": {WHOLE_FILE}, "/stack.tif": {0, 1}}
+    # (keyed by source and version: these rows carry none)
+    assert done == {("/a.tif", None): {WHOLE_FILE}, ("/junk.tif", None): {WHOLE_FILE}, ("/stack.tif", None): {0, 1}}
+
+
+def test_a_changed_file_is_scored_again_and_readers_take_its_newest_rows(tmp_path):
+    from datetime import datetime, timezone
+
+    from semray.pipeline import archive_counts, current_versions
+
+    out = str(tmp_path)
+    old = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    new = datetime(2026, 12, 2, tzinfo=timezone.utc)
+    write_part(pa_table([{**_record("/a.tif", WHOLE_FILE, WHOLE_FILE, "/a.tif: empty file"),
+                          "source_version": "0-1", "scored_at": old}]), out, {"semray": "{}"}, patches=False)
+    assert ("/a.tif", "0-1") in finished_pages(out) and ("/a.tif", "512-2") not in finished_pages(out)
+    # replaced by a good image and scored again: both rows stay (parts are immutable), the newest counts
+    write_part(pa_table([{**_record("/a.tif", 0, 1), "source_version": "512-2", "scored_at": new}]), out,
+               {"semray": "{}"}, patches=False)
+    assert current_versions(out) == {"/a.tif": "512-2"}
+    counts = archive_counts(out)
+    assert (counts["images"], counts["failures"]) == (1, 0)
+    assert pq.read_table(tmp_path / "errors").num_rows == 1 and pq.read_table(tmp_path / "maps").num_rows == 1
+
+
+def test_an_unreadable_part_is_set_aside_and_the_others_still_count(tmp_path):
+    out = str(tmp_path)
+    write_part(pa_table([_record("/a.tif", 0, 1)]), out, {"semray": "{}"}, patches=False)
+    write_part(pa_table([_record("/b.tif", 0, 1)]), out, {"semray": "{}"}, patches=False)
+    broken = sorted((tmp_path / "maps").glob("*.parquet"))[0]
+    broken.write_bytes(b"PAR1 truncated")
+    done = finished_pages(out)
+    assert len(done) == 1  # the readable part's image is still done; the other will be scored again
+    assert not broken.exists() and (tmp_path / "maps" / f".{broken.name}.unreadable").exists()
+    assert pq.read_table(tmp_path / "maps").num_rows == 1  # pandas/DuckDB/pyarrow readers are unaffected
 
 
 def pa_table(records):
@@ -255,6 +288,24 @@ def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive, capsys):
     assert "1 already done" in proc.stdout and "scoring 2" in proc.stdout
     sources = _table(out / "maps").column("source").to_pylist()
     assert sorted(sources) == sorted(str(p) for p in archive.rglob("SYN*.tif"))  # each exactly once
+    # a file replaced in the archive after it was scored is scored again; its old row stays beside
+    # the new one, and readers take the newest
+    from semray.pipeline import find_record
+
+    changed = tmp_path / "changed"
+    shutil.copytree(archive / "batch1", changed)
+    run_cli("score", changed, "--run", run_dir, "--out", tmp_path / "out2", timeout=400)
+    victim = sorted(changed.rglob("SYN*.tif"))[0]
+    before = find_record(str(tmp_path / "out2"), str(victim))
+    other = sorted(changed.rglob("SYN*.tif"))[1]
+    victim.write_bytes(other.read_bytes())  # new content, size and modification time
+    proc = run_cli("score", changed, "--run", run_dir, "--out", tmp_path / "out2", timeout=400)
+    assert "scoring 1" in proc.stdout, proc.stdout
+    rows = [r for r in _table(tmp_path / "out2" / "maps").to_pylist() if r["source"] == str(victim)]
+    assert len(rows) == 2 and len({r["source_version"] for r in rows}) == 2
+    after = find_record(str(tmp_path / "out2"), str(victim))
+    assert after["scored_at"] > before["scored_at"] and after["map"] == find_record(str(tmp_path / "out2"),
+                                                                                      str(other))["map"]
     # resuming with other settings would mix two jobs in one table
     # (refused before Ray starts, so checked in this process)
     code, _, err = main_in_process(capsys, "score", archive / "batch1", "--run", run_dir, "--out", out,
