@@ -1,6 +1,7 @@
 """`semray`: defect detection in SEM images of nanofibrous materials, one command with sub-commands.
 
-Sub-commands: synth, train, evaluate, calibrate, tune, score, predict, overlay, report, export, demo.
+Sub-commands: synth, train, evaluate, calibrate, tune, score, triage, predict, overlay, report, export,
+demo.
 
 Errors users can fix (bad images, bad configs, unusable run directories, a full disk) end in one
 line on stderr and the exit code of semray.errors (2 for bad input), not a traceback; anything else
@@ -164,6 +165,14 @@ def cmd_export(args) -> int:
     path = export_onnx(args.run, args.out, stride=args.stride)
     print(f"wrote {path}: input 'image' (1, 1, H, W) in [0, 1] -> 'scores' (3, ny, nx): reconstruction, "
           "smooth and feature score of each window (see semray/export.py)")
+    return 0
+
+
+def cmd_triage(args) -> int:
+    from semray.triage import build_triage
+
+    page = build_triage(args.out_dir, args.out, top=args.top)
+    print(f"wrote {page} (open it in a browser; no server needed)")
     return 0
 
 
@@ -387,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="the .onnx file to write")
     x.add_argument("--stride", type=int, help="window stride baked into the model (default: the run's eval.stride)")
     x.set_defaults(func=cmd_export)
+
+    g = command("triage", parents=[common], help="one HTML page about a scored archive: counts, failures, "
+                                                  "score histogram, the most anomalous images")
+    g.add_argument("out_dir", help="a `semray score --out` directory (a path or a URI)")
+    g.add_argument("--out", required=True, help="page directory (index.html and its pictures)")
+    g.add_argument("--top", type=int, default=50, help="most anomalous images shown with their overlays")
+    g.set_defaults(func=cmd_triage)
 
     r = command("report", parents=[common, precision],
                 help="an HTML report: the table, curves, histograms and pictures of runs")

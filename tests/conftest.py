@@ -7,15 +7,20 @@ Tiers: tests that start Ray (a private local one, or a cluster) are marked `ray`
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
+from PIL import Image
 
 import semray.ray_env  # noqa: F401  (its import sets semray's own quiet Ray defaults)
+from semray.data.io import read_image
 
 # Only what tests add on top of those: no login, no progress bars or metrics export, unbuffered CLI.
 TEST_ENV = {
@@ -104,6 +109,28 @@ def make_untrained_run(run: Path, data: Path, kind: str = "ae") -> Path:
 @pytest.fixture(scope="session")
 def untrained_run(tmp_path_factory, synth_data) -> Path:
     return make_untrained_run(tmp_path_factory.mktemp("untrained") / "run", synth_data)
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory, synth_data):
+    """Three good images in a nested folder, a two-page TIFF, and one file of every bad kind."""
+    root = tmp_path_factory.mktemp("archive") / "archive"
+    (root / "batch1" / "sub").mkdir(parents=True)
+    good = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))
+    for i, path in enumerate(good):
+        shutil.copy(path, root / ("batch1/sub" if i else "batch1") / path.name)
+    pages = [read_image(p) for p in sorted((synth_data / "Normal").glob("*.tif"))[:2]]
+    tifffile.imwrite(root / "stack.tif", np.stack([(p * 65535).astype(np.uint16) for p in pages]))
+    (root / "empty.tif").write_bytes(b"")
+    (root / "text.tif").write_text("this is not an image")
+    data = good[0].read_bytes()
+    (root / "truncated.tif").write_bytes(data[: len(data) // 2])
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "small.png")
+    nan = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    nan[5, 5] = np.nan
+    tifffile.imwrite(root / "nan.tif", nan)
+    os.symlink(root / "gone.tif", root / "missing.tif")
+    return root
 
 
 def main_in_process(capsys, *args) -> tuple[int, str, str]:

@@ -10,11 +10,10 @@ import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import tifffile
 import torch
 from PIL import Image
 
-from semray.data.io import read_image, read_image_pages
+from semray.data.io import read_image_pages
 from semray.maps import anomaly_grid, grid_regions, score_image
 from semray.pipeline import (
     ERRORS_SCHEMA,
@@ -165,26 +164,6 @@ def run_dir(trained_run):
     return trained_run.path
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory, synth_data):
-    """Three good images in a nested folder, a two-page TIFF, and one file of every bad kind."""
-    root = tmp_path_factory.mktemp("archive") / "archive"
-    (root / "batch1" / "sub").mkdir(parents=True)
-    good = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))
-    for i, path in enumerate(good):
-        shutil.copy(path, root / ("batch1/sub" if i else "batch1") / path.name)
-    pages = [read_image(p) for p in sorted((synth_data / "Normal").glob("*.tif"))[:2]]
-    tifffile.imwrite(root / "stack.tif", np.stack([(p * 65535).astype(np.uint16) for p in pages]))
-    (root / "empty.tif").write_bytes(b"")
-    (root / "text.tif").write_text("this is not an image")
-    data = good[0].read_bytes()
-    (root / "truncated.tif").write_bytes(data[: len(data) // 2])
-    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "small.png")
-    nan = np.random.default_rng(0).random((64, 64)).astype(np.float32)
-    nan[5, 5] = np.nan
-    tifffile.imwrite(root / "nan.tif", nan)
-    os.symlink(root / "gone.tif", root / "missing.tif")
-    return root
 
 
 def _table(directory):
