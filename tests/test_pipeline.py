@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -349,3 +350,18 @@ def test_summary_counts_the_whole_output_by_reason_and_flags_too_many_failures(t
     assert on_disk["too_many_failures"] is True
     looser = _summary(out, 0, 0, 0, [], 1.0, logging.getLogger("test"), max_failed_fraction=0.5)
     assert looser["too_many_failures"] is False
+
+
+@pytest.mark.ray
+def test_the_scoring_job_entrypoint_fails_above_the_allowed_fraction(tmp_path, run_dir, archive):
+    """jobs/score.py is what `ray job submit` runs: its exit status is what `ray job status` and a
+    KubeRay RayJob report, so a night where too many files failed must end FAILED."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "jobs" / "score.py"), str(archive / "batch1"),
+                           str(archive / "empty.tif"), "--run", str(run_dir), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=400, env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # 1 of 4 failed: above the default 1%
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["archive"]["images"] == 3
