@@ -216,7 +216,8 @@ def test_aws_start_commands(aws):
     head_start = " ".join(head[1:])
     assert "ray start --head" in head_start and "--port=6379" in head_start
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start  # else nothing autoscales
-    assert "--dashboard-host=0.0.0.0" in head_start  # reachable inside the VPC (a scheduler)...
+    # reachable inside the VPC (a scheduler) on the head's private address, not on every interface...
+    assert "--dashboard-host=$(hostname -I | cut -d' ' -f1)" in head_start and "0.0.0.0" not in head_start
     assert "ray start --address=$RAY_HEAD_IP:6379" in " ".join(worker[1:])
     # ...but only with the token, on every node (Ray 2.60 does not turn it on for `ray start`)
     for commands in (head, worker):
