@@ -1,9 +1,9 @@
 """From a per-pixel anomaly map to what an inspector acts on: defect regions and an image-level score.
 
 A map alone says "this pixel is odd"; an inspector needs "there are 3 defects, here are their boxes,
-and this image as a whole scores X". Bulk scoring writes these as rows (hence plain-Python
-`Region.to_dict`) and evaluation reports aggregate them. Pure numpy/scipy, vectorised over
-components, so a 4000x4000 map with thousands of regions stays fast.
+and this image as a whole scores X". Bulk scoring turns them into the pixel boxes of its maps/ rows
+(semray.maps.grid_regions). Pure numpy/scipy, vectorised over components, so a 4000x4000 map with
+thousands of regions stays fast.
 """
 from __future__ import annotations
 

@@ -38,7 +38,8 @@ class _Fibre:
 
 
 def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable gaussian with reflect borders; numpy only because scipy is not a dependency."""
+    """Separable gaussian with reflect borders, in numpy: scipy.ndimage.gaussian_filter rounds its
+    kernel differently, and the synthetic images must stay the ones the benchmarks were measured on."""
     if sigma <= 0:
         return img
     r = max(1, int(math.ceil(3 * sigma)))
