@@ -111,7 +111,7 @@ def reuse_budget(requested: Config, previous: Config) -> Config:
 
 
 def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int | None = None,
-                  seconds: float = 2.0) -> dict[str, float]:
+                  seconds: float = 1.0) -> dict[str, float]:
     """patches/s of this device for a training step of each stage and for scoring, with the
     run's models, batch size, precision and memory formats (weights are random: speed does not
     depend on them)."""
