@@ -183,6 +183,9 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     proc = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, timeout=400,
                    check=False)
     assert "5 image(s)" in proc.stdout and f"{len(BAD)} failure(s)" in proc.stdout, proc.stdout
+    noise = [line for line in (proc.stdout + proc.stderr).splitlines()
+             if "Traceback" in line or ("WARNING" in line and "[score]" not in line)]
+    assert not noise, "\n".join(noise[:20])  # Ray's own logs stay in Ray's log directory
     # 6 of 11 failed, far above the default 1%: exit 3 (after writing everything), so a scheduler sees it
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
