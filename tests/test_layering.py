@@ -9,7 +9,8 @@ RAY_FREE = ["semray.config", "semray.data.io", "semray.data.synth", "semray.data
             "semray.data.patches", "semray.models", "semray.scores", "semray.maps", "semray.regions",
             "semray.metrics", "semray.evaluate", "semray.overlay", "semray.report",
             "semray.runs", "semray.train", "semray.cli", "semray.log", "semray.device", "semray.budget",
-            "semray.predict", "semray.files", "semray.errors"]
+            "semray.predict", "semray.files", "semray.errors", "semray.tune", "semray.tune.space",
+            "semray.tune.results", "semray.pixelmaps", "semray.triage", "semray.export"]
 
 
 def test_core_modules_do_not_import_ray():

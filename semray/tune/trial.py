@@ -1,0 +1,151 @@
+"""What runs inside one Tune trial: the validation/test split of the anomalous images, the per-epoch
+validator that feeds ASHA, and the trial itself (train both stages through semray.train, then
+score both halves with all three scores and report them with the run as the checkpoint).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semray.data.datasets import LabelledImage, load_anomalous_images, load_normal_images
+from semray.data.patches import image_statistics, iter_patch_batches, normalize_patches, patch_labels
+from semray.device import Precision, pick_device
+from semray.errors import SemrayError
+from semray.evaluate import summarize
+from semray.log import get_logger
+from semray.maps import score_image
+from semray.metrics import auroc
+from semray.models import AnomalyDetector
+from semray.models.detector import FP32
+from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, load_detector, save_config
+from semray.scores import reconstruction_score
+from semray.tune.space import TuneSpec, trial_config
+
+EXPERIMENT = "search"  # Tune's experiment name: TUNE_DIR/search/
+METRICS = ("auroc", "average_precision", "precision", "recall", "f1", "threshold")
+OBJECTIVE = "val_auroc"
+LOG = get_logger("tune")
+
+
+# ---------------------------------------------------------------- validation / test split
+def split_validation_test(items: list, fraction: float = 0.5) -> tuple[list, list]:
+    """Deterministic split of the (sorted) anomalous images: image i goes to validation when
+    ceil((i+1)f) > ceil(i f), which spreads the validation images evenly over the sorted list
+    (the 1st, 3rd, 5th... for f = 0.5) and needs no random state to reproduce."""
+    val, test = [], []
+    for i, item in enumerate(items):
+        (val if math.ceil((i + 1) * fraction) > math.ceil(i * fraction) else test).append(item)
+    if not val or not test:
+        raise SemrayError(f"{len(items)} anomalous image(s) cannot be split into validation and test "
+                         f"parts at fraction {fraction}; at least 2 are needed")
+    return val, test
+
+
+class EpochValidator:
+    """Validation AUROC after each epoch, on windows cut once from the validation images.
+
+    Called inside the Ray Train worker with (autoencoder, denoiser or None): during stage 1 only the
+    reconstruction score exists; during stage 2 the objective score (or the best of three) is used.
+    """
+
+    def __init__(self, items: list[LabelledImage], size: int, stride: int, normalization: dict[str, Any],
+                 min_defect_pixels: int, score: str = "best", batch_size: int = 512):
+        patches, labels = [], []
+        for item in items:
+            for batch, ys, xs in iter_patch_batches(item.image, size, stride, 4096):
+                patches.append(batch)
+                labels.append(patch_labels(item.mask, ys, xs, size, min_defect_pixels))
+        self.patches = np.concatenate(patches)[:, None]
+        self.labels = np.concatenate(labels)
+        self.normalization = normalization
+        self.score, self.batch_size = score, batch_size
+
+    @torch.no_grad()
+    def __call__(self, autoencoder: torch.nn.Module, denoiser: torch.nn.Module | None,
+                 precision: Precision = FP32, fmt: torch.memory_format = torch.contiguous_format) -> dict[str, Any]:
+        """precision, fmt: the training's, so validation costs what the trial's own scoring will."""
+        device = next(autoencoder.parameters()).device
+        norm = self.normalization
+        out: dict[str, list[np.ndarray]] = {}
+        detector = (AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"], precision, fmt)
+                    if denoiser is not None else None)
+        for start in range(0, len(self.patches), self.batch_size):
+            # a copy: arrays shared through the object store are read-only
+            raw = torch.tensor(self.patches[start:start + self.batch_size], device=device)
+            if detector is not None:
+                scores = detector.scores(raw)
+            else:  # stage 1: no denoiser yet, so only the reconstruction score exists
+                x = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"]).contiguous(memory_format=fmt)
+                with precision.autocast(device):
+                    reconstruction = autoencoder(x)
+                scores = {"reconstruction": reconstruction_score(x, reconstruction.float())}
+            for k, v in scores.items():
+                out.setdefault(k, []).append(v.float().cpu().numpy())
+        aurocs = {k: auroc(self.labels, np.concatenate(v)) for k, v in out.items()}
+        name = pick_objective(aurocs, self.score if denoiser is not None else "reconstruction")
+        return {OBJECTIVE: aurocs[name], "val_score": name}
+
+
+def pick_objective(aurocs: dict[str, float], score: str = "best") -> str:
+    """The score a trial is judged by: the one named, or the best validation AUROC of those given."""
+    if score != "best":
+        return score
+    return max(aurocs, key=lambda k: -1.0 if math.isnan(aurocs[k]) else aurocs[k])
+
+
+# ---------------------------------------------------------------- one trial (runs in a Tune actor)
+def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]) -> None:
+    """Train, then score both halves and report everything with the run as the Tune checkpoint."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from semray.train import train_stages
+
+    spec_ = TuneSpec.from_dict(spec)
+    cfg = trial_config(spec_.base, params)
+    context = ray.tune.get_context()
+    run_dir = Path(context.get_trial_dir()) / "run"
+    save_config(run_dir, cfg)
+    normalization = {"mode": cfg.patches.normalization, **data["statistics"]}
+    validator = EpochValidator(data["val"], cfg.patches.size, spec_.settings.val_stride, normalization,
+                               cfg.eval.min_defect_pixels, spec_.settings.score)
+    storage = None
+    if "://" in spec_.storage:  # the run directory is local to this node; checkpoints go to the cloud
+        storage = f"{spec_.storage.rstrip('/')}/{EXPERIMENT}-train/{context.get_trial_id()}"
+    if not (run_dir / MODEL_FILE).exists():  # a restarted trial whose training had finished only scores
+        train_stages(data["images"], normalization, cfg, run_dir, storage=storage,
+                     callbacks=[TuneReportCallback()], validate=validator)
+
+    detector, cfg = load_detector(run_dir, pick_device(cfg.train.use_gpu))
+    metrics: dict[str, Any] = {}
+    aurocs = {}
+    for split in ("val", "test"):
+        scored = [(item, score_image(detector, item.image, cfg.patches.size, cfg.eval.stride,
+                                     cfg.eval.cover_edges, cfg.eval.batch_size)) for item in data[split]]
+        summary = summarize(scored, cfg, cfg.eval.stride, cfg.eval.min_defect_pixels)
+        for score, values in summary["scores"].items():
+            for k in METRICS:
+                metrics[f"{split}_{score}_{k}"] = values[k]
+            if split == "val":
+                aurocs[score] = values["auroc"]
+    name = pick_objective(aurocs, spec_.settings.score)
+    metrics.update({OBJECTIVE: aurocs[name], "val_score": name, "stage": "final"})
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE):
+            shutil.copy2(run_dir / f, Path(tmp) / f)
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+
+
+def trial_data(spec: TuneSpec) -> dict[str, Any]:
+    """Images and labels every trial needs, read once by the driver and shared via the object store."""
+    size = spec.base.patches.size
+    images = [image for _, image in load_normal_images(spec.data, min_size=size)]
+    mean, std = image_statistics(images)
+    val, test = split_validation_test(load_anomalous_images(spec.data, min_size=size), spec.settings.val_fraction)
+    return {"images": images, "statistics": {"mean": mean, "std": std}, "val": val, "test": test}
