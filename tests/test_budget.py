@@ -66,8 +66,9 @@ def test_a_slow_device_gets_fewer_patches_per_epoch_and_the_same_epochs():
     assert t.denoiser_patches_per_epoch < full.denoiser_patches_per_epoch
     assert t.patches_per_epoch % t.batch_size == 0 and t.denoiser_patches_per_epoch % t.batch_size == 0
     # at the rate epochs really run (TRAINING_EFFICIENCY of the probe's), with the fixed overhead
-    estimate = ((t.epochs * t.patches_per_epoch / SLOW["autoencoder"]
-                 + t.denoiser_epochs * t.denoiser_patches_per_epoch / SLOW["denoiser"]) / TRAINING_EFFICIENCY
+    e = TRAINING_EFFICIENCY
+    estimate = (t.epochs * t.patches_per_epoch / (SLOW["autoencoder"] * e["autoencoder"])
+                + t.denoiser_epochs * t.denoiser_patches_per_epoch / (SLOW["denoiser"] * e["denoiser"])
                 + FIXED_OVERHEAD_S + 13_000 / SLOW["score"])
     assert estimate <= 20 * 60 * 1.01
     assert record["scale"] < 1 and record["full_minutes"] > 20 and record["rates"] == SLOW
