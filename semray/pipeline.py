@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -508,6 +509,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
         return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths))
 
     init_ray(address)
+    _quiet_ray_data()
     if job.gpus_per_worker:
         wait_for_resources("GPU", (job.workers or 1) * job.gpus_per_worker,
                            f"scoring with --gpus-per-worker {job.gpus_per_worker:g} and {job.workers or 1} worker(s)")
@@ -535,6 +537,19 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     if images == 0 and len(paths) == len(todo):
         raise NothingDoneError(f"no image could be scored: {errors} failure(s), see {out}/{ERRORS}/")
     return summary
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data prints each dataset's execution plan on the console when it starts (INFO lines that
+    ask nothing of the user): its DataContext switch turns them off, and the console handler is kept
+    at WARNING; Ray's session log files keep everything."""
+    import ray.data
+
+    ray.data.DataContext.get_current().print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
+                and getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
+            handler.setLevel(logging.WARNING)
 
 
 def _summary(out: str, images: int, errors: int, windows: int, messages: list[str], seconds: float,

@@ -34,9 +34,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         return
     global _PRIVATE
     _PRIVATE = True  # a private local Ray has no autoscaler: waiting for it to grow is pointless
-    # Token authentication on, as Ray 2.59+ does for a local ray.init, but said explicitly: Ray then
+    # Token authentication on, as Ray 2.59+ does for a local ray.init, but turned on here: Ray then
     # skips its "Token authentication is enabled ..." warning, which asks nothing of the user.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if "RAY_AUTH_MODE" not in os.environ:
+        _enable_token_auth()
     _pin_private_address()
     ray.init(
         address="local",  # never attach by accident to a cluster left running by `ray start`
@@ -50,6 +51,41 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         logging_level="WARNING",
     )
     os.environ.pop(ray_gcs_port_variable(), None)  # a later private Ray picks a port of its own
+
+
+def _enable_token_auth() -> None:
+    """What Ray's own default does for a new local cluster (the token file, then the mode in the
+    environment and in Ray's cached config, which `import ray` already read), without its warning.
+    A private API: if it moves, Ray's default (with its warning) applies."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth as enable
+    except ImportError:
+        return
+    if not os.environ.get("RAY_AUTH_TOKEN"):
+        _ensure_token_file()
+    enable()
+
+
+def _ensure_token_file() -> None:
+    """Ray writes a missing ~/.ray/auth_token with open(..., "w"): two commands starting at once
+    race, and one GCS reads an empty file and dies. Create it atomically first (hard link: the
+    first process wins, the others find its token), as Ray would: 256 random bits, owner-only."""
+    import secrets
+    from pathlib import Path
+
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(secrets.token_hex(32))
+    tmp.chmod(0o600)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
 
 
 def _pin_private_address() -> None:

@@ -184,13 +184,15 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
                    check=False)
     assert "5 image(s)" in proc.stdout and f"{len(BAD)} failure(s)" in proc.stdout, proc.stdout
     noise = [line for line in (proc.stdout + proc.stderr).splitlines()
-             if "Traceback" in line or ("WARNING" in line and "[score]" not in line)]
+             if "Traceback" in line or ("WARNING" in line and "[score]" not in line
+                                        and "Progress bars disabled" not in line)]  # (the suite disables them)
     assert not noise, "\n".join(noise[:20])  # Ray's own logs stay in Ray's log directory
     # 6 of 11 failed, far above the default 1%: exit 3 (after writing everything), so a scheduler sees it
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert proc.stderr.strip().splitlines() == [
+    # (the last line: Ray's C++ core still logs one line about the actors' constructor arguments)
+    assert proc.stderr.strip().splitlines()[-1] == (
         f"semray score: error: {len(BAD)} of {5 + len(BAD)} image(s) failed ({len(BAD) / (5 + len(BAD)):.1%}), above "
-        f"--max-failed-fraction 0.01; everything else is written; reasons in {out}/summary.json and errors/"]
+        f"--max-failed-fraction 0.01; everything else is written; reasons in {out}/summary.json and errors/")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["archive"]["images"] == 5 and summary["archive"]["failures"] == len(BAD)
     assert sum(summary["archive"]["by_reason"].values()) == len(BAD) and summary["too_many_failures"]
@@ -266,7 +268,7 @@ def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive, capsys):
     out = tmp_path / "out"
     first = sorted(archive.rglob("SYN*.tif"))[:1]
     run_cli("score", *first, "--run", run_dir, "--out", out, timeout=400)
-    assert set(finished_pages(str(out))) == {str(first[0])}
+    assert {source for source, _ in finished_pages(str(out))} == {str(first[0])}
     proc = run_cli("score", archive / "batch1", "--run", run_dir, "--out", out, timeout=400)
     assert "1 already done" in proc.stdout and "scoring 2" in proc.stdout
     sources = _table(out / "maps").column("source").to_pylist()

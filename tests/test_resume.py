@@ -63,8 +63,8 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, synth_data, tiny_
     assert found, output[:1500]
     resumed_from = int(found.group(1))
     assert resumed_from in written and resumed_from >= committed, (resumed_from, committed, written)
-    assert f"] epoch {resumed_from + 1}/16 " in output  # carries on from there...
-    assert "] epoch 1/16 " not in output  # ...not from scratch
+    assert f"| epoch {resumed_from + 1}/16 " in output  # carries on from there (a progress line)...
+    assert "| epoch 1/16 " not in output  # ...not from scratch
     assert (run / "model.pt").exists()
     final = max(torch.load(c / "state.pt", weights_only=True)["epoch"] for c in _checkpoints(run)) + 1
     assert final == 16
