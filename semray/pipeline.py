@@ -506,7 +506,8 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
              f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}, "
              f"{provenance['precision']} ({provenance['precision_reason']}), {provenance['memory_format']}")
     if not todo:
-        return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths))
+        return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths), max_failed_fraction=job.max_failed_fraction,
+                        trained_pixel_size=(state.get("training") or {}).get("pixel_size_um"))
 
     init_ray(address)
     _quiet_ray_data()
