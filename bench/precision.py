@@ -26,13 +26,16 @@ COMPILE = False
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+def first_cpu() -> dict[str, str]:
+    """The first CPU's entries of /proc/cpuinfo (empty elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().split("\n\n")[0].splitlines() if cpuinfo.exists() else []
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
 def cpu_description() -> str:
     """The first CPU's model, family/model numbers and the flags that decide bf16 speed."""
-    info: dict[str, str] = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in (cpuinfo.read_text().split("\n\n")[0].splitlines() if cpuinfo.exists() else []):
-        key, _, value = line.partition(":")
-        info[key.strip()] = value.strip()
+    info = first_cpu()
     flags = set(info.get("flags", "").split())
     model = info.get("model name", platform.processor() or "unknown CPU")
     return (f"{model} (family {info.get('cpu family', '?')} model {info.get('model', '?')}); "
@@ -58,11 +61,7 @@ def fp32_peak_gflops(threads: int) -> tuple[float, str]:
     cycle per core (two FMA units: 2 x 2 x 8 lanes = 32 with AVX2, 64 with AVX-512; 16 on Zen 1,
     family 23 model 1, whose 256-bit FMAs run as two 128-bit halves). The clock is /proc/cpuinfo's
     'cpu MHz' (what the kernel saw last, not a guaranteed boost clock)."""
-    info: dict[str, str] = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in (cpuinfo.read_text().split("\n\n")[0].splitlines() if cpuinfo.exists() else []):
-        key, _, value = line.partition(":")
-        info[key.strip()] = value.strip()
+    info = first_cpu()
     flags = set(info.get("flags", "").split())
     ghz = float(info.get("cpu MHz", "nan")) / 1000
     per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 16

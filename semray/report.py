@@ -123,6 +123,16 @@ def stages_figure(title: str, stages: dict[str, np.ndarray], anomaly_map: np.nda
 
 
 # ---------------------------------------------------------------- the page
+# Counts the page's images and those that failed to load, on <body>: what the headless-browser tests
+# read (report and triage pages alike).
+IMAGE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0);
+  document.body.dataset.images = document.images.length;
+  document.body.dataset.broken = broken.length;
+});
+</script>"""
+
 def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str | Path, stride: int | None = None,
                  examples: int = 3, use_gpu: bool | None = None, progress: bool = True, precision: str | None = None,
                  scored: dict[str, list] | None = None) -> Path:
@@ -230,12 +240,6 @@ as the study did: an oracle, optimistic. <i>F1 (calibrated)</i> and its precisio
 chosen on defect-free images only, as a deployed inspection would. Pixel AUROC and AUPRO (per-region overlap up
 to 30% false-positive rate, as in MVTec AD) score the anomaly maps themselves.</p>
 {''.join(sections)}
-<script>
-window.addEventListener("load", () => {{
-  const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0);
-  document.body.dataset.images = document.images.length;
-  document.body.dataset.broken = broken.length;
-}});
-</script>
+{IMAGE_CHECK}
 </body></html>
 """

@@ -23,6 +23,7 @@ import pyarrow.dataset as ds
 from semray.errors import InputError
 from semray.log import get_logger
 from semray.pipeline import ERRORS, MAPS, failure_reason
+from semray.report import IMAGE_CHECK
 
 LOG = get_logger("triage")
 SUMMARY_COLUMNS = ["source", "page", "scored_at", "score_quantile", "score_max", "threshold", "regions_count",
@@ -162,13 +163,7 @@ table {{ border-collapse: collapse; margin: 0.5em 0; }} td, th {{ border: 1px so
 <h2>Failed ({len(errors)})</h2>
 <table><tr><th>reason</th><th>files</th></tr>{reason_rows}</table>
 <table id="failed"><tr><th>source</th><th>page</th><th>error</th></tr>{failed_rows}</table>
-<script>
-window.addEventListener("load", () => {{
-  const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0);
-  document.body.dataset.images = document.images.length;
-  document.body.dataset.broken = broken.length;
-}});
-</script>
+{IMAGE_CHECK}
 </body></html>
 """)
     log.info(f"[triage] {len(scored)} scored, {flagged} flagged, {len(errors)} failed; wrote {page}")
