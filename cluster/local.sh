@@ -38,7 +38,6 @@ fi
 # as an activated virtualenv would.
 export PATH="$(dirname "$RAY"):$PATH"
 export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
-# Every node listens on the loopback address only, so nothing outside this machine can reach it and
 # Every node, the dashboard and the job API listen on 127.0.0.1 only: nothing outside this machine
 # can reach the cluster, which is why Ray's token authentication (on by default for local clusters
 # since Ray 2.59) is turned off here unless you turn it on: clients then need no token. Export

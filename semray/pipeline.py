@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,11 +40,15 @@ import pyarrow.parquet as pq
 
 from semray.data.datasets import IMAGE_SUFFIXES
 from semray.data.io import DEFAULT_MAX_PIXELS
-from semray.device import Precision
 from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
 from semray.files import atomic_path
 from semray.log import get_logger
 
+if TYPE_CHECKING:
+    from semray.device import Precision
+
+# This module imports no torch: Ray Data's read and write tasks run its functions, and each worker
+# process that runs one imports the module first (torch: seconds of CPU per process).
 LOG = get_logger("score")
 
 MAPS, PATCHES, ERRORS = "maps", "patches", "errors"
@@ -460,7 +464,7 @@ def actor_precision(requested: str, gpu: bool) -> tuple[Precision, str]:
     A GPU job from a driver without CUDA leaves `auto` to each actor."""
     import torch
 
-    from semray.device import memory_format, memory_format_name, resolve_precision
+    from semray.device import Precision, memory_format, memory_format_name, resolve_precision
 
     if gpu and not torch.cuda.is_available():
         resolve_precision(requested, "cpu")  # still rejects a misspelt value here, not in an actor
@@ -469,15 +473,19 @@ def actor_precision(requested: str, gpu: bool) -> tuple[Precision, str]:
     return resolve_precision(requested, device), memory_format_name(memory_format(device))
 
 
-def pool_size(job: ScoreJob) -> int:
+def pool_size(job: ScoreJob, files: int) -> int:
+    """--workers, else as many actors as the cluster holds, but no more than there are files: an
+    actor costs a process and a model, and a second one for a single file would only idle."""
     import ray
 
     if job.workers:
         return job.workers
     resources = ray.cluster_resources()
     if job.gpus_per_worker:
-        return max(1, int(resources.get("GPU", 0) // job.gpus_per_worker))
-    return max(1, int(resources.get("CPU", 1) // job.cpus_per_worker))
+        fit = int(resources.get("GPU", 0) // job.gpus_per_worker)
+    else:
+        fit = int(resources.get("CPU", 1) // job.cpus_per_worker)
+    return max(1, min(fit, files))
 
 
 def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger = LOG) -> dict[str, Any]:
@@ -517,15 +525,19 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     started = time.time()
     items = [{"source": p, "source_version": versions[p], "skip_pages": sorted(done.get((p, versions[p]), ()))}
              for p in todo]
+    actors = pool_size(job, len(items))
+    # Reads and writes ask for no CPU (they wait on storage), so nothing but this bounds how many run
+    # at once: without it Ray starts a worker process per block, dozens on a laptop. Two per actor
+    # keep the actors fed (and no more than there are files: Ray Data warns about idle slots).
+    io_tasks = ray.data.TaskPoolStrategy(size=min(2 * actors, len(items)))
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
-    ds = ds.map_batches(read_batch, batch_size=1, batch_format="pyarrow", num_cpus=0)
+    ds = ds.map_batches(read_batch, batch_size=1, batch_format="pyarrow", num_cpus=0, compute=io_tasks)
     model = ray.put(state)  # owned by this driver: survives worker nodes
     ds = ds.map_batches(ScoreImages, fn_constructor_kwargs={"model": model, "settings": settings},
                         batch_size=1, batch_format="pyarrow", num_cpus=job.cpus_per_worker,
-                        num_gpus=job.gpus_per_worker or None,
-                        compute=ray.data.ActorPoolStrategy(size=pool_size(job)))
+                        num_gpus=job.gpus_per_worker or None, compute=ray.data.ActorPoolStrategy(size=actors))
     ds = ds.map_batches(write_part, fn_kwargs={"out": out, "metadata": metadata, "patches": job.patches},
-                        batch_size=job.images_per_file, batch_format="pyarrow", num_cpus=0)
+                        batch_size=job.images_per_file, batch_format="pyarrow", num_cpus=0, compute=io_tasks)
     images = errors = windows = 0
     messages: list[str] = []
     for row in ds.iter_rows():

@@ -31,6 +31,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != _PINNED:  # (our own pin of a private Ray shut down since is stale)
         ray.init(address=address, log_to_driver=not quiet)
+        _start_autoscaling_coordinator()
         return
     global _PRIVATE
     _PRIVATE = True  # a private local Ray has no autoscaler: waiting for it to grow is pointless
@@ -51,6 +52,24 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         logging_level="WARNING",
     )
     os.environ.pop(ray_gcs_port_variable(), None)  # a later private Ray picks a port of its own
+    _start_autoscaling_coordinator()
+
+
+def _start_autoscaling_coordinator() -> None:
+    """Ray Train's controller and Ray Data ask Ray's autoscaling coordinator (a detached actor that
+    the first caller creates) for resources with a 5 s timeout. On a busy 2-core machine starting
+    that actor's process takes longer, and the controller prints a traceback ("safe to ignore if
+    the CPU is overloaded") to the user's console. So start it here, while nothing else runs, and
+    wait until it is up. A private API: if it moves, Ray starts the actor itself, as before."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    import ray
+
+    ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote())
 
 
 def _enable_token_auth() -> None:

@@ -69,22 +69,53 @@ def synth_data(tmp_path_factory) -> Path:
 @dataclass(frozen=True)
 class TrainedRun:
     path: Path
-    stdout: str  # what `semray train` printed
+    stdout: str  # what `semray train` printed (stdout and stderr, as a terminal shows them)
 
 
-# The session's one trained run: a DAE (so the denoiser trains on a model with noise in its loss)
-# with one normal image held out for calibration. Tests that only need *a* trained run share it.
+# The session's trained runs, both trained once through `semray train` (real Ray Train) and read-only
+# for tests. "dae": a DAE (so the denoiser trains on a model with noise in its loss) with one normal
+# image held out for calibration; tests that only need *a* trained run share it. "bf16": an AE
+# trained and calibrated in bf16, on a smaller budget (bf16 is emulated on CPUs without bf16 units,
+# 10-30x slower).
 TRAINED_RUN_ARGS = ("--model", "dae", "--epochs", 1, "--denoiser-epochs", 1)
+BF16_RUN_ARGS = ("--model", "ae", "--epochs", 1, "--denoiser-epochs", 1, "--precision", "bf16")
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """The environment a user's shell has: no RAY_AUTH_MODE (the suite disables token auth, which
+    would hide Ray's token message) and a home of its own (Ray writes its token under ~/.ray)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["HOME"] = str(home)
+    return env
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, synth_data, tiny_config) -> TrainedRun:
-    """Trained once per session through `semray train` (real Ray Train); read-only for tests."""
+def trainings(tmp_path_factory, synth_data, tiny_config) -> dict[str, TrainedRun]:
+    """Both runs trained *at the same time*, by two `semray train` processes side by side, as a user
+    with two terminals would: each starts a private Ray of its own (tests/test_concurrent.py checks
+    that both finish and print nothing of Ray's). One pair of trainings serves the whole suite."""
     root = tmp_path_factory.mktemp("trained")
-    config = root / "holdout.yaml"
-    config.write_text(tiny_config.read_text().replace("train: {", "train: {holdout_normal_images: 1, "))
-    proc = run_cli("train", "--data", synth_data, "--run", root / "run", "--config", config, *TRAINED_RUN_ARGS)
-    return TrainedRun(root / "run", proc.stdout)
+    holdout, small = root / "holdout.yaml", root / "bf16.yaml"
+    holdout.write_text(tiny_config.read_text().replace("train: {", "train: {holdout_normal_images: 1, "))
+    small.write_text(tiny_config.read_text().replace("patches_per_epoch: 1024, denoiser_patches_per_epoch: 512",
+                                                     "patches_per_epoch: 256, denoiser_patches_per_epoch: 128"))
+    commands = {"dae": ("--config", holdout, *TRAINED_RUN_ARGS), "bf16": ("--config", small, *BF16_RUN_ARGS)}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "semray", "train", "--data", str(synth_data), "--run",
+                                     str(root / name), *map(str, args)], env=user_env(root / "home"),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name, args in commands.items()}
+    runs = {}
+    for name, proc in procs.items():
+        out = proc.communicate(timeout=900)[0]
+        if proc.returncode != 0:
+            raise AssertionError(f"semray train ({name}) exited {proc.returncode}\n{out[-4000:]}")
+        runs[name] = TrainedRun(root / name, out)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def trained_run(trainings) -> TrainedRun:
+    return trainings["dae"]
 
 
 def make_untrained_run(run: Path, data: Path, kind: str = "ae") -> Path:

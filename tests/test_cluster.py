@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 TRAIN_CONFIG = """\
 model: {width: 8, latent_dim: 16}
 denoiser: {depth: 3, width: 8}
-train: {epochs: 5, denoiser_epochs: 2, patches_per_epoch: 6144, denoiser_patches_per_epoch: 2048,
+train: {epochs: 5, denoiser_epochs: 2, patches_per_epoch: 2048, denoiser_patches_per_epoch: 1024,
         batch_size: 64, ema_decay: 0}
 eval: {batch_size: 256}
 """

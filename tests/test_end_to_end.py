@@ -54,16 +54,14 @@ def test_bad_data_dir_is_a_clear_error(tmp_path, tiny_config, capsys):
 
 
 @pytest.mark.ray
-def test_bf16_train_then_score_records_the_precision_everywhere(tmp_path, synth_data, tiny_config):
+def test_bf16_train_then_score_records_the_precision_everywhere(tmp_path, synth_data, trainings):
     """--precision bf16 runs on any CPU (slowly where bf16 is emulated) and is recorded in the run
     (config, training.json, model.pt) and in the Parquet maps."""
     import pyarrow.parquet as pq
     import yaml
 
-    run, out = tmp_path / "run", tmp_path / "scored"
-    proc = run_cli("train", "--data", synth_data, "--run", run, "--config", tiny_config, "--model", "ae",
-                   "--epochs", 1, "--denoiser-epochs", 1, "--precision", "bf16")
-    assert "[train] precision bf16" in proc.stdout and "Traceback" not in proc.stderr
+    run, out = trainings["bf16"].path, tmp_path / "scored"
+    assert "[train] precision bf16" in trainings["bf16"].stdout
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["train"]["precision"] == cfg["eval"]["precision"] == "bf16"
     assert cfg["train"]["resolved_budget"]["scale"] == 1.0  # a tiny config fits any budget

@@ -265,39 +265,32 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
 
 @pytest.mark.ray
 def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive, capsys):
-    out = tmp_path / "out"
-    first = sorted(archive.rglob("SYN*.tif"))[:1]
-    run_cli("score", *first, "--run", run_dir, "--out", out, timeout=400)
-    assert {source for source, _ in finished_pages(str(out))} == {str(first[0])}
-    proc = run_cli("score", archive / "batch1", "--run", run_dir, "--out", out, timeout=400)
+    from semray.pipeline import archive_counts, find_record
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    shutil.copytree(archive / "batch1", images)  # a copy: one of its files is replaced below
+    files = sorted(images.rglob("SYN*.tif"))
+    run_cli("score", files[0], "--run", run_dir, "--out", out, timeout=400)
+    assert {source for source, _ in finished_pages(str(out))} == {str(files[0])}
+    proc = run_cli("score", images, "--run", run_dir, "--out", out, timeout=400)
     assert "1 already done" in proc.stdout and "scoring 2" in proc.stdout
     sources = _table(out / "maps").column("source").to_pylist()
-    assert sorted(sources) == sorted(str(p) for p in archive.rglob("SYN*.tif"))  # each exactly once
+    assert sorted(sources) == [str(p) for p in files]  # each exactly once
     # a file replaced in the archive after it was scored is scored again; its old row stays beside
     # the new one, and readers take the newest
-    from semray.pipeline import find_record
-
-    changed = tmp_path / "changed"
-    shutil.copytree(archive / "batch1", changed)
-    run_cli("score", changed, "--run", run_dir, "--out", tmp_path / "out2", timeout=400)
-    victim = sorted(changed.rglob("SYN*.tif"))[0]
-    before = find_record(str(tmp_path / "out2"), str(victim))
-    other = sorted(changed.rglob("SYN*.tif"))[1]
+    victim, other = files[0], files[1]
+    before = find_record(str(out), str(victim))
     victim.write_bytes(other.read_bytes())  # new content, size and modification time
-    proc = run_cli("score", changed, "--run", run_dir, "--out", tmp_path / "out2", timeout=400)
+    proc = run_cli("score", images, "--run", run_dir, "--out", out, timeout=400)
     assert "scoring 1" in proc.stdout, proc.stdout
-    rows = [r for r in _table(tmp_path / "out2" / "maps").to_pylist() if r["source"] == str(victim)]
+    rows = [r for r in _table(out / "maps").to_pylist() if r["source"] == str(victim)]
     assert len(rows) == 2 and len({r["source_version"] for r in rows}) == 2  # parts are never rewritten...
-    from semray.pipeline import archive_counts
-
-    assert archive_counts(str(tmp_path / "out2"))["images"] == 3  # ...but every reader sees each image once
-    after = find_record(str(tmp_path / "out2"), str(victim))
-    assert after["scored_at"] > before["scored_at"] and after["map"] == find_record(str(tmp_path / "out2"),
-                                                                                      str(other))["map"]
+    assert archive_counts(str(out))["images"] == 3  # ...but every reader sees each image once
+    after = find_record(str(out), str(victim))
+    assert after["scored_at"] > before["scored_at"] and after["map"] == find_record(str(out), str(other))["map"]
     # resuming with other settings would mix two jobs in one table
     # (refused before Ray starts, so checked in this process)
-    code, _, err = main_in_process(capsys, "score", archive / "batch1", "--run", run_dir, "--out", out,
-                                   "--score", "smooth")
+    code, _, err = main_in_process(capsys, "score", images, "--run", run_dir, "--out", out, "--score", "smooth")
     assert code == 2 and "another scoring job" in err and "score: 'feature'" in err
 
 

@@ -1,4 +1,5 @@
-"""Unit tests for semray.regions on tiny hand-computed maps."""
+"""Unit tests for semray.regions on tiny hand-computed maps, and for what the maps/ rows make of
+them (semray.maps: regions in pixels, image-level scores, region counts)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from semray.regions import Region, find_regions, image_scores, summarize_regions
+from semray.maps import grid_regions, image_record
+from semray.regions import Region, find_regions
 
 
 def two_blobs() -> np.ndarray:
@@ -47,7 +49,6 @@ def test_threshold_equality_counts_as_inside():
 
 def test_empty_when_nothing_passes():
     assert find_regions(np.zeros((4, 4)), threshold=0.1) == []
-    assert summarize_regions([]) == {"count": 0, "total_area": 0}
 
 
 def test_nan_raises():
@@ -55,16 +56,12 @@ def test_nan_raises():
     m[1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         find_regions(m, threshold=0.5)
-    with pytest.raises(ValueError, match="NaN"):
-        image_scores(m)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4), (5,)])
 def test_non_2d_raises(shape):
     with pytest.raises(ValueError, match="2-D"):
         find_regions(np.zeros(shape), threshold=0.5)
-    with pytest.raises(ValueError, match="2-D"):
-        image_scores(np.zeros(shape))
 
 
 def test_bad_connectivity_raises():
@@ -83,24 +80,30 @@ def test_order_by_peak_then_position_is_deterministic():
     assert find_regions(m, threshold=0.5) == regions
 
 
-def test_to_dict_is_plain_python():
-    (r, _) = find_regions(two_blobs().astype(np.float32), threshold=0.5)
-    d = r.to_dict()
-    assert set(d) == {"y0", "x0", "y1", "x1", "area", "peak", "mean"}
-    for key in ("y0", "x0", "y1", "x1", "area"):
-        assert type(d[key]) is int
-    for key in ("peak", "mean"):
-        assert type(d[key]) is float
-    json.dumps(d)
+def test_grid_regions_are_plain_python_pixel_boxes():
+    """The regions a maps/ row stores: window cells -> pixel boxes spanning the windows, plain ints
+    and floats (numpy scalars trip up JSON and give odd Parquet types)."""
+    grid = two_blobs().astype(np.float32)
+    ys, xs = np.arange(6) * 16, np.arange(8) * 16  # window corners at stride 16
+    a, _ = grid_regions(grid, ys, xs, size=32, stride=16, threshold=0.5)
+    assert a == {"y0": 16, "x0": 16, "y1": 2 * 16 + 32, "x1": 3 * 16 + 32, "area": 6 * 16 * 16, "windows": 6,
+                 "peak": pytest.approx(0.9), "mean": pytest.approx(3.8 / 6)}
+    for key in ("y0", "x0", "y1", "x1", "area", "windows"):
+        assert type(a[key]) is int
+    assert type(a["peak"]) is float and type(a["mean"]) is float
+    json.dumps(a)
 
 
-def test_summarize_regions():
-    assert summarize_regions(find_regions(two_blobs(), threshold=0.5)) == {"count": 2, "total_area": 8}
-
-
-def test_image_scores_on_known_array():
-    m = np.arange(101, dtype=np.float64).reshape(1, 101)  # 0..100: quantile q is exactly 100*q
-    s = image_scores(m, quantile=0.9)
-    assert s == {"max": 100.0, "quantile": pytest.approx(90.0), "q": 0.9}
-    assert type(s["max"]) is float and type(s["quantile"]) is float
-    assert image_scores(m)["quantile"] == pytest.approx(99.0)
+def test_image_record_scores_and_counts_on_known_windows():
+    """score_max, score_quantile (robust to lone hot windows) and the region counts of a maps/ row,
+    on windows scoring 0..100 in one row (quantile q is exactly 100 q) and on the two blobs."""
+    xs = np.arange(101) * 16
+    scores = {"feature": np.arange(101, dtype=np.float64), "ys": np.zeros(101, np.int64), "xs": xs}
+    row = image_record(scores, "feature", size=32, stride=16, smoothing_px=0, threshold=1000, quantile=0.9)
+    assert row["score_max"] == 100.0 and row["score_quantile"] == pytest.approx(90.0)
+    assert type(row["score_max"]) is float and type(row["score_quantile"]) is float
+    assert row["regions_count"] == 0 and row["regions_area"] == 0 and row["regions"] == []
+    ys, xs = np.nonzero(np.ones((6, 8)))
+    blobs = {"feature": two_blobs().ravel(), "ys": ys * 16, "xs": xs * 16}
+    row = image_record(blobs, "feature", size=32, stride=16, smoothing_px=0, threshold=0.5)
+    assert row["regions_count"] == 2 and row["regions_area"] == (6 + 2) * 16 * 16

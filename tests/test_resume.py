@@ -32,9 +32,32 @@ def _committed_epoch(run):
     return latest["metrics"]["epoch"] if latest else None
 
 
+def _settle(run, quiet_s: float = 3.0, timeout_s: float = 60.0) -> None:
+    """Wait until nothing under the run has changed for quiet_s: a Ray worker killed with its
+    driver's process group can still finish writing (and registering) a checkpoint for a moment,
+    on a loaded machine, and what the test compares with must be what the resumed run finds."""
+    def snapshot():
+        found = []
+        for p in run.rglob("*"):
+            try:
+                found.append((str(p), p.stat().st_mtime_ns))
+            except OSError:  # removed while listed: a temporary file
+                pass
+        return sorted(found)
+
+    deadline, last, since = time.time() + timeout_s, snapshot(), time.time()
+    while time.time() < deadline and time.time() - since < quiet_s:
+        time.sleep(0.5)
+        now = snapshot()
+        if now != last:
+            last, since = now, time.time()
+
+
 def test_killed_training_resumes_from_its_checkpoint(tmp_path, synth_data, tiny_config):
-    run = tmp_path / "run"
-    args = ["train", "--data", synth_data, "--model", "ae", "--run", run, "--config", tiny_config,
+    run, config = tmp_path / "run", tmp_path / "short-epochs.yaml"
+    # Short epochs: 16 of them, each a checkpoint, and still seconds of training left after the first
+    config.write_text(tiny_config.read_text().replace("patches_per_epoch: 1024", "patches_per_epoch: 256"))
+    args = ["train", "--data", synth_data, "--model", "ae", "--run", run, "--config", config,
             "--epochs", 16, "--denoiser-epochs", 1]
     proc = subprocess.Popen([sys.executable, "-m", "semray", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True,
@@ -48,6 +71,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, synth_data, tiny_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
+    _settle(run)
     assert not (run / "model.pt").exists()
     written = {torch.load(c / "state.pt", weights_only=True)["epoch"] + 1
                for c in _checkpoints(run) if (c / "state.pt").exists()}

@@ -44,7 +44,7 @@ from conftest import run_cli
 TUNE_YAML = """\
 model: {width: 8, latent_dim: 16}
 denoiser: {depth: 3, width: 8}
-train: {epochs: 1, denoiser_epochs: 1, patches_per_epoch: 1024, denoiser_patches_per_epoch: 512}
+train: {epochs: 1, denoiser_epochs: 1, patches_per_epoch: 512, denoiser_patches_per_epoch: 256}
 eval: {batch_size: 256}
 search: {denoiser.depth: {choice: [2, 3]}}
 tune: {val_stride: 16}
