@@ -492,7 +492,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     """Run the whole job; returns the summary (also printed). Raises if no image could be scored."""
     import ray
 
-    from semray.ray_env import init_ray, wait_for_resources
+    from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
     from semray.runs import read_model
 
     run_dir = str(Path(job.run).resolve()) if not _is_uri(job.run) else job.run
@@ -517,11 +517,13 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
         return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths), max_failed_fraction=job.max_failed_fraction,
                         trained_pixel_size=(state.get("training") or {}).get("pixel_size_um"))
 
+    gpus = (job.workers or 1) * job.gpus_per_worker
+    need = f"scoring with --gpus-per-worker {job.gpus_per_worker:g} and {job.workers or 1} worker(s)"
+    check_private_gpus(gpus, need, address)
     init_ray(address)
     _quiet_ray_data()
-    if job.gpus_per_worker:
-        wait_for_resources("GPU", (job.workers or 1) * job.gpus_per_worker,
-                           f"scoring with --gpus-per-worker {job.gpus_per_worker:g} and {job.workers or 1} worker(s)")
+    if gpus:
+        wait_for_resources("GPU", gpus, need)
     started = time.time()
     items = [{"source": p, "source_version": versions[p], "skip_pages": sorted(done.get((p, versions[p]), ()))}
              for p in todo]

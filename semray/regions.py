@@ -1,13 +1,13 @@
-"""From a per-pixel anomaly map to what an inspector acts on: defect regions and an image-level score.
+"""From an anomaly map to what an inspector acts on: defect regions.
 
-A map alone says "this pixel is odd"; an inspector needs "there are 3 defects, here are their boxes,
-and this image as a whole scores X". Bulk scoring turns them into the pixel boxes of its maps/ rows
-(semray.maps.grid_regions). Pure numpy/scipy, vectorised over components, so a 4000x4000 map with
+A map alone says "this pixel is odd"; an inspector needs "there are 3 defects, here are their boxes".
+Bulk scoring turns them into the pixel boxes of its maps/ rows (semray.maps.grid_regions, beside
+the image-level scores of semray.maps.image_record). Pure numpy/scipy, vectorised over components, so a 4000x4000 map with
 thousands of regions stays fast.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -24,10 +24,6 @@ class Region:
     area: int
     peak: float
     mean: float
-
-    def to_dict(self) -> dict:
-        """Plain Python ints/floats: numpy scalars trip up JSON and give odd Parquet types."""
-        return {k: (float(v) if isinstance(v, float) else int(v)) for k, v in asdict(self).items()}
 
 
 def _check_map(anomaly_map) -> np.ndarray:
@@ -75,16 +71,3 @@ def find_regions(anomaly_map: np.ndarray, threshold: float, min_area: int = 1,
     order = keep[np.lexsort((boxes[keep, 1], boxes[keep, 0], -peaks[keep]))]
     return [Region(int(boxes[i, 0]), int(boxes[i, 1]), int(boxes[i, 2]), int(boxes[i, 3]),
                    int(areas[i]), float(peaks[i]), float(means[i])) for i in order]
-
-
-def image_scores(anomaly_map: np.ndarray, quantile: float = 0.99) -> dict:
-    """Image-level scores: the max (one bad pixel decides) and a high quantile (robust to lone hot pixels)."""
-    a = _check_map(anomaly_map)
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
-    return {"max": float(a.max()), "quantile": float(np.quantile(a, quantile)), "q": float(quantile)}
-
-
-def summarize_regions(regions: list[Region]) -> dict:
-    """Per-image counts for reports: how many defects and how many pixels they cover."""
-    return {"count": len(regions), "total_area": int(sum(r.area for r in regions))}
