@@ -1,10 +1,12 @@
-"""Writing files so that a reader never sees half of one, and JSON that every parser accepts.
+"""Writing files so that a reader never sees half of one, JSON that every parser accepts, and
+paths that may be URIs.
 
 One `atomic_write` for every file semray writes in place (models, thresholds, records, Parquet
 parts): write under a hidden temporary name in the same directory, then rename, so a killed
 process leaves the old file or the new one, never a torn one. And `to_json`: Python's json writes
 NaN and Infinity, which are not JSON (`JSON.parse` rejects them); a metric that is undefined (an
-AUROC without positives) is written as null.
+AUROC without positives) is written as null. And `is_uri`/`join_uri`: runs, archives and outputs may
+live in an object store (s3://, gs://, file://), where Path() would fold "s3://" to "s3:/".
 """
 from __future__ import annotations
 
@@ -15,6 +17,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """Whether a path names an object-store (or file://) location rather than a local path."""
+    return "://" in os.fspath(path)
+
+
+def join_uri(base: str | os.PathLike, name: str) -> str:
+    """base/name for a local path or a URI."""
+    b = os.fspath(base)
+    return f"{b.rstrip('/')}/{name}" if is_uri(b) else str(Path(b) / name)
 
 
 @contextmanager

@@ -20,7 +20,6 @@ no duplicates).
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -38,10 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from semray.data.datasets import IMAGE_SUFFIXES
-from semray.data.io import DEFAULT_MAX_PIXELS
+from semray.data.io import DEFAULT_MAX_PIXELS, file_versions, list_inputs
 from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
-from semray.files import atomic_path
+from semray.files import atomic_path, is_uri
 from semray.log import get_logger
 
 if TYPE_CHECKING:
@@ -108,75 +106,7 @@ class ScoreJob:
     max_failed_fraction: float = 0.01
 
 
-# ---------------------------------------------------------------- listing and reading
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def list_inputs(inputs: list[str]) -> list[str]:
-    """Files, directories (recursive: TIFF/PNG only), globs and URIs -> sorted unique paths.
-    A file named explicitly is kept whatever its suffix (a wrong type is reported, not dropped)."""
-    found: list[str] = []
-    for item in inputs:
-        item = str(item)
-        if _is_uri(item):
-            found.extend(_list_uri(item))
-        elif any(c in item for c in "*?["):
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise InputError(f"{item}: no file matches this pattern")
-            for m in matches:
-                found.extend(_list_local(m) if os.path.isdir(m) else [os.path.abspath(m)])
-        elif os.path.isdir(item) or os.path.isfile(item):
-            found.extend(_list_local(item) if os.path.isdir(item) else [os.path.abspath(item)])
-        else:
-            raise InputError(f"{item}: no such file or directory")
-    return sorted(set(found))
-
-
-def _list_local(directory: str) -> list[str]:
-    # Broken links are listed too: they are reported as unreadable rather than silently missed.
-    return [str(p.absolute()) for p in Path(directory).rglob("*")
-            if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
-
-
-def _list_uri(uri: str) -> list[str]:
-    from pyarrow import fs as pafs
-
-    filesystem, root = pafs.FileSystem.from_uri(uri)
-    scheme = uri.split("://", 1)[0]
-    info = filesystem.get_file_info(root)
-    if info.type == pafs.FileType.File:
-        return [uri]
-    if info.type != pafs.FileType.Directory:
-        raise InputError(f"{uri}: no such file or directory")
-    selector = pafs.FileSelector(root, recursive=True)
-    return [f"{scheme}://{f.path}" for f in filesystem.get_file_info(selector)
-            if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
-
-
-def file_versions(paths: list[str]) -> dict[str, str]:
-    """path -> "SIZE-MTIME_NS" of the file as it is now: what a resumed job compares with the version
-    it scored, so a file replaced in the archive is scored again. (Object stores: size and
-    modification time as pyarrow reports them; pyarrow exposes no ETag.) A file that cannot be
-    stat'ed gets "missing", and its read error is recorded as for any unreadable file."""
-    from pyarrow import fs as pafs
-
-    out: dict[str, str] = {}
-    for path in paths:
-        try:
-            if _is_uri(path):
-                filesystem, inner = pafs.FileSystem.from_uri(path)
-                info = filesystem.get_file_info(inner)
-                out[path] = f"{info.size}-{info.mtime_ns}" if info.type == pafs.FileType.File else "missing"
-            else:
-                st = os.stat(path)
-                out[path] = f"{st.st_size}-{st.st_mtime_ns}"
-        except OSError:
-            out[path] = "missing"
-    return out
-
-
+# ---------------------------------------------------------------- reading
 def read_batch(batch: pa.Table) -> pa.Table:
     """Ray Data stage 'read bytes': a failed read travels on as an error, not an exception."""
     from semray.data.io import read_bytes
@@ -310,7 +240,7 @@ def _write_table(table: pa.Table, path: str, metadata: dict[str, str]) -> None:
     from pyarrow import fs as pafs
 
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    if _is_uri(path):  # object stores publish an upload only when it completes: atomic already
+    if is_uri(path):  # object stores publish an upload only when it completes: atomic already
         filesystem, inner = pafs.FileSystem.from_uri(path)
         pq.write_table(table, inner, filesystem=filesystem)
         return
@@ -342,7 +272,7 @@ def read_parts(directory: str, columns: list[str], log: logging.Logger = LOG) ->
     trip over it. Parts written before a column existed read it as null."""
     from pyarrow import fs as pafs
 
-    if _is_uri(directory):
+    if is_uri(directory):
         filesystem, root = pafs.FileSystem.from_uri(directory)
     else:
         filesystem, root = pafs.LocalFileSystem(), os.path.abspath(directory)
@@ -386,7 +316,7 @@ def check_same_job(out: str, metadata: dict[str, str]) -> None:
 
     for table_name in (MAPS, ERRORS):
         directory = f"{out}/{table_name}"
-        if not _is_uri(directory) and not Path(directory).is_dir():
+        if not is_uri(directory) and not Path(directory).is_dir():
             continue
         dataset = ds.dataset(directory, format="parquet", exclude_invalid_files=False)
         old = None
@@ -495,9 +425,9 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
     from semray.runs import read_model
 
-    run_dir = str(Path(job.run).resolve()) if not _is_uri(job.run) else job.run
-    out = str(Path(job.out).resolve()) if not _is_uri(job.out) else job.out
-    if not _is_uri(out):  # before any scoring: a read-only --out would fail every part write
+    run_dir = str(Path(job.run).resolve()) if not is_uri(job.run) else job.run
+    out = str(Path(job.out).resolve()) if not is_uri(job.out) else job.out
+    if not is_uri(out):  # before any scoring: a read-only --out would fail every part write
         Path(out).mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK):
             raise SemrayError(f"{out}: not writable; choose another --out")
@@ -634,7 +564,7 @@ def _write_summary(out: str, summary: dict[str, Any]) -> None:
     from semray.files import to_json
 
     path = f"{out}/summary.json"
-    if _is_uri(path):
+    if is_uri(path):
         from pyarrow import fs as pafs
 
         filesystem, inner = pafs.FileSystem.from_uri(path)
@@ -655,7 +585,7 @@ def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
         raise InputError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?")
     table = ds.dataset(directory, format="parquet").to_table(filter=(pc.field("page") == page))
     rows = table.to_pylist()
-    want = image if _is_uri(image) else os.path.abspath(image)
+    want = image if is_uri(image) else os.path.abspath(image)
     hits = [r for r in rows if r["source"] == want]
     if not hits:
         hits = [r for r in rows if Path(r["source"]).name == Path(image).name]

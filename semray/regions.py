@@ -2,8 +2,8 @@
 
 A map alone says "this pixel is odd"; an inspector needs "there are 3 defects, here are their boxes".
 Bulk scoring turns them into the pixel boxes of its maps/ rows (semray.maps.grid_regions, beside
-the image-level scores of semray.maps.image_record). Pure numpy/scipy, vectorised over components, so a 4000x4000 map with
-thousands of regions stays fast.
+the image-level scores of semray.maps.image_record). Pure numpy/scipy, vectorised over
+components, so a 4000x4000 map with thousands of regions stays fast.
 """
 from __future__ import annotations
 

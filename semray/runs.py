@@ -26,7 +26,7 @@ from semray import __version__
 from semray.config import Config
 from semray.device import memory_format, resolve_precision
 from semray.errors import SemrayError
-from semray.files import atomic_path, atomic_write, to_json
+from semray.files import atomic_path, atomic_write, is_uri, join_uri, to_json
 from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
 
 MODEL_FILE = "model.pt"
@@ -75,8 +75,7 @@ def _load_checkpoint(path: str | Path) -> tuple[dict[str, Any], bytes]:
 
 def run_file(run_dir: str | Path, name: str) -> str:
     """The path (or URI) of a file of a run given as a path or URI. Path() would fold s3:// to s3:/."""
-    run = os.fspath(run_dir)
-    return f"{run.rstrip('/')}/{name}" if "://" in run else str(Path(run) / name)
+    return join_uri(run_dir, name)
 
 
 def _read_file(path: str | Path) -> bytes | None:
@@ -84,12 +83,12 @@ def _read_file(path: str | Path) -> bytes | None:
     from semray.data.io import ImageReadError, read_bytes
 
     p = os.fspath(path)
-    if "://" not in p and not os.path.exists(p):
+    if not is_uri(p) and not os.path.exists(p):
         return None
     try:
         return read_bytes(p)
     except ImageReadError as e:
-        if "://" in p:  # pyarrow reports a missing object as an OSError like any other failure
+        if is_uri(p):  # pyarrow reports a missing object as an OSError like any other failure
             from pyarrow import fs as pafs
 
             filesystem, inner = pafs.FileSystem.from_uri(p)

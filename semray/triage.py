@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from semray.errors import InputError
+from semray.files import is_uri
 from semray.log import get_logger
 from semray.pipeline import ERRORS, MAPS, failure_reason
 from semray.report import IMAGE_CHECK
@@ -41,7 +42,7 @@ def _when(row: dict[str, Any]) -> datetime:
 
 def _newest(directory: str, columns: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
     """(source, page) -> its newest row, streamed batch by batch over the given columns."""
-    if "://" not in directory and not Path(directory).is_dir():
+    if not is_uri(directory) and not Path(directory).is_dir():
         return {}
     dataset = ds.dataset(directory, format="parquet")
     have = set(dataset.schema.names)
@@ -91,7 +92,7 @@ def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=L
     from semray.overlay import render_overlay
 
     out = str(out_dir)
-    if "://" not in out and not (Path(out) / MAPS).is_dir() and not (Path(out) / ERRORS).is_dir():
+    if not is_uri(out) and not (Path(out) / MAPS).is_dir() and not (Path(out) / ERRORS).is_dir():
         raise InputError(f"{out}: no {MAPS}/ or {ERRORS}/ folder; is this a `semray score --out` directory?")
     pages = Path(page_dir)
     pages.mkdir(parents=True, exist_ok=True)

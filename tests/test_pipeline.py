@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semray.data.io import read_image_pages
+from semray.data.io import list_inputs, read_image_pages
 from semray.maps import anomaly_grid, grid_regions, score_image
 from semray.pipeline import (
     ERRORS_SCHEMA,
@@ -23,7 +23,6 @@ from semray.pipeline import (
     RECORD_SCHEMA,
     WHOLE_FILE,
     finished_pages,
-    list_inputs,
     write_part,
 )
 from semray.runs import load_detector, read_threshold

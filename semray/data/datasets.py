@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semray.data.io import ImageReadError, read_image, read_image_pages, read_mask
+from semray.data.io import IMAGE_SUFFIXES, ImageReadError, read_image, read_image_pages, read_mask
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 LAYOUT = "expected NanoTWICE layout: Normal/*.tif, Anomalous/images/*.tif, Anomalous/gt/*_gt.png"
 
 

@@ -6,18 +6,22 @@ walks thousands of files can decide to skip or abort without knowing tifffile/PI
 
 from __future__ import annotations
 
+import glob
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import PngImagePlugin
 
-from semray.errors import SemrayError
+from semray.errors import InputError, SemrayError
+from semray.files import is_uri
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 PNG_MAGIC = b"\x89PNG"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")  # what a directory given as input is searched for
 # Pixels per image page above which a file is refused before its pixels are read: a 25000 x 25000
 # scan passes, a corrupt or hostile header claiming billions of pixels cannot exhaust a worker's
 # memory (Pillow's own decompression-bomb limit, 179 M pixels, would refuse real 20000 x 20000 scans).
@@ -234,7 +238,7 @@ def read_bytes(path) -> bytes:
     """A file's bytes from a local path or any URI pyarrow understands (s3://, gs://, file://);
     every failure is an ImageReadError naming the file."""
     p = os.fspath(path)
-    if "://" in p:
+    if is_uri(p):
         from pyarrow import fs as pafs
 
         try:
@@ -275,3 +279,68 @@ def read_mask(path) -> np.ndarray:
         a = a[..., :3] if a.shape[-1] >= 3 else a[..., :1]  # alpha is not a label
         return np.ascontiguousarray(a.any(axis=-1))
     return np.ascontiguousarray(a != 0)
+
+
+# ---------------------------------------------------------------- listing inputs
+def list_inputs(inputs: list[str]) -> list[str]:
+    """Files, directories (recursive: TIFF/PNG only), globs and URIs -> sorted unique paths.
+    A file named explicitly is kept whatever its suffix (a wrong type is reported, not dropped)."""
+    found: list[str] = []
+    for item in inputs:
+        item = str(item)
+        if is_uri(item):
+            found.extend(_list_uri(item))
+        elif any(c in item for c in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise InputError(f"{item}: no file matches this pattern")
+            for m in matches:
+                found.extend(_list_local(m) if os.path.isdir(m) else [os.path.abspath(m)])
+        elif os.path.isdir(item) or os.path.isfile(item):
+            found.extend(_list_local(item) if os.path.isdir(item) else [os.path.abspath(item)])
+        else:
+            raise InputError(f"{item}: no such file or directory")
+    return sorted(set(found))
+
+
+def _list_local(directory: str) -> list[str]:
+    # Broken links are listed too: they are reported as unreadable rather than silently missed.
+    return [str(p.absolute()) for p in Path(directory).rglob("*")
+            if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+
+
+def _list_uri(uri: str) -> list[str]:
+    from pyarrow import fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    scheme = uri.split("://", 1)[0]
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        return [uri]
+    if info.type != pafs.FileType.Directory:
+        raise InputError(f"{uri}: no such file or directory")
+    selector = pafs.FileSelector(root, recursive=True)
+    return [f"{scheme}://{f.path}" for f in filesystem.get_file_info(selector)
+            if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
+
+
+def file_versions(paths: list[str]) -> dict[str, str]:
+    """path -> "SIZE-MTIME_NS" of the file as it is now: what a resumed job compares with the version
+    it scored, so a file replaced in the archive is scored again. (Object stores: size and
+    modification time as pyarrow reports them; pyarrow exposes no ETag.) A file that cannot be
+    stat'ed gets "missing", and its read error is recorded as for any unreadable file."""
+    from pyarrow import fs as pafs
+
+    out: dict[str, str] = {}
+    for path in paths:
+        try:
+            if is_uri(path):
+                filesystem, inner = pafs.FileSystem.from_uri(path)
+                info = filesystem.get_file_info(inner)
+                out[path] = f"{info.size}-{info.mtime_ns}" if info.type == pafs.FileType.File else "missing"
+            else:
+                st = os.stat(path)
+                out[path] = f"{st.st_size}-{st.st_mtime_ns}"
+        except OSError:
+            out[path] = "missing"
+    return out

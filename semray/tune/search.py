@@ -14,7 +14,7 @@ import yaml
 from semray.data.datasets import load_normal_images
 from semray.errors import SemrayError
 from semray.evaluate import calibrate_run, format_grid
-from semray.files import atomic_write, to_json
+from semray.files import atomic_write, is_uri, to_json
 from semray.log import get_logger
 from semray.runs import RunError
 from semray.tune.results import (
@@ -188,7 +188,7 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
     if settings.gpus_per_trial:  # trials' GPUs must be up before Ray Train's one-minute start timeout
         wait_for_resources("GPU", settings.gpus_per_trial * (settings.max_concurrent_trials or 1),
                            f"tuning with --gpus-per-trial {settings.gpus_per_trial:g}")
-    if resume and "://" in spec.storage:
+    if resume and is_uri(spec.storage):
         log.warning(pickled_state_warning(spec.storage))
     tuner = _tuner(spec, tune_dir, log, restore=resume)
     log.info(f"[tune] {'resuming' if resume else 'starting'} a search into {tune_dir} "
