@@ -15,7 +15,6 @@ from semray.data.patches import (
     normalize_patches,
     patch_labels,
     sample_patches,
-    tile_image,
     tile_positions,
 )
 
@@ -24,24 +23,18 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((h, w), dtype=np.float32)
 
 
-# ---------------------------------------------------------------- tile_image
+# ---------------------------------------------------------------- windows are the image's slices
 @pytest.mark.parametrize("h,w,size,stride", [(40, 56, 8, 4), (33, 47, 8, 5), (16, 16, 16, 16), (20, 30, 4, 1)])
-def test_tile_image_is_strided_view_with_slice_values(h, w, size, stride):
+@pytest.mark.parametrize("cover_edges", [False, True])
+def test_windows_are_the_image_slices_on_the_grid(h, w, size, stride, cover_edges):
     image = _image(h, w)
-    tiles = tile_image(image, size=size, stride=stride)
-    ys, xs = tile_positions(h, w, size=size, stride=stride, cover_edges=False)
-    assert tiles.shape == (len(ys), len(xs), size, size)
-    assert np.shares_memory(tiles, image)
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            np.testing.assert_array_equal(tiles[i, j], image[y:y + size, x:x + size])
-
-
-def test_tile_image_view_tracks_image_writes():
-    image = _image(24, 24)
-    tiles = tile_image(image, size=8, stride=8)
-    image[9, 10] = 42.0  # inside tile (1, 1) at (1, 2)
-    assert tiles[1, 1, 1, 2] == 42.0
+    ys, xs = tile_positions(h, w, size=size, stride=stride, cover_edges=cover_edges)
+    batches = list(iter_patch_batches(image, size, stride, batch_size=7, cover_edges=cover_edges))
+    patches = np.concatenate([b[0] for b in batches])
+    assert patches.shape == (len(ys) * len(xs), size, size)
+    corners = [(y, x) for y in ys for x in xs]
+    for p, (y, x) in zip(patches, corners, strict=True):
+        np.testing.assert_array_equal(p, image[y:y + size, x:x + size])
 
 
 # ---------------------------------------------------------------- tile_positions

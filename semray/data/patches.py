@@ -104,12 +104,6 @@ def tile_positions(height: int, width: int, size: int = 32, stride: int = 16, co
     return axis(height), axis(width)
 
 
-def tile_image(image: np.ndarray, size: int = 32, stride: int = 16) -> np.ndarray:
-    """All windows on the stride grid as a (ny, nx, size, size) strided *view* of the image (no copy)."""
-    windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))
-    return windows[::stride, ::stride]
-
-
 def iter_patch_batches(
     image: np.ndarray, size: int, stride: int, batch_size: int, cover_edges: bool = True
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
