@@ -49,12 +49,11 @@ def main() -> None:
     maps: dict[tuple[str, float], list[np.ndarray]] = {}
     grid_scored = []
     for item in items:
-        outputs = stitched_outputs(detector, item.image, size, args.stride, cfg.eval.batch_size)
+        outputs = stitched_outputs(detector, item.image, args.stride, cfg.eval.batch_size)
         for blur in blurs:
             for name, m in pixel_maps(item.image, outputs, blur_sigma=blur).items():
                 maps.setdefault((name, blur), []).append(m)
-        grid_scored.append((item, score_image(detector, item.image, size, 16, cfg.eval.cover_edges,
-                                              cfg.eval.batch_size)))
+        grid_scored.append((item, score_image(detector, item.image, 16, cfg.eval.batch_size)))
     seconds = time.time() - started
     halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
 

@@ -71,7 +71,7 @@ def plain_loop(paths: list[Path], run: Path, threshold: float, stride: int) -> d
         data = path.read_bytes()
         for page in range(page_count(data, str(path))):
             image = decode_page(data, str(path), page)
-            scores = score_image(detector, image, cfg.patches.size, stride, batch_size=512)
+            scores = score_image(detector, image, stride, batch_size=512)
             t = time.perf_counter()
             image_record(scores, "feature", cfg.patches.size, stride, cfg.eval.smoothing_px, threshold)
             assembly += time.perf_counter() - t

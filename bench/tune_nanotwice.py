@@ -50,7 +50,7 @@ def main() -> None:
     # The best run at the study's stride on the test half only (never seen by the search).
     detector, cfg = load_detector(best["run"], pick_device())
     test = trial_data(spec)["test"]
-    scored = [(item, score_image(detector, item.image, cfg.patches.size, 16)) for item in test]
+    scored = [(item, score_image(detector, item.image, 16)) for item in test]
     at16 = summarize(scored, cfg, 16, cfg.eval.min_defect_pixels, smoothing_px=16)["scores"]
     summary = {
         "trials": s["trials"], "finished": s["finished"], "stopped_early": s["stopped_early"],

@@ -32,8 +32,7 @@ def score_dataset(detector: AnomalyDetector, cfg: Config, data_dir: str | Path, 
                   progress: bool = True) -> list[tuple[LabelledImage, dict[str, np.ndarray]]]:
     """Every anomalous image of data_dir with its window scores (the expensive part, done once)."""
     images = load_anomalous_images(data_dir, min_size=cfg.patches.size)
-    return [(item, score_image(detector, item.image, cfg.patches.size, stride, cfg.eval.cover_edges,
-                               cfg.eval.batch_size))
+    return [(item, score_image(detector, item.image, stride, cfg.eval.batch_size))
             for item in _progress(images, progress, f"scoring {cfg.model.kind}")]
 
 
@@ -123,7 +122,7 @@ def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fp
     pooled: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_NAMES}
     windows = 0
     for image in images:
-        r = score_image(detector, image, cfg.patches.size, stride, cfg.eval.cover_edges, cfg.eval.batch_size)
+        r = score_image(detector, image, stride, cfg.eval.batch_size)
         windows += r["ys"].size
         for k in SCORE_NAMES:
             pooled[k].append(neighbourhood_mean(r[k], r["ys"], r["xs"], cfg.eval.smoothing_px))

@@ -11,7 +11,7 @@ is there. `semray.data.patches.assemble_map` expands it to pixels when a picture
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,17 +21,22 @@ from semray.errors import ConfigError, SemrayError
 from semray.regions import find_regions
 from semray.scores import SCORE_NAMES
 
+if TYPE_CHECKING:
+    from semray.models import AnomalyDetector
 
-def score_image(detector: torch.nn.Module, image: np.ndarray, size: int, stride: int,
-                cover_edges: bool = True, batch_size: int = 512) -> dict[str, np.ndarray]:
+
+def score_image(detector: AnomalyDetector, image: np.ndarray, stride: int, batch_size: int = 512,
+                cover_edges: bool | None = None) -> dict[str, np.ndarray]:
     """Scores of every window of the image: {"ys", "xs", "reconstruction", "smooth", "feature"}.
+    Windows of the detector's patch size; cover_edges overrides the detector's edge policy.
 
     Windows are cut one batch at a time (strided views of the image), so a very large image never
     has all its patches in memory at once.
     """
     device = next(detector.parameters()).device
+    edges = detector.cover_edges if cover_edges is None else cover_edges
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("ys", "xs", *SCORE_NAMES)}
-    for patches, ys, xs in iter_patch_batches(image, size, stride, batch_size, cover_edges):
+    for patches, ys, xs in iter_patch_batches(image, detector.patch_size, stride, batch_size, edges):
         raw = torch.from_numpy(patches).unsqueeze(1).to(device)
         for name, value in detector.scores(raw).items():
             out[name].append(value.float().cpu().numpy())

@@ -190,7 +190,7 @@ def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict
     from semray.maps import image_record, score_image
 
     size = cfg.patches.size
-    scores = score_image(detector, image, size, s["stride"], cfg.eval.cover_edges, s["batch_size"])
+    scores = score_image(detector, image, s["stride"], s["batch_size"])
     record = {"source": source, "page": page, "height": image.shape[0], "width": image.shape[1],
               "stride": s["stride"], "patch_size": size, "score": s["score"], "threshold": s["threshold"],
               "windows": int(scores["ys"].size),

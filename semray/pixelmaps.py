@@ -53,15 +53,16 @@ class _Stitcher:
 
 
 @torch.no_grad()
-def stitched_outputs(detector, image: np.ndarray, size: int, stride: int, batch_size: int = 512,
-                     cover_edges: bool = True) -> dict[str, np.ndarray]:
+def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int = 512,
+                     cover_edges: bool | None = None) -> dict[str, np.ndarray]:
     """The detector's three outputs for every window of the image (stride 8 or finer pays), brought
     back to image intensities and averaged where windows overlap -> {"reconstruction", "smooth",
     "feature_mask"}, each H x W float32. The feature mask is a residual, smooth - reconstruction in
     image intensities."""
     device = next(detector.parameters()).device
+    edges = detector.cover_edges if cover_edges is None else cover_edges
     stitchers = {k: _Stitcher(image.shape) for k in OUTPUTS}
-    for patches, ys, xs in iter_patch_batches(image, size, stride, batch_size, cover_edges):
+    for patches, ys, xs in iter_patch_batches(image, detector.patch_size, stride, batch_size, edges):
         raw = torch.from_numpy(patches).unsqueeze(1).to(device)
         out = detector(raw)
         mode, mean, std = detector.normalization, detector.mean, detector.std

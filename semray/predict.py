@@ -95,8 +95,7 @@ class Run:
         if pixel_size_mismatch(pixel_size, self.trained_pixel_size):
             LOG.warning(f"{source}: pixel size {pixel_size:.4g} um, more than 20% from the training images' "
                         f"{self.trained_pixel_size:.4g} um: another magnification, its scores mean little")
-        scores = score_image(self.detector, pixels, self.cfg.patches.size, self.stride, self.cfg.eval.cover_edges,
-                             self.cfg.eval.batch_size)
+        scores = score_image(self.detector, pixels, self.stride, self.cfg.eval.batch_size)
         record = image_record(scores, self.score, self.cfg.patches.size, self.stride, self.cfg.eval.smoothing_px, t,
                               pixel_size_um=pixel_size)
         record.update({"height": pixels.shape[0], "width": pixels.shape[1], "patch_size": self.cfg.patches.size,

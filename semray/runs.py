@@ -179,5 +179,5 @@ def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu
     fmt = memory_format(device)
     detector = AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"],
                                precision=resolve_precision(precision or cfg.eval.precision, device, warn=warn),
-                               memory_format=fmt)
+                               memory_format=fmt, patch_size=cfg.patches.size, cover_edges=cfg.eval.cover_edges)
     return detector.to(device, memory_format=fmt).eval(), cfg

@@ -21,7 +21,7 @@ def test_onnx_score_maps_match_pytorch(tmp_path, untrained_run, capsys):
     for h, w in ((100, 130), (64, 64)):  # one graph, any size
         image = rng.random((h, w)).astype(np.float32)
         maps = session.run(None, {"image": image[None, None]})[0]
-        expected = score_image(detector, image, 32, cfg.eval.stride, cover_edges=False)
+        expected = score_image(detector, image, cfg.eval.stride, cover_edges=False)
         ny, nx = np.unique(expected["ys"]).size, np.unique(expected["xs"]).size
         assert maps.shape == (3, ny, nx)
         for i, name in enumerate(("reconstruction", "smooth", "feature")):

@@ -68,8 +68,8 @@ def test_score_image_matches_batch_size_and_overlay_has_the_image_size():
     torch.manual_seed(0)
     detector = AnomalyDetector(create_autoencoder(cfg.model, 32), create_denoiser(cfg.denoiser)).eval()
     image = np.random.default_rng(1).random((70, 90), dtype=np.float32)
-    a = score_image(detector, image, 32, 16, batch_size=7)
-    b = score_image(detector, image, 32, 16, batch_size=512)
+    a = score_image(detector, image, 16, batch_size=7)
+    b = score_image(detector, image, 16, batch_size=512)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
     record = {**image_record(a, "feature", 32, 16, 16, threshold=float(np.median(a["feature"]))),

@@ -224,7 +224,7 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     assert sorted(rows) == sorted(expected)
     for (source, page), row in rows.items():
         image = read_image_pages(source)[page]
-        s = score_image(detector, image, cfg.patches.size, 16)
+        s = score_image(detector, image, 16)
         grid, gy, gx = anomaly_grid(s["feature"], s["ys"], s["xs"], cfg.eval.smoothing_px)
         assert (row["height"], row["width"], row["stride"], row["patch_size"]) == (*image.shape, 16, 32)
         assert (row["map_height"], row["map_width"]) == grid.shape and row["grid_ys"] == gy.tolist()

@@ -35,7 +35,7 @@ def test_a_perfect_model_stitches_back_the_image(mode):
     image = np.random.default_rng(1).random((70, 90)).astype(np.float32)
     detector = AnomalyDetector(Identity(), ZeroMask(), mode, 0.4, 0.2)
     detector.register_parameter("p", torch.nn.Parameter(torch.zeros(1)))  # for its device
-    out = stitched_outputs(detector, image, 32, 8)
+    out = stitched_outputs(detector, image, 8)
     np.testing.assert_allclose(out["reconstruction"], image, atol=1e-5)
     np.testing.assert_allclose(out["smooth"], image, atol=1e-5)
     np.testing.assert_allclose(out["feature_mask"], 0, atol=1e-5)
@@ -47,7 +47,7 @@ def test_stitching_a_real_detector_covers_every_pixel():
     cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
     detector = AnomalyDetector(create_autoencoder(cfg.model), create_denoiser(cfg.denoiser)).eval()
     image = np.random.default_rng(2).random((64, 80)).astype(np.float32)
-    out = stitched_outputs(detector, image, 32, 16)
+    out = stitched_outputs(detector, image, 16)
     assert all(v.shape == image.shape and np.isfinite(v).all() for v in out.values())
     np.testing.assert_allclose(out["smooth"] - out["reconstruction"], out["feature_mask"], atol=1e-5)
 

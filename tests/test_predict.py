@@ -23,7 +23,7 @@ def test_the_python_api_scores_like_bulk_scoring(untrained_run, synth_data):
     path = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
     p = run.predict(path)
     image = read_image(path)
-    expected = image_record(score_image(run.detector, image, 32, run.stride), "feature", 32, run.stride,
+    expected = image_record(score_image(run.detector, image, run.stride), "feature", 32, run.stride,
                             run.cfg.eval.smoothing_px, run.thresholds["feature"])
     np.testing.assert_allclose(p.map.ravel(), expected["map"], rtol=1e-6)
     assert p.regions == expected["regions"] and p.score == expected["score_quantile"]

@@ -19,10 +19,16 @@ FP32 = Precision("fp32", "default")
 
 
 class AnomalyDetector(nn.Module):
+    """The trained pair as one scorer of raw patches. It carries what scoring an image needs beyond
+    the weights (the patch size, the normalisation, whether windows cover the image's last rows and
+    columns), so `semray.maps.score_image(detector, image, stride)` takes nothing else."""
+
     def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, normalization: str = "patch",
                  mean: float = 0.5, std: float = 0.25, precision: Precision = FP32,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format, patch_size: int = 32,
+                 cover_edges: bool = True):
         super().__init__()
+        self.patch_size, self.cover_edges = patch_size, cover_edges
         self.autoencoder = autoencoder
         self.denoiser = denoiser
         self.normalization = normalization

@@ -127,8 +127,8 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
     metrics: dict[str, Any] = {}
     aurocs = {}
     for split in ("val", "test"):
-        scored = [(item, score_image(detector, item.image, cfg.patches.size, cfg.eval.stride,
-                                     cfg.eval.cover_edges, cfg.eval.batch_size)) for item in data[split]]
+        scored = [(item, score_image(detector, item.image, cfg.eval.stride, cfg.eval.batch_size))
+                  for item in data[split]]
         summary = summarize(scored, cfg, cfg.eval.stride, cfg.eval.min_defect_pixels)
         for score, values in summary["scores"].items():
             for k in METRICS:
