@@ -52,7 +52,7 @@ def main() -> None:
               fill="black")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    picture.quantize(colors=128).save(out, optimize=True)
+    picture.quantize(colors=64).save(out, optimize=True)
     print(f"{out}: {path.name}, {len(prediction.record['regions'] or [])} region(s) flagged, "
           f"{out.stat().st_size / 1024:.0f} KB")
 
