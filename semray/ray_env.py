@@ -32,8 +32,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address and address != _PINNED:  # (our own pin of a private Ray shut down since is stale)
+    address = cluster_address(address)
+    if address:
         ray.init(address=address, log_to_driver=not quiet)
         _start_autoscaling_coordinator()
         return
@@ -151,11 +151,17 @@ SCALE_UP_TIMEOUT_ENV = "SEMRAY_SCALE_UP_TIMEOUT_S"
 _PRIVATE = False  # set by init_ray when it started a local Ray of its own
 
 
+def cluster_address(address: str | None = None) -> str | None:
+    """The Ray cluster a command joins (--address, else RAY_ADDRESS), or None: it starts a private
+    local Ray. Our own pin of an earlier private Ray, shut down since, names no cluster."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    return address if address and address != _PINNED else None
+
+
 def check_private_gpus(amount: float, what: str, address: str | None = None) -> None:
     """Before a private local Ray is started for a job asking for GPUs: it can only ever have this
     machine's, so say now, in a second, what wait_for_resources would say once Ray is up."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not amount or (address and address != _PINNED):
+    if not amount or cluster_address(address):
         return  # a cluster: it may have GPU nodes, or an autoscaler to add them
     import torch
 

@@ -55,7 +55,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
 def read_model(run_dir: str | Path) -> tuple[dict[str, Any], str]:
     """A run's model.pt, read once: its state, and the short content hash recorded beside every
     output made with it."""
-    state, data = _load_checkpoint(run_file(run_dir, MODEL_FILE))
+    state, data = _load_checkpoint(join_uri(run_dir, MODEL_FILE))
     return state, hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -71,11 +71,6 @@ def _load_checkpoint(path: str | Path) -> tuple[dict[str, Any], bytes]:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise RunError(f"{path}: damaged, or not a semray checkpoint ({type(e).__name__}: {first}); "
                        "train the run again or restore the file") from None
-
-
-def run_file(run_dir: str | Path, name: str) -> str:
-    """The path (or URI) of a file of a run given as a path or URI. Path() would fold s3:// to s3:/."""
-    return join_uri(run_dir, name)
 
 
 def _read_file(path: str | Path) -> bytes | None:
@@ -104,7 +99,7 @@ def save_config(run_dir: Path, cfg: Config) -> None:
 
 def read_config(run_dir: str | Path) -> Config | None:
     """The run's config.yaml, or None when there is none; a damaged one is a RunError naming it."""
-    path = run_file(run_dir, CONFIG_FILE)
+    path = join_uri(run_dir, CONFIG_FILE)
     data = _read_file(path)
     if data is None:
         return None
@@ -138,7 +133,7 @@ def save_training_record(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_training_record(run_dir: str | Path) -> dict[str, Any]:
-    data = _read_file(run_file(run_dir, TRAINING_FILE))
+    data = _read_file(join_uri(run_dir, TRAINING_FILE))
     return json.loads(data) if data else {}
 
 
@@ -147,7 +142,7 @@ def save_threshold(run_dir: Path, calibration: dict[str, Any]) -> None:
 
 
 def read_threshold(run_dir: str | Path) -> dict[str, Any] | None:
-    path = run_file(run_dir, THRESHOLD_FILE)
+    path = join_uri(run_dir, THRESHOLD_FILE)
     data = _read_file(path)
     if data is None:
         return None
@@ -161,7 +156,7 @@ def load_detector(run_dir: str | Path, device: str | torch.device = "cpu",
                   precision: str | None = None) -> tuple[AnomalyDetector, Config]:
     """The trained detector of a run, in eval mode on `device`, with the config it was trained with.
     precision: auto | fp32 | bf16 (default: the run's eval.precision); see semray.device."""
-    return detector_from_state(load_state(run_file(run_dir, MODEL_FILE)), device, precision)
+    return detector_from_state(load_state(join_uri(run_dir, MODEL_FILE)), device, precision)
 
 
 def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu",

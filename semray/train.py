@@ -31,6 +31,7 @@ from semray.config import Config
 from semray.data.datasets import load_normal_images
 from semray.data.patches import grid_coordinates, image_statistics, normalize_patches, sample_patches
 from semray.device import Precision, cpu_name, memory_format, memory_format_name, resolve_precision
+from semray.files import join_uri
 from semray.log import duration, get_logger
 from semray.models import create_autoencoder, create_denoiser
 from semray.models.detector import FP32
@@ -397,7 +398,7 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     log.info(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
              f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
     path = train_stages(images, normalization, cfg, run_dir,
-                        storage=f"{storage.rstrip('/')}/{run_dir.name}" if storage else None,
+                        storage=join_uri(storage, run_dir.name) if storage else None,
                         provenance={"pixel_size_um": training_pixel_size(data_dir, log)})
     log.info(f"trained model written to {path}")
     from semray.evaluate import calibrate_run

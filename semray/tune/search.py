@@ -14,7 +14,7 @@ import yaml
 from semray.data.datasets import load_normal_images
 from semray.errors import SemrayError
 from semray.evaluate import calibrate_run, format_grid
-from semray.files import atomic_write, is_uri, to_json
+from semray.files import atomic_write, is_uri, join_uri, to_json
 from semray.log import get_logger
 from semray.runs import RunError
 from semray.tune.results import (
@@ -107,7 +107,7 @@ def _tuner(spec: TuneSpec, tune_dir: Path, log: logging.Logger, restore: bool):
     s = spec.settings
     trainable, callbacks = ray_parts(spec, log)
     if restore:
-        return tune.Tuner.restore(f"{_storage(spec, tune_dir).rstrip('/')}/{EXPERIMENT}", trainable,
+        return tune.Tuner.restore(join_uri(_storage(spec, tune_dir), EXPERIMENT), trainable,
                                   resume_unfinished=True, resume_errored=True)
     scheduler = make_scheduler(spec)
     space = {k: p.to_tune() for k, p in spec.space.items()}
@@ -194,7 +194,7 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
     log.info(f"[tune] {'resuming' if resume else 'starting'} a search into {tune_dir} "
              f"({spec.settings.scheduler}, up to {concurrency(spec)} trial(s) at once)")
     grid = tuner.fit()
-    ended = _ended_trials(f"{_storage(spec, tune_dir).rstrip('/')}/{EXPERIMENT}")
+    ended = _ended_trials(join_uri(_storage(spec, tune_dir), EXPERIMENT))
     if ended < expected_trials(spec):
         raise SearchInterrupted(f"{expected_trials(spec) - ended} of {expected_trials(spec)} trial(s) did not "
                                 f"end; continue with `semray tune --resume {tune_dir}`")

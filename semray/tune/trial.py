@@ -18,7 +18,7 @@ from semray.data.patches import image_statistics, iter_patch_batches, normalize_
 from semray.device import Precision, pick_device
 from semray.errors import SemrayError
 from semray.evaluate import summarize
-from semray.files import is_uri
+from semray.files import is_uri, join_uri
 from semray.log import get_logger
 from semray.maps import score_image
 from semray.metrics import auroc
@@ -118,7 +118,7 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
                                cfg.eval.min_defect_pixels, spec_.settings.score)
     storage = None
     if is_uri(spec_.storage):  # the run directory is local to this node; checkpoints go to the cloud
-        storage = f"{spec_.storage.rstrip('/')}/{EXPERIMENT}-train/{context.get_trial_id()}"
+        storage = join_uri(spec_.storage, f"{EXPERIMENT}-train/{context.get_trial_id()}")
     if not (run_dir / MODEL_FILE).exists():  # a restarted trial whose training had finished only scores
         train_stages(data["images"], normalization, cfg, run_dir, storage=storage,
                      callbacks=[TuneReportCallback()], validate=validator)
