@@ -64,7 +64,8 @@ def _start_autoscaling_coordinator() -> None:
     the first caller creates) for resources with a 5 s timeout. On a busy 2-core machine starting
     that actor's process takes longer, and the controller prints a traceback ("safe to ignore if
     the CPU is overloaded") to the user's console. So start it here, while nothing else runs, and
-    wait until it is up. A private API: if it moves, Ray starts the actor itself, as before."""
+    wait until it is up (at most a minute: it is a head start, never a reason to block a job).
+    A private API: if it moves, Ray starts the actor itself, as before."""
     try:
         from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
             get_or_create_autoscaling_coordinator,
@@ -72,8 +73,12 @@ def _start_autoscaling_coordinator() -> None:
     except ImportError:
         return
     import ray
+    from ray.exceptions import GetTimeoutError
 
-    ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote())
+    try:
+        ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(), timeout=60)
+    except GetTimeoutError:
+        pass
 
 
 def _enable_token_auth() -> None:
