@@ -366,7 +366,7 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     STORAGE/RUN_NAME. A multi-node cluster needs one: rank 0 persists checkpoints from whichever node
     it runs on, and the default (run_dir/ray) is only readable on the machine running this.
     """
-    from semray.ray_env import init_ray
+    from semray.ray_env import cluster_address, init_ray
 
     run_dir = Path(run_dir).resolve()
     parse_budget(cfg.train.budget)
@@ -391,9 +391,16 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     mean, std = image_statistics(images)
     normalization = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
 
+    # The throughput probe wants a quiet machine: a private Ray's own processes take most of two
+    # cores for their first ten seconds or so (the probe measured a third of the real rate beside
+    # them), so on a private CPU Ray it runs before Ray starts; on a cluster it must run on a worker.
+    calibration = [image for _, image in held_out] or images
+    probe_first = not cfg.train.resolved_budget and not cfg.train.use_gpu and cluster_address(address) is None
+    if probe_first:
+        cfg = resolve_budget(cfg, calibration, log, in_process=True)
     init_ray(address)
     if not cfg.train.resolved_budget:
-        cfg = resolve_budget(cfg, [image for _, image in held_out] or images, log)
+        cfg = resolve_budget(cfg, calibration, log)
     save_config(run_dir, cfg)  # after the inputs were checked: a failed first attempt leaves no config
     log.info(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
              f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
@@ -438,20 +445,22 @@ def _driver_device(cfg: Config) -> torch.device | None:
     return torch.device("cpu")
 
 
-def resolve_budget(cfg: Config, calibration_images: list[np.ndarray], log: logging.Logger = LOG) -> Config:
+def resolve_budget(cfg: Config, calibration_images: list[np.ndarray], log: logging.Logger = LOG,
+                   in_process: bool = False) -> Config:
     """train.budget -> the config this run trains with, its record in train.resolved_budget
     (see semray.budget). Throughput is measured where the workers run: in this process on a
-    private local Ray, in a Ray task with a worker's resources on a cluster."""
-    import ray
-
-    from semray.ray_env import is_private
-
+    private local Ray (in_process: before it starts), in a Ray task with a worker's resources on a
+    cluster."""
     sized, minutes, reason = sized_for(cfg, cfg.train.use_gpu)
     if minutes is None:
         resolved, record = sized, {"minutes": None, "scale": 1.0}
     else:
+        import ray
+
+        from semray.ray_env import is_private
+
         threads = worker_threads(sized)
-        if is_private() and not sized.train.use_gpu:
+        if in_process or (is_private() and not sized.train.use_gpu):
             rates = measure_rates(sized, "cpu", threads)
         else:
             probe = ray.remote(num_cpus=threads, num_gpus=1 if sized.train.use_gpu else 0)(_remote_rates)
