@@ -354,7 +354,8 @@ def worker_threads(cfg: Config) -> int:
 
     if cfg.train.cpus_per_worker > 0:
         return max(1, int(cfg.train.cpus_per_worker))
-    total = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    # before a private Ray starts, its CPUs will be this machine's (semray.ray_env.init_ray)
+    total = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else os.cpu_count() or 1
     return max(1, total // max(cfg.train.num_workers, 1))
 
 
