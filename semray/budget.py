@@ -134,7 +134,7 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
             objective, params = AutoencoderObjective(autoencoder), autoencoder.parameters()
         else:
             denoiser = create_denoiser(cfg.denoiser, cfg.model.init_std)
-            objective = DenoiserObjective(autoencoder, denoiser, cfg.denoiser.input_noise)
+            objective = DenoiserObjective(autoencoder, denoiser, cfg.denoiser.input_noise, cfg.model.loss)
             params = denoiser.parameters()
         objective.to(device, memory_format=fmt).train()
         optimizer = torch.optim.Adam(params, lr=1e-4)

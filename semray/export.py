@@ -1,14 +1,15 @@
 """A trained run as an ONNX model, for software that cannot run PyTorch (an instrument's own
-pipeline, a C++ viewer): gray image in, the three score maps out.
+pipeline, a C++ viewer): gray image in, every score's map out.
 
     semray export --run runs/mine --out mine.onnx
 
 The graph holds the whole per-image computation semray does before pooling: cutting the image
 into patch_size windows at the run's stride (the regular grid, without the extra windows flush with
 the bottom and right borders that `semray score` adds), each window's normalisation, the
-autoencoder, the denoiser and the three scores. Input "image": float32 (1, 1, H, W) in [0, 1],
-H and W free. Output "scores": float32 (3, ny, nx), the reconstruction, smooth and feature scores
-of the window whose top-left corner is (i * stride, j * stride). Neighbourhood pooling, thresholds
+autoencoder, the denoiser and the scores. Input "image": float32 (1, 1, H, W) in [0, 1],
+H and W free. Output "scores": float32 (len(SCORE_NAMES), ny, nx), the scores in semray.scores.SCORE_NAMES
+order (reconstruction, smooth, feature, ssim_reconstruction, ssim_smooth) of the window whose
+top-left corner is (i * stride, j * stride). Neighbourhood pooling, thresholds
 and regions stay with the caller (semray.maps has them in a few lines of numpy).
 """
 from __future__ import annotations
@@ -22,10 +23,11 @@ from torch import nn
 from semray.device import Precision
 from semray.models import AnomalyDetector
 from semray.runs import load_detector
+from semray.scores import SCORE_NAMES
 
 
 class ScoreMaps(nn.Module):
-    """image (1, 1, H, W) -> scores (3, ny, nx): the detector applied to every window of a grid."""
+    """image (1, 1, H, W) -> scores (len(SCORE_NAMES), ny, nx): the detector on every window of a grid."""
 
     def __init__(self, detector: AnomalyDetector, size: int, stride: int):
         super().__init__()
@@ -37,7 +39,7 @@ class ScoreMaps(nn.Module):
         windows = F.unfold(image, self.size, stride=self.stride)  # (1, size*size, ny*nx)
         patches = windows.transpose(1, 2).reshape(-1, 1, self.size, self.size)
         scores = self.detector.scores(patches)
-        return torch.stack([scores["reconstruction"], scores["smooth"], scores["feature"]]).reshape(3, ny, nx)
+        return torch.stack([scores[k] for k in SCORE_NAMES]).reshape(len(SCORE_NAMES), ny, nx)
 
 
 def export_onnx(run_dir: str | Path, out: str | Path, stride: int | None = None) -> Path:

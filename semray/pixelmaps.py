@@ -18,20 +18,9 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from semray.data.patches import iter_patch_batches, tile_positions
+from semray.data.patches import denormalize_patches, iter_patch_batches, tile_positions
 
 OUTPUTS = ("reconstruction", "smooth", "feature_mask")
-
-
-def denormalize(out: torch.Tensor, raw: torch.Tensor, mode: str, mean: float, std: float) -> torch.Tensor:
-    """A model output back in image intensities: the inverse of semray.data.patches.normalize_patches
-    for the window it came from (per-window mean and std for "patch", the global ones for "image")."""
-    if mode == "patch":
-        flat = raw.flatten(1)
-        mu = flat.mean(dim=1).view(-1, 1, 1, 1)
-        sd = flat.std(dim=1, unbiased=False).clamp_min(flat.shape[1] ** -0.5).view(-1, 1, 1, 1)
-        return out * sd + mu
-    return out * std + mean
 
 
 class _Stitcher:
@@ -66,8 +55,8 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
         raw = torch.from_numpy(patches).unsqueeze(1).to(device)
         out = detector(raw)
         mode, mean, std = detector.normalization, detector.mean, detector.std
-        reconstruction = denormalize(out["reconstruction"], raw, mode, mean, std)[:, 0]
-        smooth = denormalize(out["smooth"], raw, mode, mean, std)[:, 0]
+        reconstruction = denormalize_patches(out["reconstruction"], raw, mode, mean, std)[:, 0]
+        smooth = denormalize_patches(out["smooth"], raw, mode, mean, std)[:, 0]
         stitchers["reconstruction"].add(reconstruction.cpu().numpy(), ys, xs)
         stitchers["smooth"].add(smooth.cpu().numpy(), ys, xs)
         stitchers["feature_mask"].add((smooth - reconstruction).cpu().numpy(), ys, xs)

@@ -63,7 +63,7 @@ def histogram_figure(model: str, labels: np.ndarray, pooled: dict[str, np.ndarra
                      thresholds: dict[str, float] | None, path: Path) -> None:
     """Score histograms of normal and anomalous test patches per score, with the calibrated threshold."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, len(SCORE_NAMES), figsize=(4.3 * len(SCORE_NAMES), 3.6))
     for ax, name in zip(axes, SCORE_NAMES):
         s = pooled[name]
         bins = np.linspace(np.quantile(s, 0.001), np.quantile(s, 0.999), 60)

@@ -1,13 +1,25 @@
-"""The three anomaly scores, per patch, as pure tensor functions (no model, no Ray).
+"""The anomaly scores, per patch, as pure tensor functions (no model, no Ray).
 
-All are mean squared differences over the patch's pixels: the study used unsquared L2 norms, which
-rank patches identically (same AUROC) but depend on the patch size.
+The study's three are mean squared differences in the models' (normalised) space: the study used
+unsquared L2 norms, which rank patches identically (same AUROC) but depend on the patch size.
+
+The structural two compare the patch with an output in image intensities by SSIM (Wang et al.
+2004; Gaussian window sigma 1.5, as Bergmann et al. scored autoencoders on these very images): a
+squared residual is dominated by the brightest fibre edges, while SSIM asks whether local mean,
+contrast and structure agree, which is what a bead or a flattened film breaks.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-SCORE_NAMES = ("reconstruction", "smooth", "feature")
+if TYPE_CHECKING:  # the names below are read by the CLI's fast paths, which must not import torch
+    import torch
+
+STUDY_SCORES = ("reconstruction", "smooth", "feature")
+STRUCTURAL_SCORES = ("ssim_reconstruction", "ssim_smooth")
+SCORE_NAMES = STUDY_SCORES + STRUCTURAL_SCORES
+
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # skimage's Gaussian window for sigma 1.5 (truncate 3.5) is 11 wide
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -29,9 +41,45 @@ def feature_score(x: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
     return _mse(x, feature_mask)
 
 
-def all_scores(x, reconstruction, smooth, feature_mask) -> dict[str, torch.Tensor]:
-    return {
+def patch_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM of each pair of patches (N,1,S,S) -> (N,), over the pixels whose Gaussian window
+    fits inside the patch, with Wang et al.'s constants: scikit-image's structural_similarity
+    (gaussian_weights, sigma 1.5, population covariance), which a test holds it to. Differentiable,
+    so it is the structural training loss too. Written out (a dozen lines) rather than taken from
+    pytorch-msssim, whose entry point squeezes dimensions in a way the ONNX exporter turns into an
+    invalid graph."""
+    import torch  # kept out of this module's import (see above)
+    import torch.nn.functional as F
+
+    a, b = a.float(), b.float()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    r = SSIM_WINDOW // 2
+    g = torch.exp(-(torch.arange(SSIM_WINDOW, dtype=torch.float32, device=a.device) - r) ** 2 / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
+
+    def blur(x: torch.Tensor) -> torch.Tensor:  # separable Gaussian, "valid" (no padding)
+        return F.conv2d(F.conv2d(x, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return ssim.flatten(1).mean(dim=1)
+
+
+def structural_score(raw: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM(patch, output), both in image intensities ([0, 1]): 0 where they agree."""
+    return 1.0 - patch_ssim(raw, output, data_range=1.0)
+
+
+def all_scores(x, reconstruction, smooth, feature_mask, raw=None, raw_reconstruction=None,
+               raw_smooth=None) -> dict[str, torch.Tensor]:
+    """The study's three from the normalised tensors; with the raw patch and the outputs brought
+    back to image intensities (semray.data.patches.denormalize_patches), the structural two."""
+    out = {
         "reconstruction": reconstruction_score(x, reconstruction),
         "smooth": smooth_score(x, smooth),
         "feature": feature_score(x, feature_mask),
     }
+    if raw is not None:
+        out["ssim_reconstruction"] = structural_score(raw, raw_reconstruction)
+        out["ssim_smooth"] = structural_score(raw, raw_smooth)
+    return out

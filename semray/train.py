@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -35,6 +34,7 @@ from semray.files import join_uri
 from semray.log import duration, get_logger
 from semray.models import create_autoencoder, create_denoiser
 from semray.models.detector import FP32
+from semray.models.losses import patch_loss
 from semray.runs import (
     AUTOENCODER_FILE,
     MODEL_FILE,
@@ -64,13 +64,14 @@ class AutoencoderObjective(nn.Module):
 
 
 class DenoiserObjective(nn.Module):
-    """L = ||x - Den(AE(x) + noise)||^2 with the autoencoder frozen (and kept in eval mode)."""
+    """L = ||x - Den(AE(x) + noise)||^2 (or model.loss's SSIM) with the autoencoder frozen (and kept
+    in eval mode)."""
 
-    def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, input_noise: float):
+    def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, input_noise: float, loss: str = "mse"):
         super().__init__()
         self.autoencoder = autoencoder.requires_grad_(False)
         self.model = denoiser
-        self.input_noise = input_noise
+        self.input_noise, self.loss = input_noise, loss
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -81,7 +82,7 @@ class DenoiserObjective(nn.Module):
         with torch.no_grad():
             noisy = self.autoencoder(x) + self.input_noise * torch.randn_like(x)
         _, smooth = self.model(noisy)
-        return F.mse_loss(smooth.float(), x)
+        return patch_loss(smooth, x, self.loss).mean()
 
 
 # ---------------------------------------------------------------- the shared loop
@@ -277,7 +278,7 @@ def denoiser_loop(loop_cfg: dict[str, Any]) -> None:
     autoencoder = create_autoencoder(cfg.model, cfg.patches.size)
     autoencoder.load_state_dict(loop_cfg["autoencoder"])
     objective = DenoiserObjective(autoencoder, create_denoiser(cfg.denoiser, cfg.model.init_std),
-                                  cfg.denoiser.input_noise)
+                                  cfg.denoiser.input_noise, cfg.model.loss)
     _train_stage(loop_cfg, f"denoiser {cfg.model.kind}", objective, cfg.train.denoiser_lr,
                  cfg.train.denoiser_epochs, cfg.train.denoiser_patches_per_epoch)
 

@@ -6,6 +6,7 @@ import pytest
 
 from semray.maps import score_image
 from semray.runs import load_detector
+from semray.scores import SCORE_NAMES
 
 from conftest import main_in_process
 
@@ -23,6 +24,6 @@ def test_onnx_score_maps_match_pytorch(tmp_path, untrained_run, capsys):
         maps = session.run(None, {"image": image[None, None]})[0]
         expected = score_image(detector, image, cfg.eval.stride, cover_edges=False)
         ny, nx = np.unique(expected["ys"]).size, np.unique(expected["xs"]).size
-        assert maps.shape == (3, ny, nx)
-        for i, name in enumerate(("reconstruction", "smooth", "feature")):
+        assert maps.shape == (len(SCORE_NAMES), ny, nx)
+        for i, name in enumerate(SCORE_NAMES):
             np.testing.assert_allclose(maps[i].ravel(), expected[name], rtol=1e-4, atol=1e-6)

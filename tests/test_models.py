@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semray.config import DenoiserConfig, ModelConfig
-from semray.data.patches import normalize_patches
+from semray.data.patches import denormalize_patches, normalize_patches
 from semray.models import (
     AUTOENCODERS,
     AnomalyDetector,
@@ -20,7 +20,8 @@ from semray.models import (
     create_autoencoder,
     create_denoiser,
 )
-from semray.scores import feature_score, reconstruction_score, smooth_score
+from semray.models.losses import LOSSES, patch_loss
+from semray.scores import SCORE_NAMES, feature_score, reconstruction_score, smooth_score, structural_score
 
 SMALL = dict(width=8, latent_dim=16)
 KINDS = sorted(AUTOENCODERS)
@@ -325,8 +326,11 @@ def test_detector_scores_consistent_with_score_functions(kind, normalization):
         mask, smooth = det.denoiser(rec)
     torch.testing.assert_close(out["x"], x)
     torch.testing.assert_close(out["feature_mask"], mask)
+    in_image = {k: denormalize_patches(v, raw, normalization, 0.4, 0.2) for k, v in (("rec", rec), ("smooth", smooth))}
     expected = {"reconstruction": reconstruction_score(x, rec), "smooth": smooth_score(x, smooth),
-                "feature": feature_score(x, mask)}
+                "feature": feature_score(x, mask), "ssim_reconstruction": structural_score(raw, in_image["rec"]),
+                "ssim_smooth": structural_score(raw, in_image["smooth"])}
+    assert set(expected) == set(SCORE_NAMES)
     for name, value in expected.items():
         assert out["scores"][name].shape == (5,)
         torch.testing.assert_close(out["scores"][name], value)
@@ -349,3 +353,43 @@ def test_detector_forward_returns_all_stages():
     tensors = [t for t in out.values() if torch.is_tensor(t)]
     for name, stage in stages.items():
         assert any(t.shape == stage.shape and torch.allclose(t, stage) for t in tensors), f"stage {name} missing"
+
+
+# ---------------------------------------------------------------- the training loss (model.loss)
+def test_mse_loss_is_the_studys_l2():
+    a, b = torch.randn(4, 1, 32, 32), torch.randn(4, 1, 32, 32)
+    torch.testing.assert_close(patch_loss(a, b, "mse").mean(), F.mse_loss(a, b))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_is_zero_for_a_perfect_output_and_positive_otherwise(loss):
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert patch_loss(x, x, loss).abs().max() < 1e-5
+    assert (patch_loss(x + 0.3 * torch.randn_like(x), x, loss) > 0.01).all()
+
+
+def test_ssim_loss_charges_a_structural_change_more_than_an_offset_of_equal_l2():
+    """What SSIM is for: a blurred patch loses structure, a brightened one only its mean."""
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    offset = x + (blurred - x).pow(2).mean().sqrt()  # the same mean squared error
+    torch.testing.assert_close(patch_loss(offset, x, "mse"), patch_loss(blurred, x, "mse"), rtol=0.2, atol=0)
+    assert (patch_loss(blurred, x, "ssim") > 2 * patch_loss(offset, x, "ssim")).all()
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_model_trains_with_every_loss(kind, loss):
+    torch.manual_seed(0)
+    model = create_autoencoder(ModelConfig(kind=kind, width=8, latent_dim=16, loss=loss))
+    value = model.training_loss(torch.randn(4, 1, 32, 32))
+    assert value.ndim == 0 and torch.isfinite(value)
+    value.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_the_config_offers_exactly_the_losses_there_are():
+    from semray.config import CHOICES
+
+    assert CHOICES["model.loss"] == LOSSES
+

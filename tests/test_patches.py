@@ -8,6 +8,7 @@ import torch
 from semray.data.patches import (
     assemble_map,
     defect_pixel_counts,
+    denormalize_patches,
     grid_coordinates,
     image_statistics,
     iter_patch_batches,
@@ -369,3 +370,10 @@ def test_neighbourhood_mean_keeps_a_constant_and_order():
 def test_neighbourhood_mean_rejects_a_partial_grid():
     with pytest.raises(ValueError, match="grid"):
         neighbourhood_mean(np.ones(3), np.array([0, 0, 16]), np.array([0, 16, 0]), 16)
+
+
+@pytest.mark.parametrize("mode", ["patch", "image"])
+def test_denormalize_inverts_normalize(mode):
+    raw = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    back = denormalize_patches(normalize_patches(raw, mode, 0.4, 0.2), raw, mode, 0.4, 0.2)
+    torch.testing.assert_close(back, raw, rtol=1e-5, atol=1e-5)

@@ -4,7 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semray.scores import SCORE_NAMES, all_scores, feature_score, reconstruction_score, smooth_score
+from semray.scores import (
+    SCORE_NAMES,
+    STUDY_SCORES,
+    all_scores,
+    feature_score,
+    patch_ssim,
+    reconstruction_score,
+    smooth_score,
+    structural_score,
+)
 
 SCORE_FUNCTIONS = [reconstruction_score, smooth_score, feature_score]
 
@@ -46,7 +55,7 @@ def test_all_scores_keys_and_values():
     smooth = t([1, 2, 3, 4], [1, 1, 1, 1])    # errors: [0, 4/4] -> [0, 1]
     mask = t([0, 0, 0, 0], [2, 0, 0, 0])      # errors: [(1+4+9+16)/4, 4/4] -> [7.5, 1]
     out = all_scores(x, rec, smooth, mask)
-    assert set(out) == {"reconstruction", "smooth", "feature"} == set(SCORE_NAMES)
+    assert set(out) == {"reconstruction", "smooth", "feature"} == set(STUDY_SCORES)  # no raw patch given
     torch.testing.assert_close(out["reconstruction"], torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(out["smooth"], torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(out["feature"], torch.tensor([7.5, 1.0]))
@@ -59,3 +68,39 @@ def test_all_scores_argument_order():
     torch.testing.assert_close(out["reconstruction"], torch.tensor([1.0]))
     torch.testing.assert_close(out["smooth"], torch.tensor([4.0]))
     torch.testing.assert_close(out["feature"], torch.tensor([9.0]))
+
+
+# ---------------------------------------------------------------- the structural scores
+def test_patch_ssim_matches_scikit_image():
+    """The reference implementation, with the settings of Wang et al. that skimage documents for a
+    Gaussian window: sigma 1.5, population covariance, the window's pixels inside the patch only."""
+    structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(6, 1, 32, 32, generator=g)
+    b = (a + 0.15 * torch.randn(6, 1, 32, 32, generator=g)).clamp(0, 1)
+    b[0] = a[0]
+    got = patch_ssim(a, b, data_range=1.0)
+    expected = [structural_similarity(a[i, 0].double().numpy(), b[i, 0].double().numpy(), data_range=1.0,
+                                      gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                for i in range(6)]
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float32), rtol=1e-4, atol=1e-4)
+
+
+def test_structural_score_is_zero_for_an_exact_output_and_grows_with_the_damage():
+    g = torch.Generator().manual_seed(1)
+    raw = torch.rand(1, 1, 32, 32, generator=g)
+    noise = torch.randn(1, 1, 32, 32, generator=g)
+    damage = [structural_score(raw, (raw + s * noise).clamp(0, 1)).item() for s in (0.0, 0.05, 0.2)]
+    assert abs(damage[0]) < 1e-5 and damage[0] < damage[1] < damage[2]
+
+
+def test_all_scores_with_the_raw_patch_adds_the_structural_ones():
+    g = torch.Generator().manual_seed(2)
+    x, rec, smooth, mask = (torch.randn(3, 1, 32, 32, generator=g) for _ in range(4))
+    raw = torch.rand(3, 1, 32, 32, generator=g)
+    raw_rec, raw_smooth = raw * 0.9, raw
+    out = all_scores(x, rec, smooth, mask, raw, raw_rec, raw_smooth)
+    assert tuple(out) == SCORE_NAMES
+    torch.testing.assert_close(out["ssim_reconstruction"], structural_score(raw, raw_rec))
+    torch.testing.assert_close(out["ssim_smooth"], torch.zeros(3), atol=1e-5, rtol=0)
+

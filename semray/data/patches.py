@@ -20,13 +20,27 @@ def normalize_patches(patches: torch.Tensor, mode: str, mean: float = 0.5, std: 
     is floored at 1/sqrt(pixels) so flat background patches do not explode into noise); "image"
     applies one global mean/std measured on the training images.
     """
+    mu, sd = _normalization(patches, mode, mean, std)
+    return (patches - mu) / sd
+
+
+def denormalize_patches(out: torch.Tensor, raw: torch.Tensor, mode: str, mean: float = 0.5,
+                        std: float = 0.25) -> torch.Tensor:
+    """A model output back in image intensities: the inverse of normalize_patches for the raw
+    patches it came from (their own mean and std for "patch", the global ones for "image"), so
+    outputs can be compared with the image itself (structural scores) or stitched into it."""
+    mu, sd = _normalization(raw, mode, mean, std)
+    return out * sd + mu
+
+
+def _normalization(patches: torch.Tensor, mode: str, mean: float, std: float):
     if mode == "patch":
         flat = patches.flatten(1)
         mu = flat.mean(dim=1).view(-1, 1, 1, 1)
         sd = flat.std(dim=1, unbiased=False).clamp_min(flat.shape[1] ** -0.5).view(-1, 1, 1, 1)
-        return (patches - mu) / sd
+        return mu, sd
     if mode == "image":
-        return (patches - mean) / std
+        return mean, std
     raise ConfigError(f"unknown normalization {mode!r}; expected 'patch' or 'image'")
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from semray.config import ModelConfig
 from semray.errors import ConfigError
+from semray.models.losses import patch_loss
 
 
 def _init_weights(module: nn.Module, std: float) -> None:
@@ -73,7 +73,7 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(self(x).float(), x)  # fp32 loss under bf16 autocast
+        return patch_loss(self(x), x, self.cfg.loss).mean()
 
 
 class DenoisingAutoencoder(ConvAutoencoder):
@@ -82,13 +82,14 @@ class DenoisingAutoencoder(ConvAutoencoder):
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         noisy = x + self.cfg.dae_sigma * torch.randn_like(x)
         target = noisy if self.cfg.dae_noisy_target else x
-        return F.mse_loss(self(noisy).float(), target)
+        return patch_loss(self(noisy), target, self.cfg.loss).mean()
 
 
 class ConvVAE(ConvAutoencoder):
     """Convolutional VAE: reparameterised Gaussian latent; loss = reconstruction + beta * KL.
 
-    Both terms are sums per patch averaged over the batch, so beta=1 is the textbook ELBO.
+    Both terms are sums per patch averaged over the batch and divided by the patch's pixel count
+    (so the loss reads as a per-pixel error), so beta=1 is the textbook ELBO with the L2 loss.
     At test time the latent mean is decoded (deterministic scores) unless cfg.cvae_sample_at_test.
     """
 
@@ -108,7 +109,6 @@ class ConvVAE(ConvAutoencoder):
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         mean, logvar = self.encode(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        recon = self.decoder(z).float()
-        rec = (recon - x).pow(2).flatten(1).sum(1).mean()
-        kl = (-0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(1)).mean()
-        return (rec + self.cfg.cvae_beta * kl) / x[0].numel()
+        rec = patch_loss(self.decoder(z), x, self.cfg.loss).mean()  # per pixel, as the KL term below
+        kl = (-0.5 * (1 + logvar.float() - mean.float().pow(2) - logvar.float().exp()).sum(1)).mean()
+        return rec + self.cfg.cvae_beta * kl / x[0].numel()

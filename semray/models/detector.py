@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from semray.data.patches import normalize_patches
+from semray.data.patches import denormalize_patches, normalize_patches
 from semray.device import Precision
 from semray.scores import all_scores
 
@@ -41,15 +41,19 @@ class AnomalyDetector(nn.Module):
 
     @torch.no_grad()
     def forward(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """raw (N,1,S,S) in [0,1] -> the stages (normalised space, fp32), and the three scores under
-        "scores" (their names overlap the stage names: "reconstruction" is both a patch and an error)."""
-        x = self.normalize(raw.float()).contiguous(memory_format=self.memory_format)
+        """raw (N,1,S,S) in [0,1] -> the stages (normalised space, fp32), and every score of
+        semray.scores under "scores" (their names overlap the stage names: "reconstruction" is both
+        a patch and an error)."""
+        raw = raw.float()
+        x = self.normalize(raw).contiguous(memory_format=self.memory_format)
         with self.precision.autocast(x.device):
             reconstruction = self.autoencoder(x)
             mask, smooth = self.denoiser(reconstruction)
         reconstruction, mask, smooth = reconstruction.float(), mask.float(), smooth.float()
+        raw_reconstruction, raw_smooth = (denormalize_patches(t, raw, self.normalization, self.mean, self.std)
+                                          for t in (reconstruction, smooth))
         return {"x": x, "reconstruction": reconstruction, "feature_mask": mask, "smooth": smooth,
-                "scores": all_scores(x, reconstruction, smooth, mask)}
+                "scores": all_scores(x, reconstruction, smooth, mask, raw, raw_reconstruction, raw_smooth)}
 
     @torch.no_grad()
     def scores(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
