@@ -19,6 +19,7 @@ from semray import __version__
 from semray.config import PRECISIONS, load_config
 from semray.errors import EXIT_CODES, ConfigError, SemrayError
 from semray.log import duration
+from semray.scores import SCORE_NAMES
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -65,7 +66,7 @@ def cmd_evaluate(args) -> int:
 
     result = evaluate_run(args.run, args.data, stride=args.stride, min_defect_pixels=args.min_defect_pixels,
                           use_gpu=True if args.gpu else None, smoothing_px=args.smoothing_px,
-                          precision=args.precision)
+                          precision=args.precision, pixel_stride=args.pixel_stride)
     print(format_table([result]))
     if args.json:
         write_json(result, args.json)
@@ -163,8 +164,8 @@ def cmd_export(args) -> int:
     from semray.export import export_onnx
 
     path = export_onnx(args.run, args.out, stride=args.stride)
-    print(f"wrote {path}: input 'image' (1, 1, H, W) in [0, 1] -> 'scores' (3, ny, nx): reconstruction, "
-          "smooth and feature score of each window (see semray/export.py)")
+    print(f"wrote {path}: input 'image' (1, 1, H, W) in [0, 1] -> 'scores' ({len(SCORE_NAMES)}, ny, nx): "
+          f"the {', '.join(SCORE_NAMES)} score of each window (see semray/export.py)")
     return 0
 
 
@@ -314,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--min-defect-pixels", type=int, help="defect pixels that make a patch anomalous (default 1)")
     e.add_argument("--smoothing-px", type=int,
                    help="average each window's score with neighbours within this many pixels (0 = off)")
+    e.add_argument("--pixel-stride", type=int,
+                   help="stride of the windows stitched into per-pixel maps (default: the run's eval.pixel_stride, "
+                        "8; 0 = window grid only)")
     e.add_argument("--json", help="also write the results to this JSON file")
     e.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
     e.set_defaults(func=cmd_evaluate)
@@ -329,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--cpus-per-trial", type=float, help="CPUs per trial's Ray Train worker (default 1)")
     u.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
     u.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources hold)")
-    u.add_argument("--score", choices=["best", "reconstruction", "smooth", "feature"],
-                   help="objective: validation AUROC of this score (default: the best of the three)")
+    u.add_argument("--score", choices=["best", *SCORE_NAMES],
+                   help="objective: validation AUROC of this score (default: the best of them)")
     u.add_argument("--scheduler", choices=["asha", "fifo"],
                    help="asha stops weak trials early (default); fifo runs all to the end")
     u.add_argument("--resume", metavar="TUNE_DIR", help="continue an interrupted search")
@@ -353,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trained run directory (semray train, or a tune's best/), a path or a URI (s3://...)")
     b.add_argument("--out", required=True, help="output directory (re-run to resume: finished images are skipped)")
     b.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride)")
-    b.add_argument("--score", default="feature", choices=["reconstruction", "smooth", "feature"],
+    b.add_argument("--score", default="feature", choices=SCORE_NAMES,
                    help="the score the maps, regions and threshold use")
     b.add_argument("--workers", type=int, help="scoring actors (default: one per CPU, or per GPU share)")
     b.add_argument("--cpus-per-worker", type=float, help="CPUs per scoring actor (default 1)")
@@ -385,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/)")
     q.add_argument("--png", metavar="DIR", help="write IMAGE-defects.png overlays into this directory")
     q.add_argument("--json", help="also write every image's score and regions to this JSON file")
-    q.add_argument("--score", default="feature", choices=["reconstruction", "smooth", "feature"],
+    q.add_argument("--score", default="feature", choices=SCORE_NAMES,
                    help="the score the map, regions and threshold use")
     q.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride, 16)")
     q.add_argument("--threshold", type=float, help="override the run's calibrated threshold")

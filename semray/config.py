@@ -44,6 +44,9 @@ class ModelConfig:
     dae_noisy_target: bool = False  # the study's reference code reconstructed the noisy patch (a bug)
     cvae_beta: float = 1.0  # KL weight; the study's code effectively used about 32
     cvae_sample_at_test: bool = False  # the study drew a fresh latent at test time (stochastic scores)
+    # Training loss of both stages (semray.models.losses): the study's "mse", "ssim" (1 - SSIM) or
+    # "mse+ssim".
+    loss: str = "mse"
 
 
 @dataclass
@@ -105,6 +108,11 @@ class EvalConfig:
     batch_size: int = 512
     # Calibrated thresholds flag this fraction of the windows of defect-free images (semray calibrate).
     threshold_fpr: float = 0.01
+    # Per-pixel maps (semray.pixelmaps, used by `semray evaluate`): windows every pixel_stride pixels
+    # stitched into whole-image outputs, compared with the image pixel by pixel, and blurred by
+    # pixel_blur pixels (sigma of a Gaussian). 0 = the window grid only.
+    pixel_stride: int = 8
+    pixel_blur: float = 8.0
     # Number format of scoring (evaluate, calibrate, score, report, Tune's validation): auto | fp32 | bf16.
     # Scores are computed in fp32 from the networks' outputs either way.
     precision: str = "auto"
@@ -210,6 +218,7 @@ CHOICES: dict[str, tuple] = {
     "patches.normalization": ("patch", "image"),
     "model.kind": ("ae", "dae", "cvae"),  # semray.models.AUTOENCODERS (a test keeps them equal)
     "model.output": ("linear", "tanh", "sigmoid"),
+    "model.loss": ("mse", "ssim", "mse+ssim"),  # semray.models.losses.LOSSES (a test keeps them equal)
     "train.precision": PRECISIONS,
     "eval.precision": PRECISIONS,
 }
@@ -232,6 +241,8 @@ RULES: dict[str, tuple[Any, str]] = {
     "eval.stride": (_positive, "a positive number"), "eval.min_defect_pixels": (_positive, "a positive number"),
     "eval.smoothing_px": (_at_least(0), "a number >= 0"), "eval.batch_size": (_positive, "a positive number"),
     "eval.threshold_fpr": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
+    "eval.pixel_stride": (_at_least(0), "a number >= 0 (0: no per-pixel maps)"),
+    "eval.pixel_blur": (_at_least(0), "a number >= 0"),
 }
 
 

@@ -20,8 +20,9 @@ from semray.device import memory_format_name, pick_device
 from semray.files import atomic_write, to_json
 from semray.log import get_logger
 from semray.maps import calibrate_threshold, score_image
-from semray.metrics import at_threshold, aupro, held_out_f1, image_auroc, patch_metrics, pixel_auroc
+from semray.metrics import at_threshold, aupro, auroc, held_out_f1, image_auroc, patch_metrics, pixel_auroc
 from semray.models import AnomalyDetector
+from semray.pixelmaps import pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector, read_threshold, save_threshold
 from semray.scores import SCORE_NAMES
 
@@ -95,19 +96,48 @@ def _metrics(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str,
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None = None,
                  min_defect_pixels: int | None = None, use_gpu: bool | None = None,
                  progress: bool = True, smoothing_px: int | None = None, precision: str | None = None,
-                 log: logging.Logger = LOG) -> dict[str, Any]:
-    """Score the anomalous images of data_dir with a trained run and compute the study's table.
+                 pixel_stride: int | None = None, log: logging.Logger = LOG) -> dict[str, Any]:
+    """Score the anomalous images of data_dir with a trained run and compute the study's table,
+    and the per-pixel maps' metrics unless pixel_stride (default: the run's eval.pixel_stride) is 0.
     precision: auto | fp32 | bf16 for this evaluation (default: the run's eval.precision)."""
     detector, cfg = load_detector(run_dir, pick_device(use_gpu), precision)
     log_precision(log, "evaluate", detector)
     stride = stride or cfg.eval.stride
     scored = score_dataset(detector, cfg, data_dir, stride, progress)
     calibration = read_threshold(Path(run_dir))
-    result = summarize(scored, cfg, stride, min_defect_pixels or cfg.eval.min_defect_pixels, smoothing_px,
+    min_defect_pixels = min_defect_pixels or cfg.eval.min_defect_pixels
+    result = summarize(scored, cfg, stride, min_defect_pixels, smoothing_px,
                        thresholds=calibration["scores"] if calibration else None, pixel=True)
     if calibration:
         result["calibration"] = {k: calibration[k] for k in ("fpr", "stride", "windows", "images", "source")}
+    pixel_stride = cfg.eval.pixel_stride if pixel_stride is None else pixel_stride
+    if pixel_stride:
+        result["pixel_maps"] = pixel_map_metrics(detector, scored, cfg, pixel_stride, cfg.eval.pixel_blur,
+                                                 min_defect_pixels, progress)
     return result
+
+
+def pixel_map_metrics(detector: AnomalyDetector, scored: list[tuple[LabelledImage, dict[str, np.ndarray]]],
+                      cfg: Config, pixel_stride: int, blur: float, min_defect_pixels: int,
+                      progress: bool = False) -> dict[str, Any]:
+    """The per-pixel maps of semray.pixelmaps for every scored image (stitched at pixel_stride,
+    blurred by `blur`): per map, pixel AUROC, AUPRO, and the patch AUROC of the map's mean over
+    each window the images were scored with (the same windows and labels as the grid's table)."""
+    size = cfg.patches.size
+    maps: dict[str, list[np.ndarray]] = {}
+    window_scores: dict[str, list[np.ndarray]] = {}
+    for item, r in _progress(scored, progress, f"per-pixel maps {cfg.model.kind}"):
+        outputs = stitched_outputs(detector, item.image, pixel_stride, cfg.eval.batch_size)
+        for name, m in pixel_maps(item.image, outputs, blur_sigma=blur).items():
+            maps.setdefault(name, []).append(m)
+            window_scores.setdefault(name, []).append(window_means(m, r["ys"], r["xs"], size))
+    masks = [item.mask for item, _ in scored]
+    y = window_labels(scored, size, min_defect_pixels)
+    return {"stride": pixel_stride, "blur": blur,
+            "maps": {name: {"pixel_auroc": pixel_auroc(masks, m), "aupro": aupro(masks, m),
+                            "patch_auroc": auroc(y, np.concatenate(window_scores[name])),
+                            "image_auroc": image_auroc(masks, m)}
+                     for name, m in maps.items()}}
 
 
 def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fpr: float | None = None,
@@ -160,6 +190,13 @@ def format_table(results: Iterable[dict[str, Any]]) -> str:
             lines.append(f"{r['model']:<6} {k:<15} {m['auroc']:7.3f} {m['average_precision']:7.3f} "
                          f"{m['precision']:7.3f} {m['recall']:7.3f} {m['f1']:7.3f} {m['f1_held_out']:8.3f}"
                          + "".join(f" {m.get(key, float('nan')):9.3f}" for key, _ in extra))
+    for r in results:
+        if "pixel_maps" in r:
+            p = r["pixel_maps"]
+            title = f"per-pixel maps (windows every {p['stride']} px stitched, blur {p['blur']:g} px)"
+            lines.append(f"{r['model']:<6} {title:<60} {'pix.AUROC':>9} {'AUPRO':>7} {'patch AUROC':>12}")
+            for name, m in p["maps"].items():
+                lines.append(f"{'':<6} {name:<60} {m['pixel_auroc']:9.3f} {m['aupro']:7.3f} {m['patch_auroc']:12.3f}")
     lines.append("(precision/recall/F1 at the best-F1 threshold chosen on these very labels, as the study did:\n"
                  " optimistic. F1 h.o.: each half of the images flagged at the threshold best on the other half"
                  + (".\n F1 cal.: at the threshold calibrated on normal images only, as in deployment" if

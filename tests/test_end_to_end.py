@@ -34,6 +34,11 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
         assert {"auroc", "precision", "recall", "f1", "threshold"} <= set(metrics)
         assert 0.0 <= metrics["auroc"] <= 1.0 and not math.isnan(metrics["f1"])
     assert result["smoothing_px"] == 16  # neighbourhood pooling of scores is on by default
+    # the per-pixel maps, stitched from windows every 8 px, are part of every evaluation
+    assert result["pixel_maps"]["stride"] == 8 and "per-pixel maps" in evaluation.stdout
+    assert set(result["pixel_maps"]["maps"]) == {"ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth"}
+    for metrics in result["pixel_maps"]["maps"].values():
+        assert all(0.0 <= metrics[k] <= 1.0 for k in ("pixel_auroc", "aupro", "patch_auroc"))
 
 
 def test_train_refuses_a_different_config_in_the_same_run(tmp_path, synth_data, tiny_config, capsys):
