@@ -41,6 +41,7 @@ from semray.data.io import DEFAULT_MAX_PIXELS, file_versions, list_inputs
 from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
 from semray.files import atomic_path, is_uri
 from semray.log import get_logger
+from semray.scores import SCORE_NAMES
 
 if TYPE_CHECKING:
     from semray.device import Precision
@@ -70,10 +71,9 @@ MAPS_SCHEMA = pa.schema([
     ("pixel_size_um", pa.float64()),
 ])
 PATCH_COLUMNS = [("patch_ys", pa.list_(pa.int32())), ("patch_xs", pa.list_(pa.int32())),
-                 ("patch_reconstruction", pa.list_(pa.float32())), ("patch_smooth", pa.list_(pa.float32())),
-                 ("patch_feature", pa.list_(pa.float32()))]
+                 *((f"patch_{k}", pa.list_(pa.float32())) for k in SCORE_NAMES)]
 PATCHES_SCHEMA = pa.schema([("source", pa.string()), ("page", pa.int32()), ("y", pa.int32()), ("x", pa.int32()),
-                            ("reconstruction", pa.float32()), ("smooth", pa.float32()), ("feature", pa.float32())])
+                            *((k, pa.float32()) for k in SCORE_NAMES)])
 ERRORS_SCHEMA = pa.schema([("source", pa.string()), *IDENTITY, ("page", pa.int32()), ("pages", pa.int32()),
                            ("error", pa.string())])
 # What flows from the scoring actors to the writers: a maps row or an error row, and the windows.
@@ -198,7 +198,7 @@ def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict
                              s["quantile"], pixel_size_um)}
     if s["patches"]:
         record.update({"patch_ys": scores["ys"], "patch_xs": scores["xs"],
-                       **{f"patch_{k}": scores[k] for k in ("reconstruction", "smooth", "feature")}})
+                       **{f"patch_{k}": scores[k] for k in SCORE_NAMES}})
     return record
 
 
@@ -230,10 +230,9 @@ def write_part(batch: pa.Table, out: str, metadata: dict[str, str], patches: boo
 def _explode_patches(ok: pa.Table) -> pa.Table:
     """maps-level list columns -> one row per window."""
     parent = pc.list_parent_indices(ok.column("patch_ys"))
-    flat = {k: pc.list_flatten(ok.column(f"patch_{k}")) for k in ("ys", "xs", "reconstruction", "smooth", "feature")}
+    flat = {k: pc.list_flatten(ok.column(f"patch_{k}")) for k in ("ys", "xs", *SCORE_NAMES)}
     return pa.table({"source": pc.take(ok.column("source"), parent), "page": pc.take(ok.column("page"), parent),
-                     "y": flat["ys"], "x": flat["xs"], "reconstruction": flat["reconstruction"],
-                     "smooth": flat["smooth"], "feature": flat["feature"]}, schema=PATCHES_SCHEMA)
+                     "y": flat["ys"], "x": flat["xs"], **{k: flat[k] for k in SCORE_NAMES}}, schema=PATCHES_SCHEMA)
 
 
 def _write_table(table: pa.Table, path: str, metadata: dict[str, str]) -> None:
@@ -347,7 +346,6 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
 
     from semray import __version__
     from semray.runs import RunError, read_config, read_threshold
-    from semray.scores import SCORE_NAMES
 
     if job.score not in SCORE_NAMES:
         raise ConfigError(f"--score must be one of {SCORE_NAMES}, got {job.score!r}")

@@ -66,7 +66,8 @@ def _record(source, page, pages, error=None):
             "patch_size": 32, "score": "feature", "map_height": 1, "map_width": 1, "map": [0.5], "grid_ys": [0],
             "grid_xs": [0], "score_max": 0.5, "score_quantile": 0.5, "threshold": 1.0, "regions_count": 0,
             "regions_area": 0, "regions": [], "windows": 1, "patch_ys": [0], "patch_xs": [0],
-            "patch_reconstruction": [0.1], "patch_smooth": [0.2], "patch_feature": [0.5]}
+            "patch_reconstruction": [0.1], "patch_smooth": [0.2], "patch_feature": [0.5],
+            "patch_ssim_reconstruction": [0.3], "patch_ssim_smooth": [0.4]}
 
 
 def test_write_part_and_what_a_rerun_skips(tmp_path):
