@@ -74,7 +74,7 @@ def main() -> None:
 
     for (rule, _), results in rows.items():
         print(f"\n== patches labelled anomalous with >= {rule} defect pixel(s) "
-              f"({results[0]['anomalous_patches']}/{results[0]['patches']} patches), scores pooled over "
+              f"({results[0]['anomalous_windows']}/{results[0]['windows']} windows), scores pooled over "
               f"{results[0]['smoothing_px']} px")
         print(format_table(results))
         print(f"\nAUROC, ours vs published {'':>4}" + " ".join(f"{k:>17}" for k in SCORE_NAMES))

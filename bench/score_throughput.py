@@ -98,8 +98,8 @@ def ray_pipeline(paths: list[Path], run: Path, out: Path, threshold: float, stri
     summary = score_archive(ScoreJob(inputs=[str(p.parent) for p in paths[:1]], run=str(run), out=str(out),
                                      stride=stride, threshold=threshold))
     wall = time.perf_counter() - started
-    return {"windows": summary["patches"], "images": summary["images"], "seconds": wall,
-            "patches_per_s": summary["patches"] / wall}
+    return {"windows": summary["windows"], "images": summary["images"], "seconds": wall,
+            "patches_per_s": summary["windows"] / wall}
 
 
 def big_image_memory(path: Path, run: Path, threshold: float, stride: int) -> dict:

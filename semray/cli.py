@@ -200,7 +200,7 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     from semray.data.synth import SynthConfig, write_dataset
-    from semray.evaluate import evaluate_run, format_grid, format_table
+    from semray.evaluate import evaluate_run, format_cells, format_table
     from semray.train import train_run
 
     started = time.time()
@@ -226,7 +226,7 @@ def cmd_demo(args) -> int:
     print()
     print(format_table(results))
     print()
-    print(format_grid(results))
+    print(format_cells(results))
     print(f"\n[demo] finished in {duration(time.time() - started)}; runs in {out / 'runs'}")
     return 0
 

@@ -69,8 +69,8 @@ def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Co
         "patch_size": size,
         "stride": stride,
         "scores": scores,
-        "patches": int(y.size),
-        "anomalous_patches": int(y.sum()),
+        "windows": int(y.size),
+        "anomalous_windows": int(y.sum()),
         "min_defect_pixels": min_defect_pixels,
         "smoothing_px": smoothing_px,
         "images": len(scored),
@@ -207,8 +207,8 @@ def format_table(results: Iterable[dict[str, Any]]) -> str:
 _EXTRA = [("calibrated_f1", "F1 cal."), ("pixel_auroc", "pix.AUROC"), ("aupro", "AUPRO")]
 
 
-def format_grid(results: Iterable[dict[str, Any]], key: str = "auroc", title: str | None = None) -> str:
-    """A 3x3 grid: models as rows, scores as columns."""
+def format_cells(results: Iterable[dict[str, Any]], key: str = "auroc", title: str | None = None) -> str:
+    """The model x score table (the study's nine cells, and the structural scores): models as rows."""
     lines = [f"{title or key.upper():<6} " + " ".join(f"{k:>15}" for k in SCORE_NAMES)]
     for r in results:
         lines.append(f"{r['model']:<6} " + " ".join(f"{r['scores'][k][key]:15.3f}" for k in SCORE_NAMES))

@@ -166,9 +166,9 @@ def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str 
         pictures = []
         for i, (item, r) in enumerate(_examples(run_scored, examples)):
             stages = stage_images(detector, item.image, size)
-            grid = image_record(r, best, size, s, cfg.eval.smoothing_px,
-                                thresholds[best] if thresholds else result["scores"][best]["threshold"])
-            record = {**grid, "height": item.image.shape[0], "width": item.image.shape[1], "patch_size": size,
+            record = image_record(r, best, size, s, cfg.eval.smoothing_px,
+                                  thresholds[best] if thresholds else result["scores"][best]["threshold"])
+            record = {**record, "height": item.image.shape[0], "width": item.image.shape[1], "patch_size": size,
                       "threshold": thresholds[best] if thresholds else result["scores"][best]["threshold"]}
             stages_figure(f"{model}: {item.path.name} ({best} score)", stages, pixel_map(record), item.mask,
                           out / f"stages-{tag}-{i}.png")
@@ -231,7 +231,7 @@ small {{ color: #666; font-weight: normal; }}
 </style></head>
 <body>
 <h1>semray report</h1>
-<p>{r0['images']} anomalous image(s) from {html.escape(str(data_dir))}, {r0['patches']} windows of
+<p>{r0['images']} anomalous image(s) from {html.escape(str(data_dir))}, {r0['windows']} windows of
 {r0['patch_size']} px at stride {r0['stride']}; a window is anomalous when at least {r0['min_defect_pixels']}
 of its pixels are defect pixels.</p>
 {_table(results)}

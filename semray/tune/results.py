@@ -21,11 +21,11 @@ LOG = get_logger("tune")
 
 
 # ---------------------------------------------------------------- results
-def result_rows(grid, spec: TuneSpec) -> list[dict[str, Any]]:
+def result_rows(results, spec: TuneSpec) -> list[dict[str, Any]]:
     """One row per trial x score. Trials stopped early (or failed) have only their last
     intermediate validation AUROC, on the objective's row; their other metrics are NaN."""
     rows = []
-    for result in grid:
+    for result in results:
         m, config = result.metrics or {}, result.config or {}
         cfg = trial_config(spec.base, {k: v for k, v in config.items() if k in spec.space})
         stage = "error" if result.error else ("final" if m.get("stage") == "final" else "stopped")
@@ -66,7 +66,7 @@ def pick_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cell_table(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """For format_grid: per model, per score, `key` of the finished trial best on validation AUROC."""
+    """For format_cells: per model, per score, `key` of the finished trial best on validation AUROC."""
     out = []
     for model in ("ae", "dae", "cvae"):
         cells = {}
@@ -79,12 +79,12 @@ def cell_table(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return out
 
 
-def search_summary(rows: list[dict[str, Any]], grid, spec: TuneSpec) -> dict[str, Any]:
+def search_summary(rows: list[dict[str, Any]], results, spec: TuneSpec) -> dict[str, Any]:
     per_trial = {r["trial_id"]: r for r in rows}
     run = sum(r["iterations"] for r in per_trial.values())
     planned = sum(r["planned_iterations"] for r in per_trial.values())
     # Wall time from the trials' own clocks, so a resumed search still reports the time it took.
-    spans = [(m["timestamp"] - m.get("time_total_s", 0), m["timestamp"]) for r in grid
+    spans = [(m["timestamp"] - m.get("time_total_s", 0), m["timestamp"]) for r in results
              if (m := r.metrics or {}).get("timestamp")]
     wall = max(e for _, e in spans) - min(s for s, _ in spans) if spans else math.nan
     return {"trials": len(per_trial), "wall_s": wall,

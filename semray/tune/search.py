@@ -13,7 +13,7 @@ import yaml
 
 from semray.data.datasets import load_normal_images
 from semray.errors import SemrayError
-from semray.evaluate import calibrate_run, format_grid
+from semray.evaluate import calibrate_run, format_cells
 from semray.files import atomic_write, is_uri, join_uri, to_json
 from semray.log import get_logger
 from semray.runs import RunError
@@ -193,12 +193,12 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
     tuner = _tuner(spec, tune_dir, log, restore=resume)
     log.info(f"[tune] {'resuming' if resume else 'starting'} a search into {tune_dir} "
              f"({spec.settings.scheduler}, up to {concurrency(spec)} trial(s) at once)")
-    grid = tuner.fit()
+    results = tuner.fit()
     ended = _ended_trials(join_uri(_storage(spec, tune_dir), EXPERIMENT))
     if ended < expected_trials(spec):
         raise SearchInterrupted(f"{expected_trials(spec) - ended} of {expected_trials(spec)} trial(s) did not "
                                 f"end; continue with `semray tune --resume {tune_dir}`")
-    return write_outputs(grid, spec, tune_dir, log)
+    return write_outputs(results, spec, tune_dir, log)
 
 
 def pickled_state_warning(storage: str) -> str:
@@ -209,14 +209,14 @@ def pickled_state_warning(storage: str) -> str:
             "runs whatever it holds. Resume only from storage that you (and people you trust) alone can write.")
 
 
-def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: logging.Logger = LOG) -> dict[str, Any]:
+def write_outputs(results, spec: TuneSpec, tune_dir: Path, log: logging.Logger = LOG) -> dict[str, Any]:
     """results.parquet, best/ (calibrated), best.json and the printed tables of an ended search."""
-    rows = result_rows(grid, spec)
+    rows = result_rows(results, spec)
     if not any(r["stage"] == "final" for r in rows):
-        raise RunError(f"no trial finished training (errors: {grid.num_errors}); see {tune_dir / EXPERIMENT}")
+        raise RunError(f"no trial finished training (errors: {results.num_errors}); see {tune_dir / EXPERIMENT}")
     write_results(rows, tune_dir / RESULTS_FILE)
     best = pick_best(rows)
-    best_result = next(r for r in grid if r.metrics and r.metrics.get("trial_id") == best["trial_id"])
+    best_result = next(r for r in results if r.metrics and r.metrics.get("trial_id") == best["trial_id"])
     best_run = tune_dir / BEST_RUN
     if best_run.exists():
         shutil.rmtree(best_run)
@@ -224,11 +224,11 @@ def write_outputs(grid, spec: TuneSpec, tune_dir: Path, log: logging.Logger = LO
     normal = [image for _, image in load_normal_images(spec.data, min_size=spec.base.patches.size)]
     calibrate_run(best_run, normal, f"the training images in {Path(spec.data) / 'Normal'}")
     best.update({"run": str(best_run), "checkpoint": best_result.checkpoint.path,
-                 "search": search_summary(rows, grid, spec)})
+                 "search": search_summary(rows, results, spec)})
     atomic_write(tune_dir / BEST_FILE, to_json(best, default=_plain))
     log.info("\nbest validation AUROC per model/score (its trial's test AUROC below)")
-    log.info(format_grid(cell_table(rows, "val_auroc"), "val_auroc", "val"))
-    log.info(format_grid(cell_table(rows, "test_auroc"), "test_auroc", "test"))
+    log.info(format_cells(cell_table(rows, "val_auroc"), "val_auroc", "val"))
+    log.info(format_cells(cell_table(rows, "test_auroc"), "test_auroc", "test"))
     s = best["search"]
     log.info(f"\n[tune] best: {best['model']} + {best['score']}: val AUROC {best['val_auroc']:.3f}, "
              f"test AUROC {best['test_auroc']:.3f} (trial {best['trial_id']}); run in {best_run}")
