@@ -19,7 +19,7 @@ from semray import __version__
 from semray.config import PRECISIONS, load_config
 from semray.errors import EXIT_CODES, ConfigError, SemrayError
 from semray.log import duration
-from semray.scores import SCORE_NAMES
+from semray.scores import PIXEL_MAPS, SCORE_NAMES
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -121,7 +121,8 @@ def cmd_score(args) -> int:
                         gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size,
                         threshold=args.threshold, patches=args.patches, images_per_file=args.images_per_file,
                         precision=args.precision, max_pixels=args.max_pixels,
-                        max_failed_fraction=args.max_failed_fraction)
+                        max_failed_fraction=args.max_failed_fraction, map_scale=args.map_scale,
+                        pixel_map=args.pixel_map)
     summary = score_archive(job, address=args.address)
     if not summary["images"] and summary["errors"]:
         return NothingDoneError.exit_code
@@ -365,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, help="windows per forward pass (default 512)")
     b.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
     b.add_argument("--patches", action="store_true", help="also write one row per window to patches/")
+    b.add_argument("--map-scale", type=int, default=0,
+                   help="also store the per-pixel map, downsampled by this factor (e.g. 4; float16), beside the "
+                        "window grid; stitched from windows at the run's eval.pixel_stride (8: about 4x the "
+                        "scoring work of stride 16). 0 = off")
+    b.add_argument("--pixel-map", default="ssim_smooth", choices=PIXEL_MAPS,
+                   help="which per-pixel map --map-scale stores (1 - SSIM or squared residual, against the "
+                        "reconstruction or the smooth output)")
     b.add_argument("--images-per-file", type=int,
                    help="images per Parquet part (default 64); fewer means less work redone after a crash")
     b.add_argument("--max-pixels", type=int,

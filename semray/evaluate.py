@@ -159,8 +159,24 @@ def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fp
     calibration = {"fpr": fpr, "stride": stride, "smoothing_px": cfg.eval.smoothing_px, "windows": windows,
                    "images": len(images), "source": source, "precision": detector.precision.name,
                    "scores": {k: calibrate_threshold(v, fpr) for k, v in pooled.items()}}
+    if cfg.eval.pixel_stride:
+        calibration["pixel_maps"] = calibrate_pixel_maps(detector, images, cfg, fpr)
     save_threshold(Path(run_dir), calibration)
     return calibration
+
+
+def calibrate_pixel_maps(detector: AnomalyDetector, images: list[np.ndarray], cfg: Config, fpr: float
+                         ) -> dict[str, Any]:
+    """The per-pixel maps' thresholds, as the windows' are: the (1 - fpr) quantile of each map's
+    pixels over the defect-free images, so that about a fraction fpr of normal pixels is flagged
+    (what `semray score --map-scale` and the overlays colour against)."""
+    values: dict[str, list[np.ndarray]] = {}
+    for image in images:
+        outputs = stitched_outputs(detector, image, cfg.eval.pixel_stride, cfg.eval.batch_size)
+        for name, m in pixel_maps(image, outputs, blur_sigma=cfg.eval.pixel_blur).items():
+            values.setdefault(name, []).append(m)
+    return {"stride": cfg.eval.pixel_stride, "blur": cfg.eval.pixel_blur,
+            "scores": {k: calibrate_threshold(v, fpr) for k, v in values.items()}}
 
 
 def log_precision(log: logging.Logger, what: str, detector: AnomalyDetector) -> None:

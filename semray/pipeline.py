@@ -41,7 +41,7 @@ from semray.data.io import DEFAULT_MAX_PIXELS, file_versions, list_inputs
 from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
 from semray.files import atomic_path, is_uri
 from semray.log import get_logger
-from semray.scores import SCORE_NAMES
+from semray.scores import PIXEL_MAPS, SCORE_NAMES
 
 if TYPE_CHECKING:
     from semray.device import Precision
@@ -69,6 +69,12 @@ MAPS_SCHEMA = pa.schema([
     ("regions_count", pa.int32()), ("regions_area", pa.int64()), ("regions", pa.list_(REGION)),
     # From the SEM's TIFF metadata (FEI, Zeiss, OME) where it has any: regions get area_um2 too.
     ("pixel_size_um", pa.float64()),
+    # With --map-scale N: the per-pixel map (semray.pixelmaps), pixel_map[i * pixel_map_width + j] =
+    # the mean of the N x N pixels from (i * N, j * N); the Parquet metadata names the map and its
+    # calibrated threshold. Null without --map-scale.
+    ("pixel_map_scale", pa.int32()), ("pixel_map_height", pa.int32()), ("pixel_map_width", pa.int32()),
+    ("pixel_map", pa.list_(pa.float16())),
+    ("pixel_threshold", pa.float64()),
 ])
 PATCH_COLUMNS = [("patch_ys", pa.list_(pa.int32())), ("patch_xs", pa.list_(pa.int32())),
                  *((f"patch_{k}", pa.list_(pa.float32())) for k in SCORE_NAMES)]
@@ -104,6 +110,11 @@ class ScoreJob:
     # Above this fraction of failed files/pages (over the whole OUT_DIR) the job exits with code 3,
     # after writing everything it could, so a scheduler sees the failure.
     max_failed_fraction: float = 0.01
+    # Store the per-pixel map (`pixel_map`, one of semray.pixelmaps.PIXEL_MAPS) beside the window
+    # grid, downsampled by this factor (float16); 0 = the window grid only. It is stitched from
+    # windows at the run's eval.pixel_stride: at stride 8, four times the forward passes of stride 16.
+    map_scale: int = 0
+    pixel_map: str = "ssim_smooth"
 
 
 # ---------------------------------------------------------------- reading
@@ -196,6 +207,13 @@ def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict
               "windows": int(scores["ys"].size),
               **image_record(scores, s["score"], size, s["stride"], cfg.eval.smoothing_px, s["threshold"],
                              s["quantile"], pixel_size_um)}
+    if s.get("map_scale"):
+        from semray.pixelmaps import strip_pixel_maps
+
+        m = strip_pixel_maps(detector, image, s["pixel_stride"], cfg.eval.pixel_blur, s["map_scale"],
+                             names=(s["pixel_map"],), batch_size=s["batch_size"])[s["pixel_map"]]
+        record.update({"pixel_map_scale": s["map_scale"], "pixel_map_height": m.shape[0],
+                       "pixel_map_width": m.shape[1], "pixel_map": m.ravel(), "pixel_threshold": s["pixel_threshold"]})
     if s["patches"]:
         record.update({"patch_ys": scores["ys"], "patch_xs": scores["xs"],
                        **{f"patch_{k}": scores[k] for k in SCORE_NAMES}})
@@ -353,6 +371,8 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
         raise ConfigError(f"--max-failed-fraction must be between 0 and 1, got {job.max_failed_fraction:g}")
     if job.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be positive, got {job.max_pixels}")
+    if job.map_scale < 0:
+        raise ConfigError(f"--map-scale must be 0 (off) or a positive factor, got {job.map_scale}")
     cfg = read_config(run_dir)
     if cfg is None:
         raise RunError(f"{run_dir}: no config.yaml; is this a `semray train` run directory?")
@@ -369,10 +389,13 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
                   f"image(s) at a {calibration['fpr']:.2%} false-positive rate ({calibration['source']})")
         if calibration["stride"] != stride:
             origin += f"; calibrated at stride {calibration['stride']}, scored at {stride}"
+    pixel = pixel_map_settings(job, cfg, run_dir) if job.map_scale else None
     precision, fmt = actor_precision(job.precision or cfg.eval.precision, job.gpus_per_worker > 0)
     settings = {"stride": stride, "score": job.score, "threshold": threshold, "quantile": job.quantile,
                 "batch_size": job.batch_size, "patches": job.patches, "cpus_per_worker": job.cpus_per_worker,
-                "gpus_per_worker": job.gpus_per_worker, "precision": precision.name, "max_pixels": job.max_pixels}
+                "gpus_per_worker": job.gpus_per_worker, "precision": precision.name, "max_pixels": job.max_pixels,
+                **({"map_scale": job.map_scale, "pixel_map": job.pixel_map, "pixel_stride": pixel["stride"],
+                    "pixel_threshold": pixel["threshold"]} if pixel else {})}
     provenance = {"model": cfg.model.kind, "checkpoint_sha256": checkpoint_sha256,
                   "run": str(run_dir), "config": cfg.to_dict(), "score": job.score, "stride": stride,
                   "smoothing_px": cfg.eval.smoothing_px, "threshold": threshold, "threshold_origin": origin,
@@ -381,8 +404,24 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
                   "ray_version": ray.__version__,
                   "torch_version": torch.__version__,
                   "map_layout": "map[i * map_width + j] = pooled score of the window with top-left corner "
-                                "(grid_ys[i], grid_xs[j]), covering patch_size x patch_size pixels"}
+                                "(grid_ys[i], grid_xs[j]), covering patch_size x patch_size pixels",
+                  "pixel_map": pixel}
     return settings, {"semray": json.dumps(provenance)}
+
+
+def pixel_map_settings(job: ScoreJob, cfg, run_dir: str) -> dict[str, Any]:
+    """What --map-scale stores, for the Parquet metadata: the map, its stitching, and the threshold
+    calibrated for it on normal images (threshold.json's pixel_maps, when the run has them)."""
+    from semray.runs import read_threshold
+
+    if job.pixel_map not in PIXEL_MAPS:
+        raise ConfigError(f"--pixel-map must be one of {', '.join(PIXEL_MAPS)}, got {job.pixel_map!r}")
+    stride = cfg.eval.pixel_stride or cfg.eval.stride
+    calibrated = (read_threshold(run_dir) or {}).get("pixel_maps") or {}
+    return {"name": job.pixel_map, "scale": job.map_scale, "stride": stride, "blur": cfg.eval.pixel_blur,
+            "threshold": calibrated.get("scores", {}).get(job.pixel_map),
+            "layout": "pixel_map[i * pixel_map_width + j] = mean of the map over the map_scale x map_scale "
+                      "pixels from (i * map_scale, j * map_scale)"}
 
 
 def actor_precision(requested: str, gpu: bool) -> tuple[Precision, str]:

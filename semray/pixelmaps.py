@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from semray.data.patches import denormalize_patches, iter_patch_batches, tile_positions
+from semray.data.patches import denormalize_patches, iter_windows, tile_positions
+from semray.scores import PIXEL_MAPS
 
 OUTPUTS = ("reconstruction", "smooth", "feature_mask")
+SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5  # Wang et al.'s Gaussian window (11 pixels wide), as semray.scores
 
 
 class _Stitcher:
@@ -43,27 +45,56 @@ class _Stitcher:
 
 @torch.no_grad()
 def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int = 512,
-                     cover_edges: bool | None = None) -> dict[str, np.ndarray]:
+                     cover_edges: bool | None = None, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """The detector's three outputs for every window of the image (stride 8 or finer pays), brought
     back to image intensities and averaged where windows overlap -> {"reconstruction", "smooth",
     "feature_mask"}, each H x W float32. The feature mask is a residual, smooth - reconstruction in
-    image intensities."""
+    image intensities. rows=(r0, r1): only those rows (from every window that overlaps them), so a
+    huge image can be done in strips (see strip_pixel_maps)."""
     device = next(detector.parameters()).device
     edges = detector.cover_edges if cover_edges is None else cover_edges
-    stitchers = {k: _Stitcher(image.shape) for k in OUTPUTS}
-    for patches, ys, xs in iter_patch_batches(image, detector.patch_size, stride, batch_size, edges):
+    size = detector.patch_size
+    h, w = image.shape
+    r0, r1 = rows or (0, h)
+    ys, xs = tile_positions(h, w, size, stride, edges)
+    ys = ys[(ys + size > r0) & (ys < r1)]
+    top = int(ys.min())
+    region = image[top:int(ys.max()) + size]
+    stitchers = {k: _Stitcher(region.shape) for k in OUTPUTS}
+    mode, mean, std = detector.normalization, detector.mean, detector.std
+    for patches, by, bx in iter_windows(region, ys - top, xs, size, batch_size):
         raw = torch.from_numpy(patches).unsqueeze(1).to(device)
         out = detector(raw)
-        mode, mean, std = detector.normalization, detector.mean, detector.std
         reconstruction = denormalize_patches(out["reconstruction"], raw, mode, mean, std)[:, 0]
         smooth = denormalize_patches(out["smooth"], raw, mode, mean, std)[:, 0]
-        stitchers["reconstruction"].add(reconstruction.cpu().numpy(), ys, xs)
-        stitchers["smooth"].add(smooth.cpu().numpy(), ys, xs)
-        stitchers["feature_mask"].add((smooth - reconstruction).cpu().numpy(), ys, xs)
-    return {k: s.image() for k, s in stitchers.items()}
+        stitchers["reconstruction"].add(reconstruction.cpu().numpy(), by, bx)
+        stitchers["smooth"].add(smooth.cpu().numpy(), by, bx)
+        stitchers["feature_mask"].add((smooth - reconstruction).cpu().numpy(), by, bx)
+    return {k: s.image()[r0 - top:r1 - top] for k, s in stitchers.items()}
 
 
-def ssim_map(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, data_range: float = 1.0) -> np.ndarray:
+def strip_pixel_maps(detector, image: np.ndarray, stride: int, blur: float, scale: int = 1,
+                     names: tuple[str, ...] = PIXEL_MAPS, pixels_per_strip: int = 1 << 22,
+                     batch_size: int = 512) -> dict[str, np.ndarray]:
+    """pixel_maps of a whole image, downsampled by `scale` (float16, see downsample), computed in
+    horizontal strips of about pixels_per_strip pixels: memory follows the strip, not the image, so
+    a 20000 x 20000 scan costs a few hundred MB. Each strip is computed with a margin of rows as
+    wide as the two blurs reach (SSIM's window, then the map's blur), so it equals the whole-image
+    computation exactly."""
+    h, w = image.shape
+    rows = max(scale, pixels_per_strip // w // scale * scale)  # a multiple of scale: blocks never straddle
+    margin = int(4.0 * blur + 0.5) + int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
+        outputs = stitched_outputs(detector, image, stride, batch_size, rows=(e0, e1))
+        for name, m in pixel_maps(image[e0:e1], outputs, blur_sigma=blur, names=names).items():
+            parts[name].append(downsample(m[r0 - e0:r1 - e0], scale))
+    return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray, sigma: float = SSIM_SIGMA, data_range: float = 1.0) -> np.ndarray:
     """Per-pixel structural similarity of two images (Wang et al. 2004, Gaussian window of `sigma`
     pixels, the usual constants K1 = 0.01, K2 = 0.03): 1 where they agree in local mean, contrast
     and structure, lower where they do not."""
@@ -71,7 +102,7 @@ def ssim_map(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, data_range: float
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
 
     def blur(x: np.ndarray) -> np.ndarray:
-        return gaussian_filter(x, sigma, mode="reflect", truncate=3.5)
+        return gaussian_filter(x, sigma, mode="reflect", truncate=SSIM_TRUNCATE)
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a ** 2
     var_b = blur(b * b) - mu_b ** 2
@@ -81,17 +112,16 @@ def ssim_map(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, data_range: float
 
 
 def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: float = 8.0,
-               ssim_sigma: float = 1.5) -> dict[str, np.ndarray]:
+               ssim_sigma: float = SSIM_SIGMA, names: tuple[str, ...] = PIXEL_MAPS) -> dict[str, np.ndarray]:
     """Per-pixel anomaly maps of one image from its stitched outputs, each blurred by blur_sigma:
     "ssim_reconstruction" and "ssim_smooth" (1 - SSIM against the reconstruction and the smooth
-    output), "reconstruction" and "smooth" (squared residuals, in image intensities)."""
+    output), "reconstruction" and "smooth" (squared residuals, in image intensities); only `names`."""
     image = np.asarray(image, dtype=np.float32)
-    maps = {
-        "ssim_reconstruction": 1.0 - ssim_map(image, _fill(outputs["reconstruction"], image), ssim_sigma),
-        "ssim_smooth": 1.0 - ssim_map(image, _fill(outputs["smooth"], image), ssim_sigma),
-        "reconstruction": (image - _fill(outputs["reconstruction"], image)) ** 2,
-        "smooth": (image - _fill(outputs["smooth"], image)) ** 2,
-    }
+    maps = {}
+    for name in names:
+        kind, _, output = name.rpartition("_") if name.startswith("ssim_") else ("", "", name)
+        other = _fill(outputs[output], image)
+        maps[name] = 1.0 - ssim_map(image, other, ssim_sigma) if kind == "ssim" else (image - other) ** 2
     if blur_sigma > 0:
         maps = {k: gaussian_filter(v.astype(np.float64), blur_sigma, mode="reflect") for k, v in maps.items()}
     return {k: np.asarray(v, dtype=np.float32) for k, v in maps.items()}

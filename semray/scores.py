@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # the names below are read by the CLI's fast paths, which mus
 STUDY_SCORES = ("reconstruction", "smooth", "feature")
 STRUCTURAL_SCORES = ("ssim_reconstruction", "ssim_smooth")
 SCORE_NAMES = STUDY_SCORES + STRUCTURAL_SCORES
+# The per-pixel maps (semray.pixelmaps) of the same comparisons, stitched over overlapping windows.
+PIXEL_MAPS = ("ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth")
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # skimage's Gaussian window for sigma 1.5 (truncate 3.5) is 11 wide
 

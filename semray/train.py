@@ -467,8 +467,9 @@ def resolve_budget(cfg: Config, calibration_images: list[np.ndarray], log: loggi
         else:
             probe = ray.remote(num_cpus=threads, num_gpus=1 if sized.train.use_gpu else 0)(_remote_rates)
             rates = ray.get(probe.remote(sized.to_dict(), threads))
-        windows = sum(grid_coordinates(*im.shape, cfg.patches.size, cfg.eval.stride, cfg.eval.cover_edges)[0].size
-                      for im in calibration_images)
+        strides = [cfg.eval.stride] + ([cfg.eval.pixel_stride] if cfg.eval.pixel_stride else [])  # grid, pixel maps
+        windows = sum(grid_coordinates(*im.shape, cfg.patches.size, stride, cfg.eval.cover_edges)[0].size
+                      for im in calibration_images for stride in strides)
         resolved, record = plan(sized, minutes, rates, windows, sized.train.num_workers)
     record["reason"] = reason
     record["changed"] = {f"{s}.{k}": v for s, section in resolved.to_dict().items() if s != "eval"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from semray.scores import SCORE_NAMES
+from semray.scores import PIXEL_MAPS, SCORE_NAMES
 
 from conftest import main_in_process, run_cli
 
@@ -90,3 +90,5 @@ def test_thresholds_calibrated_on_a_held_out_normal_image(synth_data, trained_ru
     last = sorted((synth_data / "Normal").glob("*.tif"))[-1]
     assert calibration["images"] == 1 and str(last) in calibration["source"] and calibration["fpr"] == 0.01
     assert set(calibration["scores"]) == set(SCORE_NAMES)
+    pixel = calibration["pixel_maps"]  # the per-pixel maps get thresholds of their own, on the same images
+    assert pixel["stride"] == 8 and set(pixel["scores"]) == set(PIXEL_MAPS)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from semray.data.io import list_inputs, read_image_pages
+from semray.errors import ConfigError
 from semray.maps import anomaly_grid, grid_regions, score_image
 from semray.pipeline import (
     ERRORS_SCHEMA,
@@ -22,9 +23,12 @@ from semray.pipeline import (
     PATCHES_SCHEMA,
     RECORD_SCHEMA,
     WHOLE_FILE,
+    ScoreJob,
     finished_pages,
+    job_settings,
     write_part,
 )
+from semray.pixelmaps import strip_pixel_maps
 from semray.runs import load_detector, read_threshold
 
 from conftest import main_in_process, run_cli
@@ -128,7 +132,6 @@ def pa_table(records):
 def test_a_run_can_be_read_from_a_uri(tmp_path, untrained_run):
     """`--run s3://...` (here file://, the same pyarrow code path): what the job reads from the run
     (config, threshold, checkpoint hash, weights) is what it reads from the directory."""
-    from semray.pipeline import ScoreJob, job_settings
     from semray.runs import RunError, load_state, read_model
 
     run_dir = untrained_run
@@ -142,6 +145,37 @@ def test_a_run_can_be_read_from_a_uri(tmp_path, untrained_run):
         load_state(f"{uri}/nothing.pt")
     with pytest.raises(RunError, match="no config.yaml"):
         job_settings(job, tmp_path.as_uri(), digest)
+
+
+def test_the_scoring_actor_stores_the_per_pixel_map_and_the_overlay_colours_it(untrained_run, archive):
+    """--map-scale without Ray: the actor's record holds the strip-computed map, downsampled, and
+    the overlay colours the per-pixel map against its own threshold (not the window grid's)."""
+    from semray.overlay import heat
+    from semray.pipeline import ScoreImages
+
+    settings = {"stride": 16, "score": "feature", "threshold": 1.0, "quantile": 0.99, "batch_size": 256,
+                "patches": False, "cpus_per_worker": 1, "gpus_per_worker": 0, "map_scale": 4,
+                "pixel_map": "ssim_reconstruction", "pixel_stride": 8, "pixel_threshold": 0.25}
+    actor = ScoreImages(str(untrained_run), settings)
+    source = sorted(archive.rglob("SYN*.tif"))[0]
+    (record,) = actor.score_file(str(source), source.read_bytes(), None, set())
+    image = read_image_pages(source)[0]
+    expected = strip_pixel_maps(actor.detector, image, 8, actor.cfg.eval.pixel_blur, 4,
+                                names=("ssim_reconstruction",))["ssim_reconstruction"]
+    assert (record["pixel_map_height"], record["pixel_map_width"]) == expected.shape
+    np.testing.assert_array_equal(record["pixel_map"], expected.ravel())
+    values, threshold = heat(record)
+    assert values.shape == image.shape and threshold == 0.25
+    assert values[5, 6] == expected[1, 1]  # each stored value covers its 4 x 4 block
+    values, threshold = heat({**record, "pixel_threshold": None})  # uncalibrated: the grid's map
+    assert threshold == 1.0
+
+
+def test_map_scale_and_pixel_map_are_checked_before_anything_runs(tmp_path, untrained_run):
+    for bad, words in (({"map_scale": -1}, "--map-scale"), ({"map_scale": 4, "pixel_map": "feature"}, "--pixel-map")):
+        job = ScoreJob(inputs=[], run=str(untrained_run), out=str(tmp_path), **bad)
+        with pytest.raises(ConfigError, match=words):
+            job_settings(job, str(untrained_run), "0" * 16)
 
 
 def test_scoring_actor_records_every_bad_kind_without_raising(untrained_run, archive):
@@ -180,8 +214,8 @@ def _files(out):
 @pytest.mark.ray
 def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     out = tmp_path / "out"
-    proc = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, timeout=400,
-                   check=False)
+    proc = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, "--map-scale", 4,
+                   timeout=400, check=False)
     assert "5 image(s)" in proc.stdout and f"{len(BAD)} failure(s)" in proc.stdout, proc.stdout
     noise = [line for line in (proc.stdout + proc.stderr).splitlines()
              if "Traceback" in line or ("WARNING" in line and "[score]" not in line
@@ -236,24 +270,31 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
         n = patches.filter((pads.field("source") == source) & (pads.field("page") == page))
         assert n.num_rows == s["ys"].size
         np.testing.assert_allclose(np.sort(n.column("feature").to_numpy()), np.sort(s["feature"]), rtol=1e-5)
+        # --map-scale 4: the per-pixel map (float16), as strip_pixel_maps computes it here
+        pixel = strip_pixel_maps(detector, image, cfg.eval.pixel_stride, cfg.eval.pixel_blur, 4,
+                                 names=("ssim_smooth",))["ssim_smooth"]
+        assert (row["pixel_map_scale"], row["pixel_map_height"], row["pixel_map_width"]) == (4, *pixel.shape)
+        np.testing.assert_allclose(row["pixel_map"], pixel.ravel().astype(np.float32), rtol=2e-2, atol=1e-3)
+        assert row["pixel_threshold"] == read_threshold(run_dir)["pixel_maps"]["scores"]["ssim_smooth"]
+    assert meta["pixel_map"]["name"] == "ssim_smooth" and meta["pixel_map"]["scale"] == 4
 
     # other readers: DuckDB and pandas
     import duckdb
     import pandas as pd
 
-    count, images = duckdb.connect().execute(
-        f"SELECT count(*), count(DISTINCT source) FROM '{out}/maps/*.parquet'").fetchone()
-    assert (count, images) == (5, 4)
+    count, images, pixels = duckdb.connect().execute(
+        f"SELECT count(*), count(DISTINCT source), min(len(pixel_map)) FROM '{out}/maps/*.parquet'").fetchone()
+    assert (count, images) == (5, 4) and pixels > 0
     assert len(pd.read_parquet(out / "maps")) == 5 and len(pd.read_parquet(out / "errors")) == len(BAD)
 
     # a second run skips everything and leaves the output byte for byte as it was
     before = _files(out)
-    again = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, timeout=400,
-                    check=False)
+    again = run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, "--map-scale", 4,
+                    timeout=400, check=False)
     assert again.returncode == 3  # the whole output is judged, resumed or not
     assert "scoring 0" in again.stdout and _files(out) == before
     # with a looser limit the same output passes
-    assert run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16,
+    assert run_cli("score", archive, "--run", run_dir, "--out", out, "--patches", "--stride", 16, "--map-scale", 4,
                    "--max-failed-fraction", 0.6, timeout=400).returncode == 0
 
     # the overlay picture has the image's size

@@ -97,3 +97,22 @@ def test_evaluations_pixel_map_metrics_see_a_defect_the_outputs_miss():
     for name in ("ssim_smooth", "smooth"):
         assert out["maps"][name]["pixel_auroc"] > 0.95, name
         assert out["maps"][name]["patch_auroc"] > 0.8, name  # windows holding a corner of it count as defects too
+
+
+@pytest.mark.parametrize("scale", [1, 4])
+def test_strips_give_the_whole_image_computation(scale):
+    """strip_pixel_maps in strips of a few rows (margins and all) equals pixel_maps of the whole
+    image, downsampled: the memory bound costs nothing in accuracy."""
+    from semray.pixelmaps import strip_pixel_maps
+
+    cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
+    torch.manual_seed(0)
+    detector = AnomalyDetector(create_autoencoder(cfg.model), create_denoiser(cfg.denoiser)).eval()
+    image = np.random.default_rng(5).random((150, 70)).astype(np.float32)
+    whole = pixel_maps(image, stitched_outputs(detector, image, 8), blur_sigma=3.0)
+    strips = strip_pixel_maps(detector, image, 8, blur=3.0, scale=scale, pixels_per_strip=70 * 24)
+    assert set(strips) == set(whole)
+    for name, m in whole.items():
+        expected = downsample(m, scale)
+        assert strips[name].shape == expected.shape == (-(-150 // scale), -(-70 // scale)), name
+        np.testing.assert_allclose(strips[name].astype(np.float32), expected.astype(np.float32), rtol=2e-3, atol=1e-6)

@@ -127,6 +127,12 @@ def iter_patch_batches(
     memory beyond the image itself.
     """
     ys, xs = tile_positions(*image.shape, size=size, stride=stride, cover_edges=cover_edges)
+    yield from iter_windows(image, ys, xs, size, batch_size)
+
+
+def iter_windows(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int, batch_size: int
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """iter_patch_batches over given rows ys and columns xs of window corners (every pair of them)."""
     windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))
     grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
     grid_y, grid_x = grid_y.ravel(), grid_x.ravel()
