@@ -139,7 +139,7 @@ def cmd_predict(args) -> int:
     from semray.predict import load_run
 
     run = load_run(args.run, score=args.score, stride=args.stride, use_gpu=True if args.gpu else None,
-                   precision=args.precision)
+                   precision=args.precision, pixel_map=None if args.pixel_map == "none" else args.pixel_map)
     out = Path(args.png) if args.png else None
     results = []
     for image in args.images:
@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the score the map, regions and threshold use")
     q.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride, 16)")
     q.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
+    q.add_argument("--pixel-map", default="ssim_smooth", choices=[*PIXEL_MAPS, "none"],
+                   help="the per-pixel map the overlays colour (none: the window grid's, about 4x less work)")
     q.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
     q.set_defaults(func=cmd_predict)
 

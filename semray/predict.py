@@ -5,6 +5,7 @@
     p = run.predict("sample1.tif")           # a path (page 0), or a 2-D array in [0, 1]
     p.score, p.defective, p.regions          # image score, any region above threshold, boxes
     p.map                                    # the anomaly map on the window grid (see semray.maps)
+    p.pixel_map                              # the per-pixel map (semray.pixelmaps), image-sized
     run.overlay(p).save("sample1-defects.png")
 
 What `semray predict` runs, for an instrument PC or a notebook; `semray score` is the same scoring
@@ -28,8 +29,9 @@ from semray.log import get_logger
 from semray.maps import image_record, pixel_size_mismatch, score_image
 from semray.models import AnomalyDetector
 from semray.overlay import render_overlay
+from semray.pixelmaps import strip_pixel_maps
 from semray.runs import RunError, load_detector, read_threshold, read_training_record
-from semray.scores import SCORE_NAMES
+from semray.scores import PIXEL_MAPS, SCORE_NAMES
 
 LOG = get_logger("predict")
 
@@ -50,6 +52,14 @@ class Prediction:
         """The anomaly map, (map_height, map_width): cell (i, j) is the window at (grid_ys[i], grid_xs[j])."""
         return np.asarray(self.record["map"], dtype=np.float32).reshape(self.record["map_height"],
                                                                          self.record["map_width"])
+
+    @property
+    def pixel_map(self) -> np.ndarray | None:
+        """The per-pixel map (height, width) the overlay colours, or None when the run has no
+        per-pixel thresholds (calibrated before they existed) or it was turned off."""
+        if self.record.get("pixel_map") is None:
+            return None
+        return np.asarray(self.record["pixel_map"], dtype=np.float32).reshape(self.height, self.width)
 
     @property
     def score(self) -> float:
@@ -78,9 +88,11 @@ class Run:
     """A trained run directory loaded for scoring (see load_run)."""
 
     def __init__(self, detector: AnomalyDetector, cfg: Config, thresholds: dict[str, float], score: str,
-                 stride: int, path: str, trained_pixel_size: float | None = None):
+                 stride: int, path: str, trained_pixel_size: float | None = None,
+                 pixel_map: str | None = None, pixel_threshold: float | None = None):
         self.detector, self.cfg, self.thresholds = detector, cfg, thresholds
         self.score, self.stride, self.path = score, stride, path
+        self.pixel_map, self.pixel_threshold = pixel_map, pixel_threshold  # None: the window grid only
         self.trained_pixel_size = trained_pixel_size  # um, from the training images' SEM metadata
 
     def predict(self, image: str | Path | np.ndarray, page: int = 0, threshold: float | None = None) -> Prediction:
@@ -100,6 +112,12 @@ class Run:
                               pixel_size_um=pixel_size)
         record.update({"height": pixels.shape[0], "width": pixels.shape[1], "patch_size": self.cfg.patches.size,
                        "stride": self.stride, "threshold": t})
+        if self.pixel_map:
+            m = strip_pixel_maps(self.detector, pixels, self.cfg.eval.pixel_stride, self.cfg.eval.pixel_blur,
+                                 names=(self.pixel_map,), batch_size=self.cfg.eval.batch_size)[self.pixel_map]
+            record.update({"pixel_map": m.astype(np.float32).ravel(), "pixel_map_scale": 1,
+                           "pixel_map_height": m.shape[0], "pixel_map_width": m.shape[1],
+                           "pixel_threshold": self.pixel_threshold})
         return Prediction(source, page, pixels.shape[0], pixels.shape[1], self.score, t, record)
 
     def overlay(self, prediction: Prediction, image: np.ndarray | None = None) -> Image.Image:
@@ -110,14 +128,23 @@ class Run:
 
 
 def load_run(run_dir: str | Path, score: str = "feature", stride: int | None = None, use_gpu: bool | None = None,
-             precision: str | None = None) -> Run:
-    """A trained run (a `semray train` directory, or a tune's best/) ready to predict, in this process."""
+             precision: str | None = None, pixel_map: str | None = "ssim_smooth") -> Run:
+    """A trained run (a `semray train` directory, or a tune's best/) ready to predict, in this process.
+    pixel_map: the per-pixel map each prediction also computes and its overlay colours (one of
+    semray.scores.PIXEL_MAPS; None for the window grid only, about 4x less work); skipped for a run
+    calibrated without per-pixel thresholds."""
     if score not in SCORE_NAMES:
         raise ConfigError(f"score must be one of {', '.join(SCORE_NAMES)}, got {score!r}")
+    if pixel_map is not None and pixel_map not in PIXEL_MAPS:
+        raise ConfigError(f"pixel map must be one of {', '.join(PIXEL_MAPS)}, got {pixel_map!r}")
     detector, cfg = load_detector(run_dir, pick_device(use_gpu), precision)
     calibration = read_threshold(run_dir)
     if calibration is None:
         raise RunError(f"{run_dir}: no calibrated threshold (threshold.json); run `semray calibrate --run "
                        f"{run_dir} --data DATA_DIR`")
     trained = read_training_record(run_dir).get("pixel_size_um")
-    return Run(detector, cfg, calibration["scores"], score, stride or cfg.eval.stride, str(run_dir), trained)
+    pixel_thresholds = (calibration.get("pixel_maps") or {}).get("scores", {})
+    if pixel_map not in pixel_thresholds or not cfg.eval.pixel_stride:
+        pixel_map = None
+    return Run(detector, cfg, calibration["scores"], score, stride or cfg.eval.stride, str(run_dir), trained,
+               pixel_map, pixel_thresholds.get(pixel_map))

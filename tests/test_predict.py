@@ -12,6 +12,7 @@ from PIL import Image
 
 from semray.data.io import read_image
 from semray.maps import image_record, score_image
+from semray.runs import read_threshold
 
 from conftest import main_in_process
 
@@ -30,6 +31,17 @@ def test_the_python_api_scores_like_bulk_scoring(untrained_run, synth_data):
     assert p.defective == bool(expected["regions_count"]) and p.threshold == run.thresholds["feature"]
     assert run.predict(image).score == p.score  # an array works as well as a path
     assert run.overlay(p).size == (image.shape[1], image.shape[0])
+    # the per-pixel map, as strip_pixel_maps computes it, is what the overlay colours, at its own threshold
+    from semray.overlay import heat
+    from semray.pixelmaps import strip_pixel_maps
+
+    assert run.pixel_map == "ssim_smooth" and p.pixel_map.shape == image.shape
+    expected = strip_pixel_maps(run.detector, image, run.cfg.eval.pixel_stride, run.cfg.eval.pixel_blur,
+                                names=("ssim_smooth",))["ssim_smooth"]
+    np.testing.assert_array_equal(p.pixel_map, expected.astype(np.float32))
+    values, threshold = heat(p.record)
+    assert threshold == run.pixel_threshold == read_threshold(untrained_run)["pixel_maps"]["scores"]["ssim_smooth"]
+    assert semray.load_run(untrained_run, pixel_map=None).predict(image).pixel_map is None
 
 
 def test_predict_writes_overlays_and_json_without_starting_ray(tmp_path, untrained_run, synth_data):
