@@ -15,7 +15,7 @@ pairs are already in `maps/` or `errors/` and scores only the rest (resume after
 no duplicates).
 
     OUT_DIR/maps/part-*.parquet     one row per image page (see MAPS_SCHEMA)
-    OUT_DIR/patches/part-*.parquet  with --patches: one row per window with its three scores
+    OUT_DIR/patches/part-*.parquet  with --patches: one row per window with every score
     OUT_DIR/errors/part-*.parquet   one row per file (or page) that could not be scored
 """
 from __future__ import annotations
@@ -35,12 +35,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
-from semray.data.io import DEFAULT_MAX_PIXELS, file_versions, list_inputs
+from semray import __version__
+from semray.data.io import (
+    DEFAULT_MAX_PIXELS,
+    decode_page,
+    file_versions,
+    list_inputs,
+    page_count,
+    pixel_size_um,
+    read_bytes,
+)
 from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
-from semray.files import atomic_path, is_uri
+from semray.files import atomic_path, atomic_write, is_uri, to_json
 from semray.log import get_logger
+from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
 from semray.scores import PIXEL_MAPS, SCORE_NAMES
 
 if TYPE_CHECKING:
@@ -120,8 +132,6 @@ class ScoreJob:
 # ---------------------------------------------------------------- reading
 def read_batch(batch: pa.Table) -> pa.Table:
     """Ray Data stage 'read bytes': a failed read travels on as an error, not an exception."""
-    from semray.data.io import read_bytes
-
     paths, data, errors = [], [], []
     for path in batch.column("source").to_pylist():
         try:
@@ -172,8 +182,6 @@ class ScoreImages:
         return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
     def score_file(self, source: str, data: bytes, read_error: str | None, skip: set[int]) -> list[dict[str, Any]]:
-        from semray.data.io import decode_page, page_count, pixel_size_um
-
         if read_error:
             return [_error(source, WHOLE_FILE, WHOLE_FILE, read_error)]
         try:
@@ -254,8 +262,6 @@ def _explode_patches(ok: pa.Table) -> pa.Table:
 
 
 def _write_table(table: pa.Table, path: str, metadata: dict[str, str]) -> None:
-    from pyarrow import fs as pafs
-
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     if is_uri(path):  # object stores publish an upload only when it completes: atomic already
         filesystem, inner = pafs.FileSystem.from_uri(path)
@@ -287,8 +293,6 @@ def read_parts(directory: str, columns: list[str], log: logging.Logger = LOG) ->
     part by part: an unreadable part (a disk error, a truncated upload) is reported and moved aside
     under a hidden name, so that the others still count and readers such as DuckDB and pandas do not
     trip over it. Parts written before a column existed read it as null."""
-    from pyarrow import fs as pafs
-
     if is_uri(directory):
         filesystem, root = pafs.FileSystem.from_uri(directory)
     else:
@@ -329,13 +333,11 @@ def current_versions(out: str, log: logging.Logger = LOG) -> dict[str, str | Non
 def check_same_job(out: str, metadata: dict[str, str]) -> None:
     """Resuming into an OUT_DIR written with another model, score, stride or threshold would mix two
     jobs' maps in one table: refuse, naming what differs."""
-    import pyarrow.dataset as ds
-
     for table_name in (MAPS, ERRORS):
         directory = f"{out}/{table_name}"
         if not is_uri(directory) and not Path(directory).is_dir():
             continue
-        dataset = ds.dataset(directory, format="parquet", exclude_invalid_files=False)
+        dataset = pads.dataset(directory, format="parquet", exclude_invalid_files=False)
         old = None
         for path in dataset.files:  # the first part whose footer reads (read_parts sets the others aside)
             try:
@@ -362,7 +364,6 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
     import ray
     import torch
 
-    from semray import __version__
     from semray.runs import RunError, read_config, read_threshold
 
     if job.score not in SCORE_NAMES:
@@ -459,7 +460,6 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     """Run the whole job; returns the summary (also printed). Raises if no image could be scored."""
     import ray
 
-    from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
     from semray.runs import read_model
 
     run_dir = str(Path(job.run).resolve()) if not is_uri(job.run) else job.run
@@ -598,29 +598,21 @@ def archive_counts(out: str, trained_pixel_size: float | None = None) -> dict[st
 
 
 def _write_summary(out: str, summary: dict[str, Any]) -> None:
-    from semray.files import to_json
-
     path = f"{out}/summary.json"
     if is_uri(path):
-        from pyarrow import fs as pafs
-
         filesystem, inner = pafs.FileSystem.from_uri(path)
         with filesystem.open_output_stream(inner) as f:
             f.write(to_json(summary).encode())
         return
-    from semray.files import atomic_write
-
     atomic_write(path, to_json(summary))
 
 
 def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
     """The maps/ row of one image (matched by its absolute path, or by its file name when unique)."""
-    import pyarrow.dataset as ds
-
     directory = f"{out}/{MAPS}"
     if not Path(directory).is_dir():
         raise InputError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?")
-    table = ds.dataset(directory, format="parquet").to_table(filter=(pc.field("page") == page))
+    table = pads.dataset(directory, format="parquet").to_table(filter=(pc.field("page") == page))
     rows = table.to_pylist()
     want = image if is_uri(image) else os.path.abspath(image)
     hits = [r for r in rows if r["source"] == want]

@@ -16,9 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from semray.data.patches import grid_coordinates
+from semray.device import pick_device
+from semray.evaluate import pooled_scores, score_dataset, summarize, window_labels
 from semray.maps import image_record
+from semray.overlay import pixel_map, render_overlay
+from semray.runs import load_detector, read_threshold
 from semray.scores import SCORE_NAMES
 
 COLUMNS = [("auroc", "AUROC"), ("average_precision", "AP"), ("f1", "F1 (best)"),
@@ -38,8 +43,6 @@ def _plt():
 # ---------------------------------------------------------------- figures
 def curves_figure(model: str, labels: np.ndarray, pooled: dict[str, np.ndarray], path: Path) -> None:
     """ROC (left) and precision-recall (right), one line per score."""
-    from sklearn.metrics import auc, precision_recall_curve, roc_curve
-
     plt = _plt()
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
     for name in SCORE_NAMES:
@@ -138,11 +141,6 @@ def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str 
                  scored: dict[str, list] | None = None) -> Path:
     """Score the anomalous images of data_dir with each run and write out_dir/index.html.
     scored: window scores already computed per run (as score_dataset returns them), to reuse."""
-    from semray.device import pick_device
-    from semray.evaluate import pooled_scores, score_dataset, summarize, window_labels
-    from semray.overlay import pixel_map, render_overlay
-    from semray.runs import load_detector, read_threshold
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sections, results = [], []

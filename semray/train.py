@@ -27,14 +27,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from semray.budget import measure_rates, parse_budget, plan, reuse_budget, sized_for
 from semray.config import Config
-from semray.data.datasets import load_normal_images
+from semray.data.datasets import load_normal_images, normal_image_paths
+from semray.data.io import pixel_size_um, read_bytes
 from semray.data.patches import grid_coordinates, image_statistics, normalize_patches, sample_patches
 from semray.device import Precision, cpu_name, memory_format, memory_format_name, resolve_precision
+from semray.evaluate import calibrate_run
 from semray.files import join_uri
 from semray.log import duration, get_logger
 from semray.models import create_autoencoder, create_denoiser
 from semray.models.detector import FP32
 from semray.models.losses import patch_loss
+from semray.ray_env import cluster_address, init_ray, is_private, wait_for_resources
 from semray.runs import (
     AUTOENCODER_FILE,
     MODEL_FILE,
@@ -368,8 +371,6 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     STORAGE/RUN_NAME. A multi-node cluster needs one: rank 0 persists checkpoints from whichever node
     it runs on, and the default (run_dir/ray) is only readable on the machine running this.
     """
-    from semray.ray_env import cluster_address, init_ray
-
     run_dir = Path(run_dir).resolve()
     parse_budget(cfg.train.budget)
     previous = read_config(run_dir)
@@ -410,8 +411,6 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
                         storage=join_uri(storage, run_dir.name) if storage else None,
                         provenance={"pixel_size_um": training_pixel_size(data_dir, log)})
     log.info(f"trained model written to {path}")
-    from semray.evaluate import calibrate_run
-
     if held_out:
         source = "held-out normal image(s) " + ", ".join(str(name) for name, _ in held_out)
         calibration_images = [image for _, image in held_out]
@@ -426,9 +425,6 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
 def training_pixel_size(data_dir: str | Path, log: logging.Logger = LOG) -> float | None:
     """The training images' pixel size in micrometres, from their SEM metadata (the median, if
     they disagree, with a warning); None when they carry none. Scoring compares every image to it."""
-    from semray.data.datasets import normal_image_paths
-    from semray.data.io import pixel_size_um, read_bytes
-
     sizes = [s for s in (pixel_size_um(read_bytes(p)) for p in normal_image_paths(data_dir)) if s]
     if not sizes:
         return None
@@ -458,8 +454,6 @@ def resolve_budget(cfg: Config, calibration_images: list[np.ndarray], log: loggi
         resolved, record = sized, {"minutes": None, "scale": 1.0}
     else:
         import ray
-
-        from semray.ray_env import is_private
 
         threads = worker_threads(sized)
         if in_process or (is_private() and not sized.train.use_gpu):
@@ -506,8 +500,6 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     import ray
 
     if cfg.train.use_gpu:
-        from semray.ray_env import wait_for_resources
-
         wait_for_resources("GPU", cfg.train.num_workers * (cfg.train.gpus_per_worker or 1),
                            f"training with --gpu and {cfg.train.num_workers} worker(s)")
     storage = storage or str(run_dir / "ray")

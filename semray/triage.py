@@ -19,10 +19,13 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from PIL import Image
 
+from semray.data.io import read_image
 from semray.errors import InputError
 from semray.files import is_uri
 from semray.log import get_logger
+from semray.overlay import render_overlay
 from semray.pipeline import ERRORS, MAPS, failure_reason
 from semray.report import IMAGE_CHECK
 
@@ -86,11 +89,6 @@ def _histogram(scores: list[float], threshold: float | None, path: Path) -> None
 
 def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=LOG) -> Path:
     """Write page_dir/index.html (and its pictures) about a `semray score --out` directory."""
-    from PIL import Image
-
-    from semray.data.io import read_image
-    from semray.overlay import render_overlay
-
     out = str(out_dir)
     if not is_uri(out) and not (Path(out) / MAPS).is_dir() and not (Path(out) / ERRORS).is_dir():
         raise InputError(f"{out}: no {MAPS}/ or {ERRORS}/ folder; is this a `semray score --out` directory?")
