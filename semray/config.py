@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from semray.errors import ConfigError
+from semray.scores import SCORE_NAMES
 
 PRECISIONS = ("auto", "fp32", "bf16")  # see semray.device
 
@@ -158,15 +159,23 @@ def _build(cls, data: dict[str, Any], where: str):
     for name, value in data.items():
         ftype = fields[name].type
         sub = _SECTIONS.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else _checked(cls, name, ftype, value, where)
+        kwargs[name] = (_build(sub, value, f"{where}.{name}") if sub
+                        else _checked(_SECTION_NAMES.get(cls, where), name, ftype, value))
     return cls(**kwargs)
 
 
-def _checked(cls, name: str, ftype: str, value: Any, where: str) -> Any:
+def build_settings(cls, data: dict[str, Any] | None, section: str):
+    """Another dataclass of settings (Tune's, semray.tune.space.TuneSettings) from a YAML mapping,
+    checked exactly as the config's sections are: unknown keys refused, each value coerced to its
+    field's type, CHOICES and RULES keyed "SECTION.field"."""
+    return _build(cls, data or {}, section)
+
+
+def _checked(section: str, name: str, ftype: str, value: Any) -> Any:
     """One field's value, coerced to its declared type and checked against its rule, before any
     work starts. YAML reads `1e-3` as a string (PyYAML follows YAML 1.1, which wants `1.0e-3`), so
     numeric strings become numbers; anything else of the wrong type is an error naming the field."""
-    key = label = f"{_SECTION_NAMES[cls]}.{name}"
+    key = label = f"{section}.{name}"
 
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{label}: expected {expected}, got {value!r}")
@@ -221,6 +230,8 @@ CHOICES: dict[str, tuple] = {
     "model.loss": ("mse", "ssim", "mse+ssim"),  # semray.models.losses.LOSSES (a test keeps them equal)
     "train.precision": PRECISIONS,
     "eval.precision": PRECISIONS,
+    "tune.score": ("best", *SCORE_NAMES),
+    "tune.scheduler": ("asha", "fifo"),
 }
 RULES: dict[str, tuple[Any, str]] = {
     "patches.size": (lambda v: v >= 8 and v & (v - 1) == 0, "a power of two >= 8"),
@@ -243,6 +254,13 @@ RULES: dict[str, tuple[Any, str]] = {
     "eval.threshold_fpr": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
     "eval.pixel_stride": (_at_least(0), "a number >= 0 (0: no per-pixel maps)"),
     "eval.pixel_blur": (_at_least(0), "a number >= 0"),
+    # semray.tune.space.TuneSettings (`tune:` in a search's YAML)
+    "tune.samples": (_at_least(1), "at least 1"), "tune.grace_period": (_at_least(0), "a number >= 0"),
+    "tune.reduction_factor": (_at_least(2), "at least 2"), "tune.cpus_per_trial": (_positive, "a positive number"),
+    "tune.gpus_per_trial": (_at_least(0), "a number >= 0"),
+    "tune.max_concurrent_trials": (_at_least(0), "a number >= 0"),
+    "tune.val_fraction": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
+    "tune.val_stride": (_positive, "a positive number"),
 }
 
 

@@ -98,5 +98,13 @@ def test_trial_config_applies_sampled_values():
 def test_bad_tune_settings_are_errors(tmp_path):
     with pytest.raises(ValueError, match="score"):
         load_tune_spec(tmp_path, None, {"score": "auroc"})
-    with pytest.raises(ValueError, match="unknown tune setting"):
+    with pytest.raises(ValueError, match=r"tune: unknown key\(s\) \['trials'\]"):
         load_tune_spec(tmp_path, None, {"trials": 3})
+    # the one validator of semray.config: types coerced from YAML's strings, ranges and choices checked
+    for bad, words in (({"samples": "many"}, "tune.samples: expected a number"), ({"samples": 0}, "tune.samples"),
+                       ({"reduction_factor": 1}, "tune.reduction_factor"), ({"scheduler": "pbt"}, "tune.scheduler"),
+                       ({"val_fraction": 1.0}, "tune.val_fraction"), ({"cpus_per_trial": 0}, "tune.cpus_per_trial")):
+        with pytest.raises(ValueError, match=words):
+            load_tune_spec(tmp_path, None, bad)
+    spec = load_tune_spec(tmp_path, None, {"samples": "2", "val_fraction": "0.4", "score": "ssim_smooth"})
+    assert (spec.settings.samples, spec.settings.val_fraction, spec.settings.score) == (2, 0.4, "ssim_smooth")

@@ -4,16 +4,15 @@ reads). No Ray: tests and `semray tune --help`-time checks use it as plain Pytho
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from semray.config import Config, config_from_dict, read_yaml
+from semray.config import Config, build_settings, config_from_dict, read_yaml
 from semray.errors import ConfigError, SemrayError
 from semray.log import get_logger
-from semray.scores import SCORE_NAMES
 
 SPEC_FILE = "search.yaml"
 LOG = get_logger("tune")
@@ -117,17 +116,7 @@ class TuneSettings:
     max_concurrent_trials: int = 0  # 0 = as many as the cluster's CPUs (and GPUs) hold
     val_fraction: float = 0.5
     val_stride: int = 64  # window stride of the per-epoch validation (a cheap proxy for early stopping)
-
-    def check(self) -> TuneSettings:
-        if self.score not in ("best", *SCORE_NAMES):
-            raise ConfigError(f"tune.score: {self.score!r} is not 'best' or one of {SCORE_NAMES}")
-        if self.scheduler not in ("asha", "fifo"):
-            raise ConfigError(f"tune.scheduler: {self.scheduler!r}; expected 'asha' or 'fifo'")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"tune.val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.samples < 1 or self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise ConfigError("tune: samples >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0 are required")
-        return self
+    # (checked by semray.config's one validator: its CHOICES and RULES under "tune.")
 
 
 @dataclass
@@ -154,11 +143,10 @@ class TuneSpec:
 
 
 def _settings(data: dict[str, Any] | None, where: str) -> TuneSettings:
-    names = {f.name for f in fields(TuneSettings)}
-    unknown = set(data or {}) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown tune setting(s) {sorted(unknown)}; known: {sorted(names)}")
-    return TuneSettings(**(data or {})).check()
+    try:
+        return build_settings(TuneSettings, data, "tune")
+    except ConfigError as e:  # name the file the bad value came from
+        raise ConfigError(f"{where}: {e}") from None
 
 
 RECIPES = ("laptop", "gpu")
