@@ -75,8 +75,8 @@ class TrainedRun:
 # The session's trained runs, both trained once through `semray train` (real Ray Train) and read-only
 # for tests. "dae": a DAE (so the denoiser trains on a model with noise in its loss) with one normal
 # image held out for calibration; tests that only need *a* trained run share it. "bf16": an AE
-# trained and calibrated in bf16, on a smaller budget (bf16 is emulated on CPUs without bf16 units,
-# 10-30x slower).
+# trained and calibrated in bf16 with the structural loss (model.loss: mse+ssim), on a smaller
+# budget (bf16 is emulated on CPUs without bf16 units, 10-30x slower).
 TRAINED_RUN_ARGS = ("--model", "dae", "--epochs", 1, "--denoiser-epochs", 1)
 BF16_RUN_ARGS = ("--model", "ae", "--epochs", 1, "--denoiser-epochs", 1, "--precision", "bf16")
 
@@ -98,7 +98,8 @@ def trainings(tmp_path_factory, synth_data, tiny_config) -> dict[str, TrainedRun
     holdout, small = root / "holdout.yaml", root / "bf16.yaml"
     holdout.write_text(tiny_config.read_text().replace("train: {", "train: {holdout_normal_images: 1, "))
     small.write_text(tiny_config.read_text().replace("patches_per_epoch: 1024, denoiser_patches_per_epoch: 512",
-                                                     "patches_per_epoch: 256, denoiser_patches_per_epoch: 128"))
+                                                     "patches_per_epoch: 256, denoiser_patches_per_epoch: 128")
+                     .replace("latent_dim: 16}", "latent_dim: 16, loss: mse+ssim}"))
     commands = {"dae": ("--config", holdout, *TRAINED_RUN_ARGS), "bf16": ("--config", small, *BF16_RUN_ARGS)}
     procs = {name: subprocess.Popen([sys.executable, "-m", "semray", "train", "--data", str(synth_data), "--run",
                                      str(root / name), *map(str, args)], env=user_env(root / "home"),

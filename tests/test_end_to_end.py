@@ -77,10 +77,17 @@ def test_bf16_train_then_score_records_the_precision_everywhere(tmp_path, synth_
         assert training[stage]["patches_per_s"] > 0 and training[stage]["device"].startswith("cpu")
     assert torch.load(run / "model.pt", weights_only=True)["training"] == training
 
+    assert cfg["model"]["loss"] == "mse+ssim"  # this run trains both stages with the structural loss
+
     image = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
-    run_cli("score", image, "--run", run, "--out", out, "--precision", "bf16")
+    run_cli("score", image, "--run", run, "--out", out, "--precision", "bf16", "--score", "ssim_smooth",
+            "--map-scale", 2)
     meta = json.loads(pq.read_schema(next((out / "maps").glob("*.parquet"))).metadata[b"semray"])
     assert meta["precision"] == "bf16" and meta["memory_format"] == "channels_last" and meta["training"] == training
+    (row,) = pq.read_table(out / "maps").to_pylist()
+    assert row["score"] == "ssim_smooth" and 0 <= row["score_max"] <= 2  # 1 - SSIM
+    assert row["pixel_map_height"] == -(-row["height"] // 2) and len(row["pixel_map"]) == (
+        row["pixel_map_height"] * row["pixel_map_width"])
 
 
 @pytest.mark.ray
