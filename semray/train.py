@@ -457,7 +457,7 @@ def resolve_budget(cfg: Config, calibration_images: list[np.ndarray], log: loggi
 
         threads = worker_threads(sized)
         if in_process or (is_private() and not sized.train.use_gpu):
-            rates = measure_rates(sized, "cpu", threads)
+            rates = measure_rates(sized, "cpu", threads, seconds=2.0)  # 1 s read 0.7-1.2x the epochs' rate
         else:
             probe = ray.remote(num_cpus=threads, num_gpus=1 if sized.train.use_gpu else 0)(_remote_rates)
             rates = ray.get(probe.remote(sized.to_dict(), threads))
