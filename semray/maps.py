@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def score_image(detector: AnomalyDetector, image: np.ndarray, stride: int, batch_size: int = 512,
                 cover_edges: bool | None = None) -> dict[str, np.ndarray]:
-    """Scores of every window of the image: {"ys", "xs", "reconstruction", "smooth", "feature"}.
+    """Scores of every window of the image: {"ys", "xs", and every name of SCORE_NAMES}.
     Windows of the detector's patch size; cover_edges overrides the detector's edge policy.
 
     Windows are cut one batch at a time (strided views of the image), so a very large image never

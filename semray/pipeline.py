@@ -53,7 +53,7 @@ from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
 from semray.files import atomic_path, atomic_write, is_uri, to_json
 from semray.log import get_logger
 from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
-from semray.scores import PIXEL_MAPS, SCORE_NAMES
+from semray.scores import DEFAULT_SCORE, PIXEL_MAPS, SCORE_NAMES
 
 if TYPE_CHECKING:
     from semray.device import Precision
@@ -102,13 +102,13 @@ MESSAGES_SHOWN = 20  # failures listed in the summary (all of them are in errors
 
 @dataclass
 class ScoreJob:
-    """One `semray score` invocation. Defaults: the run's stride, the feature score, one CPU actor
+    """One `semray score` invocation. Defaults: the run's stride, DEFAULT_SCORE, one CPU actor
     per CPU of the cluster."""
     inputs: list[str]
     run: str
     out: str
     stride: int | None = None
-    score: str = "feature"
+    score: str = DEFAULT_SCORE
     workers: int = 0  # actors in the pool; 0 = as many as the cluster's CPUs (or GPUs) hold
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0

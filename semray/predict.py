@@ -31,7 +31,7 @@ from semray.models import AnomalyDetector
 from semray.overlay import render_overlay
 from semray.pixelmaps import strip_pixel_maps
 from semray.runs import RunError, load_detector, read_threshold, read_training_record
-from semray.scores import PIXEL_MAPS, SCORE_NAMES
+from semray.scores import DEFAULT_SCORE, PIXEL_MAPS, SCORE_NAMES
 
 LOG = get_logger("predict")
 
@@ -127,7 +127,7 @@ class Run:
         return render_overlay(image, prediction.record)
 
 
-def load_run(run_dir: str | Path, score: str = "feature", stride: int | None = None, use_gpu: bool | None = None,
+def load_run(run_dir: str | Path, score: str = DEFAULT_SCORE, stride: int | None = None, use_gpu: bool | None = None,
              precision: str | None = None, pixel_map: str | None = "ssim_smooth") -> Run:
     """A trained run (a `semray train` directory, or a tune's best/) ready to predict, in this process.
     pixel_map: the per-pixel map each prediction also computes and its overlay colours (one of

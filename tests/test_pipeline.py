@@ -30,6 +30,7 @@ from semray.pipeline import (
 )
 from semray.pixelmaps import strip_pixel_maps
 from semray.runs import load_detector, read_threshold
+from semray.scores import DEFAULT_SCORE
 
 from conftest import main_in_process, run_cli
 
@@ -245,8 +246,8 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     # provenance in the file metadata
     meta = json.loads(pq.read_schema(next((out / "maps").glob("*.parquet"))).metadata[b"semray"])
     detector, cfg = load_detector(run_dir)
-    assert meta["model"] == cfg.model.kind and meta["score"] == "feature" and len(meta["checkpoint_sha256"]) == 16
-    threshold = read_threshold(run_dir)["scores"]["feature"]
+    assert meta["model"] == cfg.model.kind and meta["score"] == DEFAULT_SCORE and len(meta["checkpoint_sha256"]) == 16
+    threshold = read_threshold(run_dir)["scores"][DEFAULT_SCORE]
     assert meta["threshold"] == threshold and "calibrated" in meta["threshold_origin"]
     assert meta["semray_version"] and meta["ray_version"]
     assert meta["precision"] == detector.precision.name and meta["memory_format"] == "channels_last"
@@ -260,7 +261,7 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     for (source, page), row in rows.items():
         image = read_image_pages(source)[page]
         s = score_image(detector, image, 16)
-        grid, gy, gx = anomaly_grid(s["feature"], s["ys"], s["xs"], cfg.eval.smoothing_px)
+        grid, gy, gx = anomaly_grid(s[DEFAULT_SCORE], s["ys"], s["xs"], cfg.eval.smoothing_px)
         assert (row["height"], row["width"], row["stride"], row["patch_size"]) == (*image.shape, 16, 32)
         assert (row["map_height"], row["map_width"]) == grid.shape and row["grid_ys"] == gy.tolist()
         np.testing.assert_allclose(row["map"], grid.ravel(), rtol=1e-5, atol=1e-6)
@@ -332,7 +333,7 @@ def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive, capsys):
     # resuming with other settings would mix two jobs in one table
     # (refused before Ray starts, so checked in this process)
     code, _, err = main_in_process(capsys, "score", images, "--run", run_dir, "--out", out, "--score", "smooth")
-    assert code == 2 and "another scoring job" in err and "score: 'feature'" in err
+    assert code == 2 and "another scoring job" in err and f"score: '{DEFAULT_SCORE}'" in err
 
 
 @pytest.mark.ray

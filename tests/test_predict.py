@@ -13,6 +13,7 @@ from PIL import Image
 from semray.data.io import read_image
 from semray.maps import image_record, score_image
 from semray.runs import read_threshold
+from semray.scores import DEFAULT_SCORE
 
 from conftest import main_in_process
 
@@ -24,11 +25,11 @@ def test_the_python_api_scores_like_bulk_scoring(untrained_run, synth_data):
     path = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
     p = run.predict(path)
     image = read_image(path)
-    expected = image_record(score_image(run.detector, image, run.stride), "feature", 32, run.stride,
-                            run.cfg.eval.smoothing_px, run.thresholds["feature"])
+    expected = image_record(score_image(run.detector, image, run.stride), DEFAULT_SCORE, 32, run.stride,
+                            run.cfg.eval.smoothing_px, run.thresholds[DEFAULT_SCORE])
     np.testing.assert_allclose(p.map.ravel(), expected["map"], rtol=1e-6)
     assert p.regions == expected["regions"] and p.score == expected["score_quantile"]
-    assert p.defective == bool(expected["regions_count"]) and p.threshold == run.thresholds["feature"]
+    assert p.defective == bool(expected["regions_count"]) and p.threshold == run.thresholds[DEFAULT_SCORE]
     assert run.predict(image).score == p.score  # an array works as well as a path
     assert run.overlay(p).size == (image.shape[1], image.shape[0])
     # the per-pixel map, as strip_pixel_maps computes it, is what the overlay colours, at its own threshold
