@@ -55,20 +55,30 @@ def patch_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> tor
     pytorch-msssim, whose entry point squeezes dimensions in a way the ONNX exporter turns into an
     invalid graph."""
     import torch  # kept out of this module's import (see above)
-    import torch.nn.functional as F
 
-    a, b = a.float(), b.float()
+    a, b = a.float()[:, 0], b.float()[:, 0]
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    # The separable Gaussian blur ("valid": no padding) as two banded matrices, rows @ patch @ cols^T,
+    # applied to the five local moments at once: batched matrix products, several times faster
+    # (forward and backward) than 1-channel convolutions, whose per-call overhead dominates at 32 x 32.
     r = SSIM_WINDOW // 2
     g = torch.exp(-(torch.arange(SSIM_WINDOW, dtype=torch.float32, device=a.device) - r) ** 2 / (2 * SSIM_SIGMA ** 2))
     g = g / g.sum()
-
-    def blur(x: torch.Tensor) -> torch.Tensor:  # separable Gaussian, "valid" (no padding)
-        return F.conv2d(F.conv2d(x, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    rows, cols = (_band(g, n, a.device) for n in a.shape[-2:])
+    n = a.shape[0]
+    moments = torch.cat([a, b, a * a, b * b, a * b])
+    mu_a, mu_b, aa, bb, ab = (rows @ moments @ cols.T).unflatten(0, (5, n)).unbind(0)
+    var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
     ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     return ssim.flatten(1).mean(dim=1)
+
+
+def _band(g: torch.Tensor, size: int, device) -> torch.Tensor:
+    """(size - len(g) + 1, size): row i holds the kernel g at columns i .. i + len(g) - 1."""
+    import torch
+    import torch.nn.functional as F
+
+    return torch.stack([F.pad(g, (i, size - g.numel() - i)) for i in range(size - g.numel() + 1)]).to(device)
 
 
 def structural_score(raw: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
