@@ -22,8 +22,8 @@ from laptop_default import HERE
 from sklearn.metrics import roc_auc_score
 
 from semray.data.datasets import load_anomalous_images, load_normal_images
-from semray.data.patches import iter_patch_batches, neighbourhood_mean, patch_labels
-from semray.maps import score_image
+from semray.data.patches import iter_patch_batches, patch_labels
+from semray.maps import neighbourhood_mean, score_image
 from semray.runs import load_detector
 from semray.tune import split_validation_test
 

@@ -60,7 +60,8 @@ def main() -> None:
     worst = 0.0
     for kind in args.models.split(","):
         fp32, bf16 = (summary[f"{kind}/{p}"] for p in PRECISIONS)
-        print(f"[bench] {kind}: train {fp32['train_wall_s'] / 60:.1f} min fp32, {bf16['train_wall_s'] / 60:.1f} min bf16")
+        print(f"[bench] {kind}: train {fp32['train_wall_s'] / 60:.1f} min fp32, "
+              f"{bf16['train_wall_s'] / 60:.1f} min bf16")
         for half in ("all20", "test_half"):
             for score, a in fp32[f"auroc_{half}"].items():
                 b = bf16[f"auroc_{half}"][score]

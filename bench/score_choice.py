@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from semray.data.datasets import load_normal_images
-from semray.data.patches import neighbourhood_mean
 from semray.device import pick_device
 from semray.evaluate import pooled_scores, score_dataset, window_labels
-from semray.maps import score_image
+from semray.maps import neighbourhood_mean, score_image
 from semray.metrics import auroc
 from semray.runs import load_detector
 from semray.scores import SCORE_NAMES

@@ -125,12 +125,13 @@ def resolve_precision(requested: str, device: torch.device | str, log: logging.L
 def memory_format(device: torch.device | str, use: str = "score") -> torch.memory_format:
     """The memory format that measured fastest for `use` (score | autoencoder | denoiser: the
     training stages) in bench/precision.py. channels_last made CPU scoring 1.4x (AVX2-only EPYC) to
-    2.5x (Zen 4) faster and stage-1 training 1.1-1.3x, but stage-2 training 0.75-0.9x (the
-    denoiser's 3x3 backward pass is slower in NHWC on oneDNN), so a CPU trains the denoiser in the
-    default layout. CUDA: channels_last, which tensor cores want."""
+    2.5x (Zen 4) faster and stage-1 training 1.1-1.3x. Stage-2 training depends on the CPU: without
+    AMX the denoiser's 3x3 backward pass is slower in NHWC on oneDNN (0.86x AVX2-only EPYC, 0.90x
+    Zen 4 in bf16), so such a CPU trains it in the default layout; with AMX, NHWC is faster (1.35x
+    in bf16, 1.12x in fp32). CUDA: channels_last, which tensor cores want."""
     if use not in ("score", "autoencoder", "denoiser"):
         raise ValueError(f"unknown use {use!r}")
-    if torch.device(device).type == "cpu" and use == "denoiser":
+    if torch.device(device).type == "cpu" and use == "denoiser" and "amx_tile" not in cpu_flags():
         return torch.contiguous_format
     return torch.channels_last
 

@@ -15,11 +15,11 @@ import numpy as np
 
 from semray.config import Config
 from semray.data.datasets import LabelledImage, load_anomalous_images
-from semray.data.patches import assemble_map, neighbourhood_mean, patch_labels
+from semray.data.patches import patch_labels
 from semray.device import memory_format_name, pick_device
 from semray.files import atomic_write, to_json
 from semray.log import get_logger
-from semray.maps import calibrate_threshold, score_image
+from semray.maps import assemble_map, calibrate_threshold, neighbourhood_mean, score_image
 from semray.metrics import at_threshold, aupro, auroc, held_out_f1, image_auroc, patch_metrics, pixel_auroc
 from semray.models import AnomalyDetector
 from semray.pixelmaps import pixel_maps, stitched_outputs, window_means

@@ -7,7 +7,7 @@ Maps are kept at the window grid, not at full resolution: cell (i, j) is the (ne
 score of the window whose top-left corner is (grid_ys[i], grid_xs[j]) and which covers the
 patch_size x patch_size pixels from there. At stride 16 that is 256x smaller than a per-pixel map,
 so a 20000 x 20000 image's map is 6 MB instead of 1.6 GB, and nothing is lost: every window's score
-is there. `semray.data.patches.assemble_map` expands it to pixels when a picture needs it.
+is there. `assemble_map` expands it to pixels when a picture needs it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from semray.data.patches import iter_patch_batches, neighbourhood_mean
+from semray.data.patches import iter_patch_batches
 from semray.errors import ConfigError, SemrayError
 from semray.regions import find_regions
 from semray.scores import SCORE_NAMES
@@ -25,6 +25,57 @@ if TYPE_CHECKING:
     from semray.models import AnomalyDetector
 
 
+# ---------------------------------------------------------------- window scores to maps
+def neighbourhood_mean(values: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: int) -> np.ndarray:
+    """Each window's value averaged with those of the windows whose corners lie within `radius`
+    pixels (in y and in x) of its own; radius 0 returns the values unchanged.
+
+    Defects (beads, films) span several windows while a fibre crossing that merely looks odd spans
+    one, so pooling neighbours' scores suppresses isolated false alarms: the same reason anomalib
+    blurs its anomaly maps. The windows must form a full grid, as `grid_coordinates` gives them.
+    Done as two small matrix products (rows, then columns), so uneven edge spacing is exact.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if radius <= 0:
+        return values
+    uy, iy = np.unique(ys, return_inverse=True)
+    ux, ix = np.unique(xs, return_inverse=True)
+    if values.size != uy.size * ux.size:
+        raise ValueError(f"{values.size} windows do not form a {uy.size}x{ux.size} grid")
+    grid = np.zeros((uy.size, ux.size))
+    grid[iy, ix] = values
+    near_y = (np.abs(uy[:, None] - uy[None, :]) <= radius).astype(np.float64)
+    near_x = (np.abs(ux[:, None] - ux[None, :]) <= radius).astype(np.float64)
+    sums = near_y @ grid @ near_x.T
+    counts = near_y.sum(1)[:, None] * near_x.sum(1)[None, :]
+    return (sums / counts)[iy, ix]
+
+
+def assemble_map(scores: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray:
+    """Per-pixel anomaly map: each pixel gets the mean score of the windows covering it (NaN if none).
+
+    Vectorised with a 2-D difference array: each window adds its score at one corner and cancels it
+    past the others; two cumulative sums spread it over the window. O(pixels + windows).
+    """
+    h, w = shape
+    scores = np.asarray(scores, dtype=np.float64)
+
+    def spread(values: np.ndarray) -> np.ndarray:
+        diff = np.zeros((h + 1, w + 1), dtype=np.float64)
+        np.add.at(diff, (ys, xs), values)
+        np.add.at(diff, (ys + size, xs), -values)
+        np.add.at(diff, (ys, xs + size), -values)
+        np.add.at(diff, (ys + size, xs + size), values)
+        return diff.cumsum(axis=0).cumsum(axis=1)[:h, :w]
+
+    total = spread(scores)
+    count = spread(np.ones_like(scores))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = np.where(count > 0.5, total / np.maximum(count, 1), np.nan)
+    return result.astype(np.float32)
+
+
+# ---------------------------------------------------------------- scoring an image
 def score_image(detector: AnomalyDetector, image: np.ndarray, stride: int, batch_size: int = 512,
                 cover_edges: bool | None = None) -> dict[str, np.ndarray]:
     """Scores of every window of the image: {"ys", "xs", and every name of SCORE_NAMES}.

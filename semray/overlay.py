@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from semray.data.patches import assemble_map
+from semray.maps import assemble_map
 
 
 def pixel_map(record: dict[str, Any]) -> np.ndarray:

@@ -71,10 +71,14 @@ def test_cli_reports_a_device_without_bf16_in_one_line(monkeypatch, untrained_ru
         "semray evaluate: error: --precision bf16: this device does not support bf16; use --precision fp32 (or auto)"]
 
 
-def test_memory_format_per_use():
+def test_memory_format_per_use(monkeypatch):
+    monkeypatch.setattr(dev, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
     assert dev.memory_format("cpu", "score") == torch.channels_last
     assert dev.memory_format("cpu", "autoencoder") == torch.channels_last
     assert dev.memory_format("cpu", "denoiser") == torch.contiguous_format  # measured slower in NHWC
+    monkeypatch.setattr(dev, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"}))
+    assert dev.memory_format("cpu", "denoiser") == torch.channels_last  # with AMX, NHWC is faster
+    assert dev.memory_format("cuda", "denoiser") == torch.channels_last
     with pytest.raises(ValueError):
         dev.memory_format("cpu", "train")
 

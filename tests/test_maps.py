@@ -7,7 +7,15 @@ import torch
 
 from semray.config import Config
 from semray.data.patches import grid_coordinates
-from semray.maps import anomaly_grid, calibrate_threshold, grid_regions, image_record, score_image
+from semray.maps import (
+    anomaly_grid,
+    assemble_map,
+    calibrate_threshold,
+    grid_regions,
+    image_record,
+    neighbourhood_mean,
+    score_image,
+)
 from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
 from semray.overlay import pixel_map, render_overlay
 
@@ -78,3 +86,95 @@ def test_score_image_matches_batch_size_and_overlay_has_the_image_size():
     assert heat.shape == (70, 90) and not np.isnan(heat).any()  # cover_edges: every pixel scored
     picture = render_overlay(image, record)
     assert picture.size == (90, 70) and picture.mode == "RGB"
+
+
+# ---------------------------------------------------------------- assemble_map
+def _brute_map(scores, ys, xs, size, shape):
+    total = np.zeros(shape)
+    count = np.zeros(shape)
+    for s, y, x in zip(scores, ys, xs):
+        for i in range(y, y + size):
+            for j in range(x, x + size):
+                total[i, j] += s
+                count[i, j] += 1
+    out = np.full(shape, np.nan)
+    out[count > 0] = total[count > 0] / count[count > 0]
+    return out, count
+
+
+def test_assemble_map_constant_scores_give_constant_map():
+    h, w, size, stride = 37, 29, 8, 3
+    ys, xs = grid_coordinates(h, w, size, stride, cover_edges=True)
+    result = assemble_map(np.full(len(ys), 2.5), ys, xs, size, (h, w))
+    assert result.shape == (h, w) and result.dtype == np.float32
+    np.testing.assert_allclose(result, 2.5, rtol=1e-6)
+
+
+def test_assemble_map_one_hot_spreads_over_window_divided_by_coverage():
+    h, w, size, stride = 14, 17, 6, 4
+    ys, xs = grid_coordinates(h, w, size, stride, cover_edges=True)
+    for k in range(len(ys)):
+        scores = np.zeros(len(ys))
+        scores[k] = 1.0
+        result = assemble_map(scores, ys, xs, size, (h, w))
+        expected, count = _brute_map(scores, ys, xs, size, (h, w))
+        assert (count > 0).all()
+        np.testing.assert_allclose(result, expected, atol=1e-6)
+        inside = np.zeros((h, w), bool)
+        inside[ys[k]:ys[k] + size, xs[k]:xs[k] + size] = True
+        np.testing.assert_allclose(result[inside], 1.0 / count[inside], atol=1e-6)
+        np.testing.assert_allclose(result[~inside], 0.0, atol=1e-6)
+
+
+def test_assemble_map_random_scores_match_brute_force():
+    h, w, size, stride = 23, 19, 7, 3
+    ys, xs = grid_coordinates(h, w, size, stride, cover_edges=True)
+    scores = np.random.default_rng(2).normal(size=len(ys))
+    expected, _ = _brute_map(scores, ys, xs, size, (h, w))
+    np.testing.assert_allclose(assemble_map(scores, ys, xs, size, (h, w)), expected, atol=1e-5)
+
+
+def test_assemble_map_uncovered_pixels_are_nan():
+    h, w, size, stride = 21, 26, 8, 8
+    ys, xs = grid_coordinates(h, w, size, stride, cover_edges=False)  # rows 16.., cols 24.. uncovered
+    scores = np.arange(len(ys), dtype=np.float64)
+    result = assemble_map(scores, ys, xs, size, (h, w))
+    expected, count = _brute_map(scores, ys, xs, size, (h, w))
+    assert np.isnan(result[16:, :]).all() and np.isnan(result[:, 24:]).all()
+    assert not np.isnan(result[:16, :24]).any()
+    np.testing.assert_array_equal(np.isnan(result), count == 0)
+    np.testing.assert_allclose(result[:16, :24], expected[:16, :24], atol=1e-6)
+
+
+# ---------------------------------------------------------------- neighbourhood pooling of scores
+def test_neighbourhood_mean_3x3_by_hand():
+    ys, xs = np.meshgrid([0, 16, 32], [0, 16, 32], indexing="ij")
+    v = np.arange(9, dtype=float)  # grid [[0,1,2],[3,4,5],[6,7,8]]
+    out = neighbourhood_mean(v, ys.ravel(), xs.ravel(), radius=16)
+    assert out[4] == pytest.approx(v.mean())  # centre: all nine
+    assert out[0] == pytest.approx((0 + 1 + 3 + 4) / 4)  # corner: its 2x2
+    assert out[1] == pytest.approx((0 + 1 + 2 + 3 + 4 + 5) / 6)  # edge: 2x3
+    np.testing.assert_array_equal(neighbourhood_mean(v, ys.ravel(), xs.ravel(), 0), v)
+
+
+def test_neighbourhood_mean_uses_pixel_distance_at_uneven_edges():
+    # cover_edges adds a last window flush with the border (20 here), only 4 px from its neighbour
+    ys, xs = np.meshgrid([0], [0, 16, 20], indexing="ij")
+    v = np.array([1.0, 2.0, 6.0])
+    out = neighbourhood_mean(v, ys.ravel(), xs.ravel(), radius=16)
+    np.testing.assert_allclose(out, [(1 + 2) / 2, (1 + 2 + 6) / 3, (2 + 6) / 2])
+
+
+def test_neighbourhood_mean_keeps_a_constant_and_order():
+    ys, xs = grid_coordinates(100, 130, 32, 16)
+    const = np.full(ys.size, 3.5)
+    np.testing.assert_allclose(neighbourhood_mean(const, ys, xs, 32), const)
+    perm = np.random.default_rng(0).permutation(ys.size)
+    v = np.random.default_rng(1).random(ys.size)
+    np.testing.assert_allclose(neighbourhood_mean(v[perm], ys[perm], xs[perm], 16),
+                               neighbourhood_mean(v, ys, xs, 16)[perm])
+
+
+def test_neighbourhood_mean_rejects_a_partial_grid():
+    with pytest.raises(ValueError, match="grid"):
+        neighbourhood_mean(np.ones(3), np.array([0, 0, 16]), np.array([0, 16, 0]), 16)

@@ -1,6 +1,7 @@
-"""Patches: random training crops, sliding-window test tiles, patch labels, and back to pixel maps.
+"""Patches: random training crops, sliding-window test tiles and patch labels.
 
-Pure numpy/torch, no Ray: everything here is exercised by unit tests in milliseconds.
+Window scores become maps in semray.maps. Pure numpy/torch, no Ray: everything here is exercised
+by unit tests in milliseconds.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def grid_coordinates(height: int, width: int, size: int, stride: int, cover_edge
     return gy.ravel(), gx.ravel()
 
 
-# ---------------------------------------------------------------- labels and maps
+# ---------------------------------------------------------------- labels
 def _window_sums(values: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
     """Sum of `values` inside each size x size window, O(1) per window via a summed-area table."""
     sat = np.zeros((values.shape[0] + 1, values.shape[1] + 1), dtype=np.int64)
@@ -165,52 +166,3 @@ def patch_labels(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int = 3
     """A window is anomalous when at least `min_pixels` of its pixels are defect pixels
     (1 = "any pixel"; the study's code used more than 20)."""
     return defect_pixel_counts(mask, ys, xs, size) >= min_pixels
-
-
-def assemble_map(scores: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray:
-    """Per-pixel anomaly map: each pixel gets the mean score of the windows covering it (NaN if none).
-
-    Vectorised with a 2-D difference array: each window adds its score at one corner and cancels it
-    past the others; two cumulative sums spread it over the window. O(pixels + windows).
-    """
-    h, w = shape
-    scores = np.asarray(scores, dtype=np.float64)
-
-    def spread(values: np.ndarray) -> np.ndarray:
-        diff = np.zeros((h + 1, w + 1), dtype=np.float64)
-        np.add.at(diff, (ys, xs), values)
-        np.add.at(diff, (ys + size, xs), -values)
-        np.add.at(diff, (ys, xs + size), -values)
-        np.add.at(diff, (ys + size, xs + size), values)
-        return diff.cumsum(axis=0).cumsum(axis=1)[:h, :w]
-
-    total = spread(scores)
-    count = spread(np.ones_like(scores))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        result = np.where(count > 0.5, total / np.maximum(count, 1), np.nan)
-    return result.astype(np.float32)
-
-
-def neighbourhood_mean(values: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: int) -> np.ndarray:
-    """Each window's value averaged with those of the windows whose corners lie within `radius`
-    pixels (in y and in x) of its own; radius 0 returns the values unchanged.
-
-    Defects (beads, films) span several windows while a fibre crossing that merely looks odd spans
-    one, so pooling neighbours' scores suppresses isolated false alarms: the same reason anomalib
-    blurs its anomaly maps. The windows must form a full grid, as `grid_coordinates` gives them.
-    Done as two small matrix products (rows, then columns), so uneven edge spacing is exact.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if radius <= 0:
-        return values
-    uy, iy = np.unique(ys, return_inverse=True)
-    ux, ix = np.unique(xs, return_inverse=True)
-    if values.size != uy.size * ux.size:
-        raise ValueError(f"{values.size} windows do not form a {uy.size}x{ux.size} grid")
-    grid = np.zeros((uy.size, ux.size))
-    grid[iy, ix] = values
-    near_y = (np.abs(uy[:, None] - uy[None, :]) <= radius).astype(np.float64)
-    near_x = (np.abs(ux[:, None] - ux[None, :]) <= radius).astype(np.float64)
-    sums = near_y @ grid @ near_x.T
-    counts = near_y.sum(1)[:, None] * near_x.sum(1)[None, :]
-    return (sums / counts)[iy, ix]
