@@ -3,7 +3,7 @@ for the default-size models in fp32, fp32 + channels_last, bf16 autocast, bf16 +
 what `precision: auto` picks here, all in one run, with the ratio to plain fp32 (the code path before
 the speed issue) and auto's fraction of the fastest variant.
 
-    .venv/bin/python bench/precision.py [--seconds 4] [--threads 2]
+    .venv/bin/python bench/precision.py [--seconds 4] [--threads 2] [--rounds 2]
 
 Which variant is fastest differs by CPU (bf16 is a 3x win with AMX and a 10x loss on an
 AVX2-only EPYC), so the choice must be measured or detected, never assumed. Inputs are random
@@ -106,6 +106,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per figure")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--score-batch", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=1, help="measure every variant this many times, round-robin, and "
+                                                         "keep each figure's best (evens out drift between variants)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--compile", action="store_true", help="also measure auto's variant under torch.compile "
                                                           "(inductor; compile time excluded)")
@@ -136,7 +138,7 @@ def main() -> None:
         return ae.to(device, memory_format=fmt), den.to(device, memory_format=fmt)
 
     results: dict[str, dict[str, float]] = {}
-    for name, precision, fmts in variants():
+    for name, precision, fmts in (v for _ in range(args.rounds) for v in variants()):
         if name in skip:
             continue
         if not isinstance(fmts, dict):
@@ -152,7 +154,7 @@ def main() -> None:
         def score(detector=detector, raw=raw):  # this variant's, bound now
             with torch.inference_mode():
                 detector.scores(raw)
-        row["scoring"] = rate(score, args.score_batch, args.seconds, device)
+        row["scoring"] = max(row.get("scoring", 0.0), rate(score, args.score_batch, args.seconds, device))
 
         for stage in ("stage-1 training", "stage-2 training"):
             fmt = fmts[stage]
@@ -174,7 +176,7 @@ def main() -> None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # master weights and Adam's state stay fp32
                 optimizer.step()
-            row[stage] = rate(train_step, train_batch, args.seconds, device)
+            row[stage] = max(row.get(stage, 0.0), rate(train_step, train_batch, args.seconds, device))
         print(f"  measured {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()), flush=True)
 
     base = results["fp32"]

@@ -4,7 +4,12 @@ Kept in one place so every command (train, evaluate, tune, score) starts Ray the
 """
 from __future__ import annotations
 
+import math
 import os
+import secrets
+import socket
+import time
+from pathlib import Path
 
 # Quiet, lean defaults for a laptop; a user's own environment wins.
 _DEFAULT_ENV = {
@@ -98,8 +103,6 @@ def _ensure_token_file() -> None:
     """Ray writes a missing ~/.ray/auth_token with open(..., "w"): two commands starting at once
     race, and one GCS reads an empty file and dies. Create it atomically first (hard link: the
     first process wins, the others find its token), as Ray would: 256 random bits, owner-only."""
-    import secrets
-    from pathlib import Path
 
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if path.exists():
@@ -137,7 +140,6 @@ def ray_gcs_port_variable() -> str:
 
 
 def _free_port() -> int:
-    import socket
 
     with socket.socket() as s:
         s.bind(("", 0))
@@ -187,8 +189,6 @@ def wait_for_resources(resource: str, amount: float, what: str, timeout_s: float
     (SEMRAY_SCALE_UP_TIMEOUT_S: 900 s on a cluster, 0 on a private local Ray, which cannot grow),
     then withdraw the request: nodes in use stay, and go after the autoscaler's idle timeout.
     """
-    import math
-    import time
 
     import ray
 

@@ -16,6 +16,7 @@ from semray.errors import SemrayError
 from semray.evaluate import calibrate_run, format_cells
 from semray.files import atomic_write, is_uri, join_uri, to_json
 from semray.log import get_logger
+from semray.ray_env import init_ray, wait_for_resources
 from semray.runs import RunError
 from semray.tune.results import (
     BEST_FILE,
@@ -174,7 +175,6 @@ class SearchInterrupted(RuntimeError):
 def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None, resume: bool = False,
                 log: logging.Logger = LOG) -> dict[str, Any]:
     """Run (or resume) a search; write results.parquet, best.json and best/ -> the best.json dict."""
-    from semray.ray_env import init_ray, wait_for_resources
 
     tune_dir = Path(tune_dir).resolve()
     tune_dir.mkdir(parents=True, exist_ok=True)
