@@ -44,6 +44,8 @@ def window_features(detector, image: np.ndarray, stride: int) -> tuple[dict[str,
                 block += 1
             if isinstance(layer, (torch.nn.LeakyReLU, torch.nn.ReLU, torch.nn.ELU)) and h.dim() == 4:
                 out[f"conv{block}"] = F.adaptive_avg_pool2d(h, 4).flatten(1)
+                if block == 3:
+                    out["conv3_2x2"] = F.adaptive_avg_pool2d(h, 2).flatten(1)
         latent = h
         if getattr(detector.autoencoder, "latent_factor", 1) == 2:
             latent = latent.chunk(2, dim=1)[0]
@@ -65,6 +67,7 @@ def main() -> None:
     p.add_argument("--run", required=True)
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
     p.add_argument("--bank-stride", type=int, default=16)
+    p.add_argument("--bank-size", type=int, default=4096, help="the *_sub variants: a random subset of this many")
     args = p.parse_args()
     detector, cfg = load_detector(args.run, "cpu")
     stride, smoothing, size = cfg.eval.stride, cfg.eval.smoothing_px, cfg.patches.size
@@ -78,6 +81,9 @@ def main() -> None:
         for k, v in score_image(detector, image, stride).items():
             normal_scores.setdefault(k, []).append(v)
     bank = {k: torch.from_numpy(np.concatenate(v)) for k, v in banks.items()}
+    keep = torch.randperm(len(bank["latent"]), generator=torch.Generator().manual_seed(0))[:args.bank_size]
+    for k in ("conv3", "conv3_2x2", "latent"):
+        bank[f"{k}_sub"] = bank[k][keep]
     print(f"[bench] bank: {len(next(iter(bank.values())))} normal windows at stride {args.bank_stride}; "
           + ", ".join(f"{k} dim {v.shape[1]}" for k, v in bank.items()), flush=True)
 
@@ -88,6 +94,8 @@ def main() -> None:
         assert np.array_equal(ys, scores["ys"]) and np.array_equal(xs, scores["xs"])
         for k, v in feats.items():
             scores[f"knn_{k}"] = nearest_distance(v, bank[k])
+            if f"{k}_sub" in bank:
+                scores[f"knn_{k}_sub"] = nearest_distance(v, bank[f"{k}_sub"])
         labels = patch_labels(item.mask, ys, xs, size)
         pooled = {k: neighbourhood_mean(v, ys, xs, smoothing) for k, v in scores.items() if k not in ("ys", "xs")}
         per_image.append((pooled, labels))

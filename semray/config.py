@@ -48,6 +48,9 @@ class ModelConfig:
     # Training loss of both stages (semray.models.losses): the study's "mse", "ssim" (1 - SSIM) or
     # "mse+ssim".
     loss: str = "mse"
+    # Windows of the normal training images whose encoder features are kept for the knn score
+    # (semray.models.memory; a random subset beyond this many); 0 = no bank, knn scores 0.
+    memory_bank: int = 4096
 
 
 @dataclass
@@ -238,7 +241,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "patches.min_patch_std": (_at_least(0), "a number >= 0"),
     "model.width": (_positive, "a positive number"), "model.latent_dim": (_positive, "a positive number"),
     "model.init_std": (_positive, "a positive number"), "model.dae_sigma": (_at_least(0), "a number >= 0"),
-    "model.cvae_beta": (_at_least(0), "a number >= 0"),
+    "model.cvae_beta": (_at_least(0), "a number >= 0"), "model.memory_bank": (_at_least(0), "a number >= 0"),
     "denoiser.depth": (_at_least(2), "at least 2"), "denoiser.width": (_at_least(2), "at least 2"),
     "denoiser.input_noise": (_at_least(0), "a number >= 0"),
     **{f"train.{k}": (_positive, "a positive number") for k in

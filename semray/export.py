@@ -8,7 +8,7 @@ into patch_size windows at the run's stride (the regular grid, without the extra
 the bottom and right borders that `semray score` adds), each window's normalisation, the
 autoencoder, the denoiser and the scores. Input "image": float32 (1, 1, H, W) in [0, 1],
 H and W free. Output "scores": float32 (len(SCORE_NAMES), ny, nx), the scores in semray.scores.SCORE_NAMES
-order (reconstruction, smooth, feature, ssim_reconstruction, ssim_smooth) of the window whose
+order (reconstruction, smooth, feature, ssim_reconstruction, ssim_smooth, knn) of the window whose
 top-left corner is (i * stride, j * stride). Neighbourhood pooling, thresholds
 and regions stay with the caller (semray.maps has them in a few lines of numpy).
 """

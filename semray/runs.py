@@ -111,8 +111,9 @@ def read_config(run_dir: str | Path) -> Config | None:
 
 
 def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict,
-               training: dict[str, Any] | None = None) -> Path:
-    """training: per stage, what it ran in (precision, memory format, device, patches/s)."""
+               training: dict[str, Any] | None = None, memory_bank: torch.Tensor | None = None) -> Path:
+    """training: per stage, what it ran in (precision, memory format, device, patches/s).
+    memory_bank: the normal windows' encoder features for the knn score (semray.models.memory)."""
     path = run_dir / MODEL_FILE
     atomic_torch_save({
         "format": 1,
@@ -122,6 +123,7 @@ def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoen
         "autoencoder": autoencoder,
         "denoiser": denoiser,
         "training": training or {},
+        "memory_bank": torch.zeros(0, 0, dtype=torch.float16) if memory_bank is None else memory_bank,
     }, path)
     return path
 
@@ -174,5 +176,6 @@ def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu
     fmt = memory_format(device)
     detector = AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"],
                                precision=resolve_precision(precision or cfg.eval.precision, device, warn=warn),
-                               memory_format=fmt, patch_size=cfg.patches.size, cover_edges=cfg.eval.cover_edges)
+                               memory_format=fmt, patch_size=cfg.patches.size, cover_edges=cfg.eval.cover_edges,
+                               memory_bank=state.get("memory_bank"))  # absent from runs trained before it
     return detector.to(device, memory_format=fmt).eval(), cfg

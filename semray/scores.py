@@ -17,7 +17,9 @@ if TYPE_CHECKING:  # the names below are read by the CLI's fast paths, which mus
 
 STUDY_SCORES = ("reconstruction", "smooth", "feature")
 STRUCTURAL_SCORES = ("ssim_reconstruction", "ssim_smooth")
-SCORE_NAMES = STUDY_SCORES + STRUCTURAL_SCORES
+# Not a residual: the encoder features' distance to the nearest normal window (semray.models.memory).
+FEATURE_SCORES = ("knn",)
+SCORE_NAMES = STUDY_SCORES + STRUCTURAL_SCORES + FEATURE_SCORES
 # What `semray score` and `semray predict` map and threshold unless told otherwise: on the validation
 # half of NanoTWICE it ranked windows best for the default model (laptop-budget DAE: 0.880 against
 # 0.824 for the study's best, smooth) and on average over AE, DAE and CVAE (bench/RESULTS.md).
@@ -86,10 +88,21 @@ def structural_score(raw: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return 1.0 - patch_ssim(raw, output, data_range=1.0)
 
 
+def knn_score(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """1 - the cosine similarity of each window's (L2-normalised) features to its nearest neighbour
+    in the bank of normal windows' features: 0 for a window the bank holds. An empty bank (a run
+    trained before the bank existed, or with model.memory_bank: 0) gives 0 everywhere, so the score
+    ranks nothing (AUROC 0.5) rather than failing."""
+    if bank.numel() == 0:  # a sum over no features: zeros shaped by the input (an ONNX export keeps it dynamic)
+        return features.float().sum(dim=1)
+    return 1.0 - (features.float() @ bank.float().T).amax(dim=1)
+
+
 def all_scores(x, reconstruction, smooth, feature_mask, raw=None, raw_reconstruction=None,
-               raw_smooth=None) -> dict[str, torch.Tensor]:
+               raw_smooth=None, features=None, bank=None) -> dict[str, torch.Tensor]:
     """The study's three from the normalised tensors; with the raw patch and the outputs brought
-    back to image intensities (semray.data.patches.denormalize_patches), the structural two."""
+    back to image intensities (semray.data.patches.denormalize_patches), the structural two; with
+    the encoder's features and the bank of normal ones, knn."""
     out = {
         "reconstruction": reconstruction_score(x, reconstruction),
         "smooth": smooth_score(x, smooth),
@@ -98,4 +111,6 @@ def all_scores(x, reconstruction, smooth, feature_mask, raw=None, raw_reconstruc
     if raw is not None:
         out["ssim_reconstruction"] = structural_score(raw, raw_reconstruction)
         out["ssim_smooth"] = structural_score(raw, raw_smooth)
+    if features is not None:
+        out["knn"] = knn_score(features, bank)
     return out

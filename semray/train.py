@@ -37,6 +37,7 @@ from semray.log import duration, get_logger
 from semray.models import create_autoencoder, create_denoiser
 from semray.models.detector import FP32
 from semray.models.losses import patch_loss
+from semray.models.memory import build_memory_bank
 from semray.ray_env import cluster_address, init_ray, is_private, wait_for_resources
 from semray.runs import (
     AUTOENCODER_FILE,
@@ -518,7 +519,11 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     state = _fit(denoiser_loop, {**loop_cfg, "autoencoder": autoencoder}, cfg, storage, "denoiser", callbacks)
     record["denoiser"] = _stage_record(state)
     save_training_record(run_dir, record)
-    return save_model(run_dir, cfg, normalization, autoencoder, _ema_or_model(state), training=record)
+    encoder = create_autoencoder(cfg.model, cfg.patches.size)
+    encoder.load_state_dict(autoencoder)
+    bank = build_memory_bank(encoder, images, normalization, cfg.patches.size, cfg.model.memory_bank, cfg.train.seed)
+    return save_model(run_dir, cfg, normalization, autoencoder, _ema_or_model(state), training=record,
+                      memory_bank=bank)
 
 
 def _stage_record(state: dict[str, Any]) -> dict[str, Any]:

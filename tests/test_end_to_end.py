@@ -21,6 +21,10 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     state = torch.load(run / "model.pt", weights_only=True)
     assert state["config"]["model"]["kind"] == "dae"
     assert sorted(p.name for p in (run / "ray").iterdir()) == ["autoencoder", "denoiser"]
+    # the knn score's memory bank: normal windows' encoder features (8 x 4 x 4 x 4 for width 8), unit rows
+    bank = state["memory_bank"].float()
+    assert bank.dtype == torch.float32 and 0 < len(bank) <= 4096 and bank.shape[1] == 4 * 8 * 4 * 4
+    torch.testing.assert_close(bank.norm(dim=1), torch.ones(len(bank)), atol=1e-2, rtol=0)
 
     out = tmp_path / "eval.json"
     evaluation = run_cli("evaluate", "--run", run, "--data", synth_data, "--stride", 8, "--json", out)
@@ -30,6 +34,7 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     assert all(m["image_auroc"] is None for m in result["scores"].values())  # undefined (no defect-free image): null
     assert result["model"] == "dae" and result["patch_size"] == 32 and result["stride"] == 8
     assert set(result["scores"]) == set(SCORE_NAMES)
+    assert result["scores"]["knn"]["auroc"] != 0.5  # a bank was built, so knn ranks windows
     for metrics in result["scores"].values():
         assert {"auroc", "precision", "recall", "f1", "threshold"} <= set(metrics)
         assert 0.0 <= metrics["auroc"] <= 1.0 and not math.isnan(metrics["f1"])

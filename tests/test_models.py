@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -329,7 +330,8 @@ def test_detector_scores_consistent_with_score_functions(kind, normalization):
     in_image = {k: denormalize_patches(v, raw, normalization, 0.4, 0.2) for k, v in (("rec", rec), ("smooth", smooth))}
     expected = {"reconstruction": reconstruction_score(x, rec), "smooth": smooth_score(x, smooth),
                 "feature": feature_score(x, mask), "ssim_reconstruction": structural_score(raw, in_image["rec"]),
-                "ssim_smooth": structural_score(raw, in_image["smooth"])}
+                "ssim_smooth": structural_score(raw, in_image["smooth"]),
+                "knn": torch.zeros(5)}  # no memory bank: 0 (semray.scores.knn_score)
     assert set(expected) == set(SCORE_NAMES)
     for name, value in expected.items():
         assert out["scores"][name].shape == (5,)
@@ -392,4 +394,26 @@ def test_the_config_offers_exactly_the_losses_there_are():
     from semray.config import CHOICES
 
     assert CHOICES["model.loss"] == LOSSES
+
+
+def test_the_memory_bank_holds_normal_windows_and_knn_finds_them():
+    from semray.data.patches import iter_patch_batches
+    from semray.models.memory import BANK_STRIDE, build_memory_bank
+
+    det = _detector("ae")
+    rng = np.random.default_rng(0)
+    images = [rng.random((64, 96), dtype=np.float32), rng.random((48, 48), dtype=np.float32)]
+    norm = {"mode": "patch", "mean": 0.4, "std": 0.2}
+    bank = build_memory_bank(det.autoencoder, images, norm, 32, max_windows=1000)
+    windows = sum(len(ys) for image in images for _, ys, _ in iter_patch_batches(image, 32, BANK_STRIDE, 999))
+    assert bank.dtype == torch.float16 and bank.shape == (windows, 4 * 8 * 4 * 4)  # every window, 4x4 x 4*width
+    torch.testing.assert_close(bank.float().norm(dim=1), torch.ones(windows), atol=1e-2, rtol=0)
+    assert len(build_memory_bank(det.autoencoder, images, norm, 32, max_windows=5)) == 5  # a random subset
+    assert build_memory_bank(det.autoencoder, images, norm, 32, max_windows=0).numel() == 0
+
+    with_bank = AnomalyDetector(det.autoencoder, det.denoiser, "patch", 0.4, 0.2, memory_bank=bank).eval()
+    seen = torch.from_numpy(images[0][:32, :32].copy())[None, None]  # the bank's first window
+    unseen = torch.from_numpy(np.full((32, 32), 0.5, np.float32) + rng.normal(0, 0.01, (32, 32)).astype(np.float32))
+    knn = with_bank.scores(torch.cat([seen, unseen[None, None]]))["knn"]
+    assert knn[0] < 1e-2 < knn[1]  # a window the bank holds is at distance ~0 (float16 storage)
 

@@ -30,7 +30,7 @@ from semray.pipeline import (
 )
 from semray.pixelmaps import strip_pixel_maps
 from semray.runs import load_detector, read_threshold
-from semray.scores import DEFAULT_SCORE
+from semray.scores import DEFAULT_SCORE, SCORE_NAMES
 
 from conftest import main_in_process, run_cli
 
@@ -71,8 +71,7 @@ def _record(source, page, pages, error=None):
             "patch_size": 32, "score": "feature", "map_height": 1, "map_width": 1, "map": [0.5], "grid_ys": [0],
             "grid_xs": [0], "score_max": 0.5, "score_quantile": 0.5, "threshold": 1.0, "regions_count": 0,
             "regions_area": 0, "regions": [], "windows": 1, "patch_ys": [0], "patch_xs": [0],
-            "patch_reconstruction": [0.1], "patch_smooth": [0.2], "patch_feature": [0.5],
-            "patch_ssim_reconstruction": [0.3], "patch_ssim_smooth": [0.4]}
+            **{f"patch_{k}": [0.1 * (i + 1)] for i, k in enumerate(SCORE_NAMES)}}
 
 
 def test_write_part_and_what_a_rerun_skips(tmp_path):

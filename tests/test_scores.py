@@ -99,8 +99,10 @@ def test_all_scores_with_the_raw_patch_adds_the_structural_ones():
     x, rec, smooth, mask = (torch.randn(3, 1, 32, 32, generator=g) for _ in range(4))
     raw = torch.rand(3, 1, 32, 32, generator=g)
     raw_rec, raw_smooth = raw * 0.9, raw
-    out = all_scores(x, rec, smooth, mask, raw, raw_rec, raw_smooth)
+    features = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
+    out = all_scores(x, rec, smooth, mask, raw, raw_rec, raw_smooth, features, features[:2])
     assert tuple(out) == SCORE_NAMES
+    torch.testing.assert_close(out["knn"][:2], torch.zeros(2), atol=1e-6, rtol=0)  # windows the bank holds
     torch.testing.assert_close(out["ssim_reconstruction"], structural_score(raw, raw_rec))
     torch.testing.assert_close(out["ssim_smooth"], torch.zeros(3), atol=1e-5, rtol=0)
 

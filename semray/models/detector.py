@@ -1,4 +1,4 @@
-"""An autoencoder and its denoiser chained into one module that yields the three scores.
+"""An autoencoder and its denoiser chained into one module that yields every score of semray.scores.
 
 Normalisation lives here too, so every caller (evaluation, the Ray Data scoring actors, Tune's
 validators, a notebook) feeds raw [0,1] patches and gets the same numbers the training saw. So does
@@ -13,6 +13,7 @@ from torch import nn
 
 from semray.data.patches import denormalize_patches, normalize_patches
 from semray.device import Precision
+from semray.models.memory import encoder_features
 from semray.scores import all_scores
 
 FP32 = Precision("fp32", "default")
@@ -26,8 +27,10 @@ class AnomalyDetector(nn.Module):
     def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, normalization: str = "patch",
                  mean: float = 0.5, std: float = 0.25, precision: Precision = FP32,
                  memory_format: torch.memory_format = torch.contiguous_format, patch_size: int = 32,
-                 cover_edges: bool = True):
+                 cover_edges: bool = True, memory_bank: torch.Tensor | None = None):
         super().__init__()
+        # the normal windows' encoder features (semray.models.memory), fp32 for the knn score
+        self.register_buffer("memory_bank", torch.zeros(0, 0) if memory_bank is None else memory_bank.float())
         self.patch_size, self.cover_edges = patch_size, cover_edges
         self.autoencoder = autoencoder
         self.denoiser = denoiser
@@ -49,11 +52,13 @@ class AnomalyDetector(nn.Module):
         with self.precision.autocast(x.device):
             reconstruction = self.autoencoder(x)
             mask, smooth = self.denoiser(reconstruction)
+            features = encoder_features(self.autoencoder, x) if self.memory_bank.numel() else x.flatten(1)[:, :0]
         reconstruction, mask, smooth = reconstruction.float(), mask.float(), smooth.float()
         raw_reconstruction, raw_smooth = (denormalize_patches(t, raw, self.normalization, self.mean, self.std)
                                           for t in (reconstruction, smooth))
         return {"x": x, "reconstruction": reconstruction, "feature_mask": mask, "smooth": smooth,
-                "scores": all_scores(x, reconstruction, smooth, mask, raw, raw_reconstruction, raw_smooth)}
+                "scores": all_scores(x, reconstruction, smooth, mask, raw, raw_reconstruction, raw_smooth,
+                                     features, self.memory_bank)}
 
     @torch.no_grad()
     def scores(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:

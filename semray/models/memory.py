@@ -1,0 +1,59 @@
+"""A memory bank of normal windows' encoder features, for the one score that is not a residual.
+
+Every residual score asks "could the model redraw this window?", and an autoencoder that generalises
+well redraws a bead too. The `knn` score asks instead "has the model seen a window like this among
+the defect-free ones?": the distance of a window's encoder features to their nearest neighbour in a
+bank of the training images' windows (PatchCore's idea, Roth et al. 2022, with the autoencoder's
+own features: nothing pretrained, nothing downloaded). The features are the last conv block's map
+(4 x 4 x 4*width for 32 x 32 patches), L2-normalised, so the distance is a cosine distance; that
+block measured best of the encoder's blocks and the latent code (bench/RESULTS.md).
+
+The bank is built once, after the autoencoder stage (the encoder is frozen from then on), from the
+windows of the normal training images at stride 16, at most `model.memory_bank` of them (a random
+subset beyond that: 4,096 windows x 2,048 features cost 16 MB in model.pt, stored as float16).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semray.data.patches import iter_patch_batches, normalize_patches
+
+BANK_STRIDE = 16
+
+
+def encoder_features(autoencoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N,1,S,S) normalised patches -> (N, D) float32, L2-normalised: the encoder's conv blocks up
+    to the flattening before its linear layer."""
+    h = x
+    for layer in autoencoder.encoder:
+        if isinstance(layer, nn.Flatten):
+            break
+        h = layer(h)
+    return F.normalize(h.float().flatten(1), dim=1)
+
+
+@torch.no_grad()
+def build_memory_bank(autoencoder: nn.Module, images: Sequence[np.ndarray], normalization: dict,
+                      size: int, max_windows: int, seed: int = 0, batch_size: int = 1024) -> torch.Tensor:
+    """(M, D) float16 features of the normal images' windows at BANK_STRIDE (M <= max_windows; a
+    random subset when there are more). max_windows 0: an empty bank (no knn score)."""
+    if max_windows <= 0:
+        return torch.zeros(0, 0, dtype=torch.float16)
+    autoencoder = autoencoder.eval()
+    device = next(autoencoder.parameters()).device
+    feats = []
+    for image in images:
+        for patches, _, _ in iter_patch_batches(image, size, BANK_STRIDE, batch_size):
+            raw = torch.from_numpy(patches).unsqueeze(1).to(device)
+            x = normalize_patches(raw, normalization["mode"], normalization["mean"], normalization["std"])
+            feats.append(encoder_features(autoencoder, x).cpu())
+    bank = torch.cat(feats)
+    if len(bank) > max_windows:
+        keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed))[:max_windows]
+        bank = bank[keep.sort().values]
+    return bank.to(torch.float16)
