@@ -103,7 +103,6 @@ def _ensure_token_file() -> None:
     """Ray writes a missing ~/.ray/auth_token with open(..., "w"): two commands starting at once
     race, and one GCS reads an empty file and dies. Create it atomically first (hard link: the
     first process wins, the others find its token), as Ray would: 256 random bits, owner-only."""
-
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if path.exists():
         return
@@ -140,7 +139,6 @@ def ray_gcs_port_variable() -> str:
 
 
 def _free_port() -> int:
-
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
@@ -189,7 +187,6 @@ def wait_for_resources(resource: str, amount: float, what: str, timeout_s: float
     (SEMRAY_SCALE_UP_TIMEOUT_S: 900 s on a cluster, 0 on a private local Ray, which cannot grow),
     then withdraw the request: nodes in use stay, and go after the autoscaler's idle timeout.
     """
-
     import ray
 
     from semray.runs import RunError

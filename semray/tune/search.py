@@ -175,7 +175,6 @@ class SearchInterrupted(RuntimeError):
 def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None, resume: bool = False,
                 log: logging.Logger = LOG) -> dict[str, Any]:
     """Run (or resume) a search; write results.parquet, best.json and best/ -> the best.json dict."""
-
     tune_dir = Path(tune_dir).resolve()
     tune_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
