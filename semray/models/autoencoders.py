@@ -70,7 +70,19 @@ class ConvAutoencoder(nn.Module):
         _init_weights(self, cfg.init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        return self.reconstruct(x)[0]
+
+    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's conv blocks' output, before its linear layer: what the knn score compares."""
+        return self.encoder[:-2](x)
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(AE(x), its conv features): scoring needs both, and the encoder runs once."""
+        h = self.conv_features(x)
+        return self.decode(self.encoder[-2:](h)), h
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decoder(code)
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         return patch_loss(self(x), x, self.cfg.loss).mean()
@@ -97,11 +109,15 @@ class ConvVAE(ConvAutoencoder):
     latent_factor = 2
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = self.encoder(x).float().chunk(2, dim=1)
+        return self._split(self.encoder(x))
+
+    @staticmethod
+    def _split(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = code.float().chunk(2, dim=1)
         return mean, logvar.clamp(-20.0, 10.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean, logvar = self.encode(x)
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        mean, logvar = self._split(code)
         if self.training or self.cfg.cvae_sample_at_test:
             mean = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         return self.decoder(mean)

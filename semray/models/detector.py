@@ -13,7 +13,7 @@ from torch import nn
 
 from semray.data.patches import denormalize_patches, normalize_patches
 from semray.device import Precision
-from semray.models.memory import encoder_features
+from semray.models.memory import feature_vectors
 from semray.scores import all_scores
 
 FP32 = Precision("fp32", "default")
@@ -50,9 +50,12 @@ class AnomalyDetector(nn.Module):
         raw = raw.float()
         x = self.normalize(raw).contiguous(memory_format=self.memory_format)
         with self.precision.autocast(x.device):
-            reconstruction = self.autoencoder(x)
+            if self.memory_bank.numel():  # the knn score's features come out of the same encoder pass
+                reconstruction, conv = self.autoencoder.reconstruct(x)
+            else:  # any autoencoder module will do
+                reconstruction, conv = self.autoencoder(x), None
             mask, smooth = self.denoiser(reconstruction)
-            features = encoder_features(self.autoencoder, x) if self.memory_bank.numel() else x.flatten(1)[:, :0]
+        features = x.flatten(1)[:, :0] if conv is None else feature_vectors(conv)
         reconstruction, mask, smooth = reconstruction.float(), mask.float(), smooth.float()
         raw_reconstruction, raw_smooth = (denormalize_patches(t, raw, self.normalization, self.mean, self.std)
                                           for t in (reconstruction, smooth))

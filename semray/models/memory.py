@@ -26,15 +26,9 @@ from semray.data.patches import iter_patch_batches, normalize_patches
 BANK_STRIDE = 16
 
 
-def encoder_features(autoencoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(N,1,S,S) normalised patches -> (N, D) float32, L2-normalised: the encoder's conv blocks up
-    to the flattening before its linear layer."""
-    h = x
-    for layer in autoencoder.encoder:
-        if isinstance(layer, nn.Flatten):
-            break
-        h = layer(h)
-    return F.normalize(h.float().flatten(1), dim=1)
+def feature_vectors(conv_features: torch.Tensor) -> torch.Tensor:
+    """The encoder's conv feature maps (N, C, h, w) -> (N, C*h*w) float32, L2-normalised."""
+    return F.normalize(conv_features.float().flatten(1), dim=1)
 
 
 @torch.no_grad()
@@ -51,7 +45,7 @@ def build_memory_bank(autoencoder: nn.Module, images: Sequence[np.ndarray], norm
         for patches, _, _ in iter_patch_batches(image, size, BANK_STRIDE, batch_size):
             raw = torch.from_numpy(patches).unsqueeze(1).to(device)
             x = normalize_patches(raw, normalization["mode"], normalization["mean"], normalization["std"])
-            feats.append(encoder_features(autoencoder, x).cpu())
+            feats.append(feature_vectors(autoencoder.conv_features(x)).cpu())
     bank = torch.cat(feats)
     if len(bank) > max_windows:
         keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed))[:max_windows]
