@@ -121,7 +121,8 @@ def main() -> None:
 
     from semray.config import Config
     from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
-    from semray.train import AutoencoderObjective, DenoiserObjective
+    from semray.models.autoencoders import LatentDeconv
+    from semray.train import AutoencoderObjective, DenoiserObjective, adam, make_ema
 
     torch.set_num_threads(args.threads)
     cfg = Config()
@@ -132,9 +133,19 @@ def main() -> None:
           f"{cfg.model.width}, denoiser {cfg.denoiser.depth}x{cfg.denoiser.width}; scoring batch "
           f"{args.score_batch}, training batch {train_batch}; {args.seconds:g} s per figure")
 
-    def fresh(fmt):
+    def fresh(fmt, legacy=False):
+        """legacy: the baseline's code path, from before the speed work: the decoder's first layer
+        a plain ConvTranspose2d (semray.models.autoencoders.LatentDeconv computes it as the dense
+        layer it is) and Adam's per-tensor loop instead of its fused kernel."""
         torch.manual_seed(0)
         ae, den = create_autoencoder(cfg.model, size), create_denoiser(cfg.denoiser, cfg.model.init_std)
+        if legacy:
+            for i, m in enumerate(ae.decoder):
+                if isinstance(m, LatentDeconv):
+                    plain = torch.nn.ConvTranspose2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,
+                                                     m.padding, m.output_padding)
+                    plain.load_state_dict(m.state_dict())
+                    ae.decoder[i] = plain
         return ae.to(device, memory_format=fmt), den.to(device, memory_format=fmt)
 
     results: dict[str, dict[str, float]] = {}
@@ -145,7 +156,7 @@ def main() -> None:
             fmts = {figure: fmts for figure in USES}
         row = results.setdefault(name, {})
         fmt = fmts["scoring"]
-        ae, den = fresh(fmt)
+        ae, den = fresh(fmt, legacy=name == "fp32")
         if "compile" in name:
             ae, den = torch.compile(ae), torch.compile(den)
         detector = AnomalyDetector(ae, den, precision=precision, memory_format=fmt).eval()  # semray's scoring path
@@ -158,7 +169,8 @@ def main() -> None:
 
         for stage in ("stage-1 training", "stage-2 training"):
             fmt = fmts[stage]
-            ae, den = fresh(fmt)
+            legacy = name == "fp32"
+            ae, den = fresh(fmt, legacy)
             if "compile" in name:
                 ae, den = torch.compile(ae), torch.compile(den)
             if stage == "stage-1 training":
@@ -166,16 +178,22 @@ def main() -> None:
             else:
                 objective = DenoiserObjective(ae, den, cfg.denoiser.input_noise).train()
                 params = den.parameters()
-            optimizer = torch.optim.Adam(params, lr=1e-3)
+            params = list(params)
+            optimizer = torch.optim.Adam(params, lr=1e-3) if legacy else adam(params, 1e-3, 0.9, device)
+            trainable = objective.model
+            ema = make_ema(trainable, cfg.train.ema_decay)
             x = torch.randn(train_batch, 1, size, size, device=device)
 
-            def train_step(fmt=fmt, objective=objective, optimizer=optimizer, x=x, precision=precision):
+            def train_step(fmt=fmt, objective=objective, optimizer=optimizer, x=x, precision=precision,
+                           ema=ema, trainable=trainable):
                 # as semray.train.run_epoch does it
                 with precision.autocast(device):
                     loss = objective(x.contiguous(memory_format=fmt))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # master weights and Adam's state stay fp32
                 optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(trainable)
             row[stage] = max(row.get(stage, 0.0), rate(train_step, train_batch, args.seconds, device))
         print(f"  measured {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()), flush=True)
 

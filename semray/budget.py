@@ -118,7 +118,7 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
     depend on them)."""
     from semray.device import memory_format, resolve_precision
     from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
-    from semray.train import AutoencoderObjective, DenoiserObjective
+    from semray.train import AutoencoderObjective, DenoiserObjective, adam
 
     if threads:
         torch.set_num_threads(threads)
@@ -137,7 +137,7 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
             objective = DenoiserObjective(autoencoder, denoiser, cfg.denoiser.input_noise, cfg.model.loss)
             params = denoiser.parameters()
         objective.to(device, memory_format=fmt).train()
-        optimizer = torch.optim.Adam(params, lr=1e-4)
+        optimizer = adam(params, 1e-4, 0.9, device)  # as the training loop steps
         x = torch.randn(batch, 1, size, size, device=device).contiguous(memory_format=fmt)
 
         def step(objective=objective, optimizer=optimizer, x=x):  # this iteration's, bound now

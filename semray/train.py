@@ -111,7 +111,7 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
     objective.to(memory_format=fmt)
 
     trainable = objective.model
-    optimizer = torch.optim.Adam(trainable.parameters(), lr=lr, betas=(cfg.train.adam_beta1, 0.999))
+    optimizer = adam(trainable.parameters(), lr, cfg.train.adam_beta1, device)
     start_epoch, state = 0, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -125,7 +125,7 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
 
     wrapped = ray.train.torch.prepare_model(objective)  # to device; DDP when world > 1
     _move_optimizer_state(optimizer, device)
-    ema = _make_ema(trainable, cfg.train.ema_decay)
+    ema = make_ema(trainable, cfg.train.ema_decay)
     if ema is not None and state is not None:
         ema.load_state_dict(state["ema"])
 
@@ -189,6 +189,14 @@ def _validate(validate: Callable, objective: nn.Module, ema: AveragedModel | Non
         model.train(was_training)
 
 
+def adam(params, lr: float, beta1: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with its fused kernel where torch has one (CPU and CUDA): one pass over all parameters
+    instead of a dozen element-wise ops per tensor. The same update (checkpoints are interchangeable),
+    a third of the time: on the AMX Xeon the optimizer step fell from 6.4 to 2.4 ms of the
+    autoencoder's ~25 ms bf16 training step (bench/RESULTS.md)."""
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), fused=device.type in ("cpu", "cuda") or None)
+
+
 def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim.Optimizer,
               ema: AveragedModel | None, images: list[torch.Tensor], norm: dict[str, Any], cfg: Config,
               n_patches: int, seed: int, precision: Precision = FP32,
@@ -226,8 +234,8 @@ def plain_autoencoder_loop(cfg: Config, images: list[np.ndarray], epochs: int | 
     torch.manual_seed(cfg.train.seed)
     model = create_autoencoder(cfg.model, cfg.patches.size)
     objective = AutoencoderObjective(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.adam_beta1, 0.999))
-    ema = _make_ema(model, cfg.train.ema_decay)
+    optimizer = adam(model.parameters(), cfg.train.lr, cfg.train.adam_beta1, torch.device("cpu"))
+    ema = make_ema(model, cfg.train.ema_decay)
     mean, std = image_statistics(images)
     norm = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
     tensors = [torch.as_tensor(np.array(im)) for im in images]
@@ -255,7 +263,7 @@ def _get(ref_or_value):
     return ray.get(ref_or_value) if isinstance(ref_or_value, ray.ObjectRef) else ref_or_value
 
 
-def _make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     if decay <= 0:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

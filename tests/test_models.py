@@ -57,6 +57,34 @@ def test_create_autoencoder_returns_registered_class(kind):
     assert model.cfg.kind == kind
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_latent_deconv_is_the_transposed_convolution_it_replaces(channels_last):
+    """The decoder's first layer computes the 1 x 1 code's transposed convolution as a dense layer
+    (for speed): outputs and every gradient must be the convolution's, for the default and an odd
+    geometry, in either memory format."""
+    from semray.models.autoencoders import LatentDeconv
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for k, stride, pad, out_pad in ((5, 2, 2, 1), (3, 1, 0, 0), (4, 2, 1, 0)):
+        fast = LatentDeconv(6, 5, k, stride=stride, padding=pad, output_padding=out_pad)
+        plain = nn.ConvTranspose2d(6, 5, k, stride=stride, padding=pad, output_padding=out_pad)
+        plain.load_state_dict(fast.state_dict())
+        fast, plain = fast.to(memory_format=fmt), plain.to(memory_format=fmt)
+        x = torch.randn(3, 6, 1, 1, generator=torch.Generator().manual_seed(k))
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fast(xa), plain(xb)
+        assert ya.shape == yb.shape
+        torch.testing.assert_close(ya, yb)
+        g = torch.randn_like(yb)
+        (ya * g).sum().backward()
+        (yb * g).sum().backward()
+        torch.testing.assert_close(xa.grad, xb.grad)
+        torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+        torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
+    wide = torch.randn(2, 6, 3, 3)  # any other input size is the convolution itself
+    torch.testing.assert_close(fast(wide), plain(wide))
+
+
 @pytest.mark.parametrize("size", [32, 64])
 @pytest.mark.parametrize("kind", KINDS)
 def test_autoencoder_output_shape_and_training_loss(kind, size):

@@ -30,6 +30,29 @@ def _init_weights(module: nn.Module, std: float) -> None:
 _OUTPUTS = {"linear": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
+class LatentDeconv(nn.ConvTranspose2d):
+    """The decoder's first transposed convolution, which takes the latent code as a 1 x 1 map.
+
+    On a 1 x 1 input only the kernel's central taps reach the output (2 x 2 of 5 x 5 here), so the
+    layer is exactly a dense layer with those taps as its weights; computed that way its backward
+    pass is one matrix product, where oneDNN's transposed-convolution backward for this shape took a
+    fifth of a CPU training step (bench/RESULTS.md, "autoencoder training"). Same parameters and
+    state-dict keys as the nn.ConvTranspose2d it replaces (runs trained before it load as they
+    are), same outputs and gradients (tests/test_models.py); other input sizes take the convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (1, 1) or self.groups != 1 or self.dilation != (1, 1):
+            return super().forward(x)
+        (kh, kw), (ph, pw), (oph, opw) = self.kernel_size, self.padding, self.output_padding
+        oh, ow = kh - 2 * ph + oph, kw - 2 * pw + opw  # the output size of a 1 x 1 input
+        taps = self.weight[:, :, ph:ph + oh, pw:pw + ow]  # (in, out, oh, ow); taps past the kernel are 0
+        taps = torch.nn.functional.pad(taps, (0, ow - taps.shape[-1], 0, oh - taps.shape[-2]))
+        bias = None if self.bias is None else self.bias.repeat_interleave(oh * ow)
+        y = torch.nn.functional.linear(x.flatten(1), taps.flatten(1).T, bias).unflatten(1, (self.out_channels, oh, ow))
+        layout = torch.channels_last if self.weight.is_contiguous(memory_format=torch.channels_last) else None
+        return y.contiguous(memory_format=layout) if layout else y
+
+
 class ConvAutoencoder(nn.Module):
     """The standard autoencoder; DAE and CVAE change only the recipe around this body."""
 
@@ -59,8 +82,8 @@ class ConvAutoencoder(nn.Module):
         dec_channels = [cfg.latent_dim] + [max(4 * w // 2 ** i, 8) for i in range(ups - 1)] + [1]
         dec: list[nn.Module] = [nn.Unflatten(1, (cfg.latent_dim, 1, 1))]
         for i in range(ups):
-            dec.append(nn.ConvTranspose2d(dec_channels[i], dec_channels[i + 1], 5, stride=2, padding=2,
-                                          output_padding=1))
+            deconv = LatentDeconv if i == 0 else nn.ConvTranspose2d
+            dec.append(deconv(dec_channels[i], dec_channels[i + 1], 5, stride=2, padding=2, output_padding=1))
             if i < ups - 1:
                 if bn:
                     dec.append(nn.BatchNorm2d(dec_channels[i + 1]))
