@@ -142,9 +142,10 @@ def main() -> None:
         if legacy:
             for i, m in enumerate(ae.decoder):
                 if isinstance(m, LatentDeconv):
-                    plain = torch.nn.ConvTranspose2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,
-                                                     m.padding, m.output_padding)
-                    plain.load_state_dict(m.state_dict())
+                    plain = torch.nn.ConvTranspose2d(*m.weight.shape[:2], 5, stride=2, padding=2, output_padding=1)
+                    with torch.no_grad():
+                        plain.weight.normal_(0.0, cfg.model.init_std)[:, :, 2:4, 2:4] = m.weight
+                        plain.bias.copy_(m.bias)
                     ae.decoder[i] = plain
         return ae.to(device, memory_format=fmt), den.to(device, memory_format=fmt)
 

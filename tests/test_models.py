@@ -59,16 +59,17 @@ def test_create_autoencoder_returns_registered_class(kind):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_latent_deconv_is_the_transposed_convolution_it_replaces(channels_last):
-    """The decoder's first layer computes the 1 x 1 code's transposed convolution as a dense layer
-    (for speed): outputs and every gradient must be the convolution's, for the default and an odd
-    geometry, in either memory format."""
+    """The decoder's first layer holds only the taps a 1 x 1 code reaches and computes it as a dense
+    layer (for speed): loaded from a full kernel (as a run trained before it is), its outputs and
+    gradients must be the transposed convolution's, and the kernel's other taps get no gradient
+    there, for the default and odd geometries, in either memory format."""
     from semray.models.autoencoders import LatentDeconv
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for k, stride, pad, out_pad in ((5, 2, 2, 1), (3, 1, 0, 0), (4, 2, 1, 0)):
-        fast = LatentDeconv(6, 5, k, stride=stride, padding=pad, output_padding=out_pad)
         plain = nn.ConvTranspose2d(6, 5, k, stride=stride, padding=pad, output_padding=out_pad)
-        plain.load_state_dict(fast.state_dict())
+        fast = LatentDeconv(6, 5, k, stride=stride, padding=pad, output_padding=out_pad)
+        fast.load_state_dict(plain.state_dict())
         fast, plain = fast.to(memory_format=fmt), plain.to(memory_format=fmt)
         x = torch.randn(3, 6, 1, 1, generator=torch.Generator().manual_seed(k))
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -79,10 +80,28 @@ def test_latent_deconv_is_the_transposed_convolution_it_replaces(channels_last):
         (ya * g).sum().backward()
         (yb * g).sum().backward()
         torch.testing.assert_close(xa.grad, xb.grad)
-        torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+        o = fast.out_size
+        taps = plain.weight.grad[:, :, pad:pad + o, pad:pad + o]
+        torch.testing.assert_close(fast.weight.grad, taps)
+        assert plain.weight.grad.abs().sum() == pytest.approx(taps.abs().sum().item())  # the rest is 0
         torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
-    wide = torch.randn(2, 6, 3, 3)  # any other input size is the convolution itself
-    torch.testing.assert_close(fast(wide), plain(wide))
+    with pytest.raises(ValueError, match="1 x 1"):
+        fast(torch.randn(2, 6, 3, 3))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_autoencoder_saved_with_the_full_first_kernel_loads_and_scores_the_same(kind):
+    """Runs trained before LatentDeconv hold its weight as the full 5 x 5 kernel."""
+    model = create_autoencoder(small_cfg(kind)).eval()
+    state = model.state_dict()
+    w = state["decoder.1.weight"]
+    full = torch.randn(*w.shape[:2], 5, 5)
+    full[:, :, 2:4, 2:4] = w
+    old = {**state, "decoder.1.weight": full}
+    again = create_autoencoder(small_cfg(kind)).eval()
+    again.load_state_dict(old)
+    x = batch()
+    torch.testing.assert_close(again(x), model(x))
 
 
 @pytest.mark.parametrize("size", [32, 64])

@@ -21,7 +21,7 @@ from semray.models.losses import patch_loss
 
 def _init_weights(module: nn.Module, std: float) -> None:
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, LatentDeconv)):
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -30,27 +30,45 @@ def _init_weights(module: nn.Module, std: float) -> None:
 _OUTPUTS = {"linear": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
-class LatentDeconv(nn.ConvTranspose2d):
-    """The decoder's first transposed convolution, which takes the latent code as a 1 x 1 map.
+class LatentDeconv(nn.Module):
+    """The decoder's first layer: the study's 5 x 5 stride-2 transposed convolution of the latent
+    code, which enters as a 1 x 1 map.
 
-    On a 1 x 1 input only the kernel's central taps reach the output (2 x 2 of 5 x 5 here), so the
-    layer is exactly a dense layer with those taps as its weights; computed that way its backward
-    pass is one matrix product, where oneDNN's transposed-convolution backward for this shape took a
-    fifth of a CPU training step (bench/RESULTS.md, "autoencoder training"). Same parameters and
-    state-dict keys as the nn.ConvTranspose2d it replaces (runs trained before it load as they
-    are), same outputs and gradients (tests/test_models.py); other input sizes take the convolution."""
+    On a 1 x 1 input only the kernel's central taps reach the output (2 x 2 of 5 x 5 for 32 x 32
+    patches); the other taps never receive a gradient. So the layer is exactly a dense layer with
+    those taps as its weights, and holds only them: computed as a transposed convolution, its
+    oneDNN backward took a fifth of a CPU training step, and slicing the taps out of a full kernel
+    cost a full-kernel gradient copy per step (bench/RESULTS.md, "autoencoder training"). The
+    outputs and gradients are the convolution's (tests/test_models.py), and a state dict saved
+    with the full kernel (runs trained before this layer) loads as it is."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2,
+                 padding: int = 2, output_padding: int = 1):
+        super().__init__()
+        self.out_size = kernel_size - 2 * padding + output_padding  # of a 1 x 1 input (stride plays no part)
+        if not 0 < self.out_size <= kernel_size - padding:
+            raise ConfigError(f"a {kernel_size} x {kernel_size} transposed convolution with padding {padding} "
+                              f"and output padding {output_padding} has no dense form")
+        self.padding = padding
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels, self.out_size, self.out_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        nn.init.normal_(self.weight, 0.0, 0.02)
+        self._register_load_state_dict_pre_hook(self._taps_of_full_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (1, 1) or self.groups != 1 or self.dilation != (1, 1):
-            return super().forward(x)
-        (kh, kw), (ph, pw), (oph, opw) = self.kernel_size, self.padding, self.output_padding
-        oh, ow = kh - 2 * ph + oph, kw - 2 * pw + opw  # the output size of a 1 x 1 input
-        taps = self.weight[:, :, ph:ph + oh, pw:pw + ow]  # (in, out, oh, ow); taps past the kernel are 0
-        taps = torch.nn.functional.pad(taps, (0, ow - taps.shape[-1], 0, oh - taps.shape[-2]))
-        bias = None if self.bias is None else self.bias.repeat_interleave(oh * ow)
-        y = torch.nn.functional.linear(x.flatten(1), taps.flatten(1).T, bias).unflatten(1, (self.out_channels, oh, ow))
+        if x.shape[-2:] != (1, 1):
+            raise ValueError(f"LatentDeconv takes a 1 x 1 code, got {tuple(x.shape[-2:])}")
+        n, o = self.weight.shape[1], self.out_size
+        bias = self.bias.repeat_interleave(o * o)
+        y = nn.functional.linear(x.flatten(1), self.weight.flatten(1).T, bias).unflatten(1, (n, o, o))
         layout = torch.channels_last if self.weight.is_contiguous(memory_format=torch.channels_last) else None
         return y.contiguous(memory_format=layout) if layout else y
+
+    def _taps_of_full_kernel(self, state_dict, prefix, *args) -> None:
+        w = state_dict.get(prefix + "weight")
+        if w is not None and w.shape[-1] != self.out_size:  # the full kernel of a run trained before
+            p, o = self.padding, self.out_size
+            state_dict[prefix + "weight"] = w[:, :, p:p + o, p:p + o]
 
 
 class ConvAutoencoder(nn.Module):
