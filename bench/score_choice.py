@@ -1,12 +1,15 @@
-"""Which window score to use, and whether fusing scores pays: chosen on Tune's validation half of the
+"""Which window score to use, and the fused score's weights: chosen on Tune's validation half of the
 anomalous images, reported on the test half (never used to choose).
 
-    .venv/bin/python bench/score_choice.py --run bench/out/laptop/dae [--run ...] [--data ../shared/data/nanotwice]
+    .venv/bin/python bench/score_choice.py --run bench/out/laptop/ae --run bench/out/laptop/dae \
+        --run bench/out/laptop/cvae
 
 Per run: every window score of semray.scores (pooled as `semray evaluate` pools them, stride 16) on
-both halves; then fused scores: each score standardised on the windows of the run's normal
-(training) images, and the mean of the standardised scores of every subset of two or more,
-the subset chosen by validation AUROC. Prints one table per run and the choice.
+both halves. Then fused scores: each score standardised by the run's own statistics on normal
+windows (semray.models.fusion, as training saves them in model.pt; computed the same way for runs
+trained before it), and weighted sums of every pair and triple of scores over a grid of weights.
+One weighting is chosen for every model: the best mean validation AUROC over the runs given. It
+is what semray.scores.FUSION_WEIGHTS should hold; the shipped `fused` is printed beside it.
 """
 from __future__ import annotations
 
@@ -20,24 +23,26 @@ import numpy as np
 from semray.data.datasets import load_normal_images
 from semray.device import pick_device
 from semray.evaluate import pooled_scores, score_dataset, window_labels
-from semray.maps import neighbourhood_mean, score_image
 from semray.metrics import auroc
-from semray.runs import load_detector
-from semray.scores import SCORE_NAMES
+from semray.models.fusion import score_statistics
+from semray.runs import load_detector, load_state, write_model
+from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
 STRIDE = 16
+COMPONENTS = [k for k in SCORE_NAMES if k != FUSED_SCORE]
 
 
-def standardiser(detector, cfg, data: str) -> dict[str, tuple[float, float]]:
-    """Mean and std of each pooled window score over the normal images."""
-    pooled: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_NAMES}
-    for _, image in load_normal_images(data, min_size=cfg.patches.size):
-        r = score_image(detector, image, STRIDE, cfg.eval.batch_size)
-        for k in SCORE_NAMES:
-            pooled[k].append(neighbourhood_mean(r[k], r["ys"], r["xs"], cfg.eval.smoothing_px))
-    return {k: (float(np.concatenate(v).mean()), float(np.concatenate(v).std()) or 1.0) for k, v in pooled.items()}
+def weightings() -> list[dict[str, float]]:
+    """Pairs at weights 0.1 .. 0.9 and triples on a 0.2 grid of the simplex (each weight >= 0.2)."""
+    out = []
+    for a, b in itertools.combinations(COMPONENTS, 2):
+        out += [{a: round(w, 2), b: round(1 - w, 2)} for w in np.arange(0.1, 0.95, 0.1)]
+    grid = [(x, y, round(1 - x - y, 2)) for x in (0.2, 0.4, 0.6) for y in (0.2, 0.4, 0.6) if 1 - x - y >= 0.19]
+    for combo in itertools.combinations(COMPONENTS, 3):
+        out += [dict(zip(combo, w)) for w in grid]
+    return out
 
 
 def main() -> None:
@@ -45,35 +50,59 @@ def main() -> None:
     p.add_argument("--run", action="append", required=True)
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--save-stats", action="store_true", help="write the statistics measured for a run trained "
+                   "before they existed into its model.pt (what training now does), so that `semray calibrate` "
+                   "and `semray evaluate` give it the fused score too")
     args = p.parse_args()
-    out = {}
+    candidates = weightings()
+    per_run = {}
     for run in args.run:
         detector, cfg = load_detector(run, pick_device())
+        stats = load_state(Path(run) / "model.pt").get("score_stats")
+        source = "model.pt"
+        if not stats:  # trained before the statistics were saved: measured as training measures them
+            stats = score_statistics(detector, [im for _, im in load_normal_images(args.data, cfg.patches.size)],
+                                     seed=cfg.train.seed)
+            detector.set_score_stats(stats)
+            source = "measured now"
+            if args.save_stats:
+                state = load_state(Path(run) / "model.pt")
+                write_model(Path(run), {**state, "score_stats": stats})
+                source += ", saved in model.pt"
         scored = score_dataset(detector, cfg, args.data, STRIDE, progress=False)
-        stats = standardiser(detector, cfg, args.data)
         halves = dict(zip(("val", "test"), split_validation_test(scored)))
         figures: dict[str, dict[str, float]] = {}
+        fused: list[dict[str, float]] = [{} for _ in candidates]
         for half, part in halves.items():
             y = window_labels(part, cfg.patches.size, cfg.eval.min_defect_pixels)
             pooled = pooled_scores(part, cfg.eval.smoothing_px)
-            z = {k: (np.concatenate([q[k] for q in pooled]) - stats[k][0]) / stats[k][1] for k in SCORE_NAMES}
+            raw = {k: np.concatenate([q[k] for q in pooled]) for k in SCORE_NAMES}
             for k in SCORE_NAMES:
-                figures.setdefault(k, {})[half] = auroc(y, z[k])
-            for n in (2, 3):
-                for combo in itertools.combinations(SCORE_NAMES, n):
-                    name = " + ".join(combo)
-                    figures.setdefault(name, {})[half] = auroc(y, np.mean([z[k] for k in combo], axis=0))
-        best_single = max(SCORE_NAMES, key=lambda k: figures[k]["val"])
-        best = max(figures, key=lambda k: figures[k]["val"])
-        print(f"\n{run} ({cfg.model.kind}): patch AUROC, stride {STRIDE}, pooled {cfg.eval.smoothing_px} px")
-        print(f"{'score':60s} {'val':>6s} {'test':>6s}")
-        for name, f in sorted(figures.items(), key=lambda kv: -kv[1]["val"]):
-            print(f"{name:60s} {f['val']:6.3f} {f['test']:6.3f}")
-        print(f"chosen on validation: single {best_single} (test {figures[best_single]['test']:.3f}); "
-              f"overall {best} (test {figures[best]['test']:.3f})")
-        out[run] = {"model": cfg.model.kind, "figures": figures, "best_single": best_single, "best": best}
+                figures.setdefault(k, {})[half] = auroc(y, raw[k])
+            z = {k: (raw[k] - stats[k][0]) / stats[k][1] for k in COMPONENTS}
+            for i, w in enumerate(candidates):
+                fused[i][half] = auroc(y, sum(v * z[k] for k, v in w.items()))
+        per_run[run] = {"model": cfg.model.kind, "stats": source, "figures": figures, "fused": fused}
+        print(f"\n{run} ({cfg.model.kind}; statistics {source}): patch AUROC, stride {STRIDE}, pooled "
+              f"{cfg.eval.smoothing_px} px; val / test")
+        for k in SCORE_NAMES:
+            print(f"  {k:22s} {figures[k]['val']:.3f} / {figures[k]['test']:.3f}")
+    mean_val = [np.mean([r["fused"][i]["val"] for r in per_run.values()]) for i in range(len(candidates))]
+    order = np.argsort(mean_val)[::-1]
+    print("\nfused weightings by mean validation AUROC over the runs (val / test per run):")
+    for i in order[:12]:
+        cells = "  ".join(f"{r['model']} {r['fused'][i]['val']:.3f} / {r['fused'][i]['test']:.3f}"
+                          for r in per_run.values())
+        print(f"  {json.dumps(candidates[i]):70s} mean val {mean_val[i]:.4f}   {cells}")
+    best = candidates[int(order[0])]
+    single = max(SCORE_NAMES, key=lambda k: np.mean([r["figures"][k]["val"] for r in per_run.values()]))
+    print(f"\nchosen on validation: weights {best}; best single score by mean validation: {single}")
+    print(f"shipped (semray.scores.FUSION_WEIGHTS): {FUSION_WEIGHTS}: "
+          + "  ".join(f"{r['model']} {r['figures'][FUSED_SCORE]['val']:.3f} / {r['figures'][FUSED_SCORE]['test']:.3f}"
+                      for r in per_run.values()))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"candidates": candidates, "runs": per_run, "chosen": best}, indent=2)
+                                   + "\n")
 
 
 if __name__ == "__main__":

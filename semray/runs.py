@@ -110,12 +110,14 @@ def read_config(run_dir: str | Path) -> Config | None:
         raise RunError(f"{path}: unreadable run config ({reason}); restore it, or use a new --run directory") from None
 
 
-def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict,
-               training: dict[str, Any] | None = None, memory_bank: torch.Tensor | None = None) -> Path:
-    """training: per stage, what it ran in (precision, memory format, device, patches/s).
-    memory_bank: the normal windows' encoder features for the knn score (semray.models.memory)."""
-    path = run_dir / MODEL_FILE
-    atomic_torch_save({
+def model_state(cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict,
+                training: dict[str, Any] | None = None, memory_bank: torch.Tensor | None = None,
+                score_stats: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    """What model.pt holds. training: per stage, what it ran in (precision, memory format, device,
+    patches/s). memory_bank: the normal windows' encoder features for the knn score
+    (semray.models.memory). score_stats: each score's mean and std on normal windows, for the fused
+    score (semray.models.fusion)."""
+    return {
         "format": 1,
         "semray_version": __version__,
         "config": cfg.to_dict(),
@@ -124,7 +126,19 @@ def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoen
         "denoiser": denoiser,
         "training": training or {},
         "memory_bank": torch.zeros(0, 0, dtype=torch.float16) if memory_bank is None else memory_bank,
-    }, path)
+        "score_stats": score_stats or {},
+    }
+
+
+def save_model(run_dir: Path, cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict,
+               **extra: Any) -> Path:
+    """RUN_DIR/model.pt from the trained weights; extra: the optional parts of model_state."""
+    return write_model(run_dir, model_state(cfg, normalization, autoencoder, denoiser, **extra))
+
+
+def write_model(run_dir: Path, state: dict[str, Any]) -> Path:
+    path = run_dir / MODEL_FILE
+    atomic_torch_save(state, path)
     return path
 
 
@@ -177,5 +191,6 @@ def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu
     detector = AnomalyDetector(autoencoder, denoiser, norm["mode"], norm["mean"], norm["std"],
                                precision=resolve_precision(precision or cfg.eval.precision, device, warn=warn),
                                memory_format=fmt, patch_size=cfg.patches.size, cover_edges=cfg.eval.cover_edges,
-                               memory_bank=state.get("memory_bank"))  # absent from runs trained before it
+                               memory_bank=state.get("memory_bank"),  # absent from runs trained before it
+                               score_stats=state.get("score_stats") or None)
     return detector.to(device, memory_format=fmt).eval(), cfg

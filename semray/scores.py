@@ -19,7 +19,11 @@ STUDY_SCORES = ("reconstruction", "smooth", "feature")
 STRUCTURAL_SCORES = ("ssim_reconstruction", "ssim_smooth")
 # Not a residual: the encoder features' distance to the nearest normal window (semray.models.memory).
 FEATURE_SCORES = ("knn",)
-SCORE_NAMES = STUDY_SCORES + STRUCTURAL_SCORES + FEATURE_SCORES
+# A weighted sum of standardised scores (semray.models.fusion); weights chosen on validation images
+# (bench/score_choice.py, bench/RESULTS.md).
+FUSED_SCORE = "fused"
+FUSION_WEIGHTS = {"ssim_reconstruction": 0.75, "knn": 0.25}
+SCORE_NAMES = STUDY_SCORES + STRUCTURAL_SCORES + FEATURE_SCORES + (FUSED_SCORE,)
 # What `semray score` and `semray predict` map and threshold unless told otherwise: on the validation
 # half of NanoTWICE it ranked windows best for the default model (laptop-budget DAE: 0.880 against
 # 0.824 for the study's best, smooth) and on average over AE, DAE and CVAE (bench/RESULTS.md).
@@ -96,6 +100,16 @@ def knn_score(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     if bank.numel() == 0:  # a sum over no features: zeros shaped by the input (an ONNX export keeps it dynamic)
         return features.float().sum(dim=1)
     return 1.0 - (features.float() @ bank.float().T).amax(dim=1)
+
+
+def fused_score(scores: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor,
+                weights: torch.Tensor) -> torch.Tensor:
+    """sum_i weights_i * (scores_i - mean_i) / std_i over FUSION_WEIGHTS' scores, in its order: 0 for
+    a window that is average on normal windows by every one of them."""
+    import torch  # kept out of this module's import (see above)
+
+    stacked = torch.stack([scores[k].float() for k in FUSION_WEIGHTS], dim=1)
+    return ((stacked - mean) / std * weights).sum(dim=1)
 
 
 def all_scores(x, reconstruction, smooth, feature_mask, raw=None, raw_reconstruction=None,

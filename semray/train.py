@@ -36,6 +36,7 @@ from semray.files import join_uri
 from semray.log import duration, get_logger
 from semray.models import create_autoencoder, create_denoiser
 from semray.models.detector import FP32
+from semray.models.fusion import score_statistics
 from semray.models.losses import patch_loss
 from semray.models.memory import build_memory_bank
 from semray.ray_env import cluster_address, init_ray, is_private, wait_for_resources
@@ -44,12 +45,14 @@ from semray.runs import (
     MODEL_FILE,
     RunError,
     atomic_torch_save,
+    detector_from_state,
     load_state,
+    model_state,
     read_config,
     read_training_record,
     save_config,
-    save_model,
     save_training_record,
+    write_model,
 )
 
 LOG = get_logger("train")
@@ -530,8 +533,10 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     encoder = create_autoencoder(cfg.model, cfg.patches.size)
     encoder.load_state_dict(autoencoder)
     bank = build_memory_bank(encoder, images, normalization, cfg.patches.size, cfg.model.memory_bank, cfg.train.seed)
-    return save_model(run_dir, cfg, normalization, autoencoder, _ema_or_model(state), training=record,
-                      memory_bank=bank)
+    model = model_state(cfg, normalization, autoencoder, _ema_or_model(state), training=record, memory_bank=bank)
+    detector, _ = detector_from_state(model, "cpu", warn=False)
+    model["score_stats"] = score_statistics(detector, images, seed=cfg.train.seed)
+    return write_model(run_dir, model)
 
 
 def _stage_record(state: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,9 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     bank = state["memory_bank"].float()
     assert bank.dtype == torch.float32 and 0 < len(bank) <= 4096 and bank.shape[1] == 4 * 8 * 4 * 4
     torch.testing.assert_close(bank.norm(dim=1), torch.ones(len(bank)), atol=1e-2, rtol=0)
+    # the fused score's standardisation, measured on normal windows at the end of training
+    assert set(state["score_stats"]) == set(SCORE_NAMES) - {"fused"}
+    assert all(std > 0 for _, std in state["score_stats"].values())
 
     out = tmp_path / "eval.json"
     evaluation = run_cli("evaluate", "--run", run, "--data", synth_data, "--stride", 8, "--json", out)
@@ -35,6 +38,7 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     assert result["model"] == "dae" and result["patch_size"] == 32 and result["stride"] == 8
     assert set(result["scores"]) == set(SCORE_NAMES)
     assert result["scores"]["knn"]["auroc"] != 0.5  # a bank was built, so knn ranks windows
+    assert result["scores"]["fused"]["auroc"] != 0.5  # and the statistics were saved, so fused ranks them too
     for metrics in result["scores"].values():
         assert {"auroc", "precision", "recall", "f1", "threshold"} <= set(metrics)
         assert 0.0 <= metrics["auroc"] <= 1.0 and not math.isnan(metrics["f1"])

@@ -378,7 +378,8 @@ def test_detector_scores_consistent_with_score_functions(kind, normalization):
     expected = {"reconstruction": reconstruction_score(x, rec), "smooth": smooth_score(x, smooth),
                 "feature": feature_score(x, mask), "ssim_reconstruction": structural_score(raw, in_image["rec"]),
                 "ssim_smooth": structural_score(raw, in_image["smooth"]),
-                "knn": torch.zeros(5)}  # no memory bank: 0 (semray.scores.knn_score)
+                "knn": torch.zeros(5),  # no memory bank: 0 (semray.scores.knn_score)
+                "fused": torch.zeros(5)}  # no score statistics: 0 (semray.models.fusion)
     assert set(expected) == set(SCORE_NAMES)
     for name, value in expected.items():
         assert out["scores"][name].shape == (5,)
@@ -464,3 +465,34 @@ def test_the_memory_bank_holds_normal_windows_and_knn_finds_them():
     knn = with_bank.scores(torch.cat([seen, unseen[None, None]]))["knn"]
     assert knn[0] < 1e-2 < knn[1]  # a window the bank holds is at distance ~0 (float16 storage)
 
+
+def test_the_fused_score_is_the_weighted_sum_of_scores_standardised_on_normal_windows():
+    from semray.models.fusion import score_statistics
+    from semray.models.memory import build_memory_bank
+    from semray.scores import FUSED_SCORE, FUSION_WEIGHTS
+
+    det = _detector("ae")
+    rng = np.random.default_rng(0)
+    images = [rng.random((96, 128), dtype=np.float32), rng.random((64, 64), dtype=np.float32)]
+    norm = {"mode": "patch", "mean": 0.4, "std": 0.2}
+    bank = build_memory_bank(det.autoencoder, images, norm, 32, max_windows=1000)
+    det = AnomalyDetector(det.autoencoder, det.denoiser, "patch", 0.4, 0.2, memory_bank=bank).eval()
+    stats = score_statistics(det, images, seed=0)
+    assert set(stats) == set(SCORE_NAMES) - {FUSED_SCORE}
+    assert all(std > 0 for _, std in stats.values())
+    # none of the windows it measures is one the bank holds (those have knn 0): half a stride off
+    assert stats["knn"][0] > 1e-3
+    assert score_statistics(det, images, max_windows=7, seed=0) != stats  # a random subset
+
+    det.set_score_stats(stats)
+    raw = _raw()
+    scores = det.scores(raw)
+    expected = sum(w * (scores[k] - stats[k][0]) / stats[k][1] for k, w in FUSION_WEIGHTS.items())
+    torch.testing.assert_close(scores[FUSED_SCORE], expected)
+    # the normal windows it was measured on average to ~0 (each standardised score has mean 0 there)
+    from semray.data.patches import iter_patch_batches
+
+    windows = np.concatenate([p for image in images for p, _, _ in iter_patch_batches(image[8:, 8:], 32, 16, 999,
+                                                                                       cover_edges=False)])
+    fused_normal = det.scores(torch.from_numpy(windows).unsqueeze(1))[FUSED_SCORE]
+    assert abs(float(fused_normal.mean())) < 1e-3

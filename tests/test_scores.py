@@ -101,8 +101,20 @@ def test_all_scores_with_the_raw_patch_adds_the_structural_ones():
     raw_rec, raw_smooth = raw * 0.9, raw
     features = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
     out = all_scores(x, rec, smooth, mask, raw, raw_rec, raw_smooth, features, features[:2])
-    assert tuple(out) == SCORE_NAMES
+    assert (*out, "fused") == SCORE_NAMES  # the fused one is the detector's: it needs the run's statistics
     torch.testing.assert_close(out["knn"][:2], torch.zeros(2), atol=1e-6, rtol=0)  # windows the bank holds
     torch.testing.assert_close(out["ssim_reconstruction"], structural_score(raw, raw_rec))
     torch.testing.assert_close(out["ssim_smooth"], torch.zeros(3), atol=1e-5, rtol=0)
 
+
+def test_fused_score_standardises_then_weights():
+    from semray.scores import FUSION_WEIGHTS, fused_score
+
+    names = list(FUSION_WEIGHTS)
+    scores = {k: torch.tensor([1.0, 2.0, 3.0]) * (i + 1) for i, k in enumerate(names)}
+    mean = torch.tensor([2.0 * (i + 1) for i in range(len(names))])
+    std = torch.tensor([1.0 * (i + 1) for i in range(len(names))])
+    weights = torch.tensor([FUSION_WEIGHTS[k] for k in names])
+    # every score standardises to (-1, 0, 1), so the fused score is (-1, 0, 1) x the weights' sum
+    torch.testing.assert_close(fused_score(scores, mean, std, weights),
+                               torch.tensor([-1.0, 0.0, 1.0]) * weights.sum())

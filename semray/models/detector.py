@@ -14,7 +14,7 @@ from torch import nn
 from semray.data.patches import denormalize_patches, normalize_patches
 from semray.device import Precision
 from semray.models.memory import feature_vectors
-from semray.scores import all_scores
+from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, all_scores, fused_score
 
 FP32 = Precision("fp32", "default")
 
@@ -27,10 +27,12 @@ class AnomalyDetector(nn.Module):
     def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, normalization: str = "patch",
                  mean: float = 0.5, std: float = 0.25, precision: Precision = FP32,
                  memory_format: torch.memory_format = torch.contiguous_format, patch_size: int = 32,
-                 cover_edges: bool = True, memory_bank: torch.Tensor | None = None):
+                 cover_edges: bool = True, memory_bank: torch.Tensor | None = None,
+                 score_stats: dict[str, tuple[float, float]] | None = None):
         super().__init__()
         # the normal windows' encoder features (semray.models.memory), fp32 for the knn score
         self.register_buffer("memory_bank", torch.zeros(0, 0) if memory_bank is None else memory_bank.float())
+        self.set_score_stats(score_stats)
         self.patch_size, self.cover_edges = patch_size, cover_edges
         self.autoencoder = autoencoder
         self.denoiser = denoiser
@@ -38,6 +40,17 @@ class AnomalyDetector(nn.Module):
         self.mean, self.std = mean, std
         self.precision = precision
         self.memory_format = memory_format  # of the inputs; the caller converts the weights (runs.detector_from_state)
+
+    def set_score_stats(self, score_stats: dict[str, tuple[float, float]] | None) -> None:
+        """The scores' mean and std on normal windows (semray.models.fusion), for the fused score;
+        None (a run trained before it): the fused score is 0 everywhere and ranks nothing."""
+        known = score_stats is not None and all(k in score_stats for k in FUSION_WEIGHTS)
+        stats = [score_stats[k] for k in FUSION_WEIGHTS] if known else []
+        device = self.memory_bank.device
+        self.register_buffer("fusion_mean", torch.tensor([m for m, _ in stats], dtype=torch.float32, device=device))
+        self.register_buffer("fusion_std", torch.tensor([s for _, s in stats], dtype=torch.float32, device=device))
+        self.register_buffer("fusion_weight", torch.tensor([FUSION_WEIGHTS[k] for k in FUSION_WEIGHTS] if known
+                                                           else [], dtype=torch.float32, device=device))
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return normalize_patches(raw, self.normalization, self.mean, self.std)
@@ -59,9 +72,11 @@ class AnomalyDetector(nn.Module):
         reconstruction, mask, smooth = reconstruction.float(), mask.float(), smooth.float()
         raw_reconstruction, raw_smooth = (denormalize_patches(t, raw, self.normalization, self.mean, self.std)
                                           for t in (reconstruction, smooth))
-        return {"x": x, "reconstruction": reconstruction, "feature_mask": mask, "smooth": smooth,
-                "scores": all_scores(x, reconstruction, smooth, mask, raw, raw_reconstruction, raw_smooth,
-                                     features, self.memory_bank)}
+        scores = all_scores(x, reconstruction, smooth, mask, raw, raw_reconstruction, raw_smooth, features,
+                            self.memory_bank)
+        scores[FUSED_SCORE] = (fused_score(scores, self.fusion_mean, self.fusion_std, self.fusion_weight)
+                               if self.fusion_weight.numel() else torch.zeros_like(scores["reconstruction"]))
+        return {"x": x, "reconstruction": reconstruction, "feature_mask": mask, "smooth": smooth, "scores": scores}
 
     @torch.no_grad()
     def scores(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,52 @@
+"""The statistics behind the fused score: each window score's mean and spread on normal windows.
+
+The scores live on unrelated scales (a mean squared residual, 1 - SSIM, a cosine distance), so they
+can only be added once standardised: `fused` (semray.scores.fused_score) is a weighted sum of
+(score - mean) / std, with the weights chosen on validation images (bench/score_choice.py). The
+mean and std are a property of the trained model, like its normalisation, so they are measured
+once, at the end of training, and saved in model.pt: every consumer (evaluation, the Ray Data
+actors, Tune's validators, an ONNX export) then computes the same fused score.
+
+They are measured on windows of the training images at the grid half a bank stride off the memory
+bank's (so no window is one the bank holds, whose knn distance is exactly 0), a random
+`max_windows` of them: enough for a mean and a std, and a few seconds of scoring on a laptop.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from semray.data.patches import iter_patch_batches
+from semray.models.memory import BANK_STRIDE
+from semray.scores import FUSED_SCORE
+
+STATS_WINDOWS = 4096
+
+
+@torch.no_grad()
+def score_statistics(detector, images: Sequence[np.ndarray], max_windows: int = STATS_WINDOWS,
+                     seed: int = 0, batch_size: int = 512) -> dict[str, tuple[float, float]]:
+    """{score: (mean, std)} of every window score over normal images' windows (see the module's
+    docstring for which). A score that does not vary (an empty memory bank's knn) gets std 1."""
+    offset = BANK_STRIDE // 2
+    size = detector.patch_size
+    patches = np.concatenate([p for image in images if min(image.shape) >= size + offset
+                              for p, _, _ in iter_patch_batches(image[offset:, offset:], size, BANK_STRIDE,
+                                                                batch_size, cover_edges=False)])
+    if len(patches) > max_windows:
+        patches = patches[np.sort(np.random.default_rng(seed).choice(len(patches), max_windows, replace=False))]
+    device = detector.memory_bank.device
+    pooled: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(patches), batch_size):
+        raw = torch.from_numpy(patches[start:start + batch_size]).unsqueeze(1).to(device)
+        for k, v in detector.scores(raw).items():
+            if k != FUSED_SCORE:  # what the statistics are for
+                pooled.setdefault(k, []).append(v.float().cpu())
+    stats = {}
+    for k, v in pooled.items():
+        s = torch.cat(v).double()
+        std = float(s.std())
+        stats[k] = (float(s.mean()), std if std > 1e-12 else 1.0)
+    return stats
