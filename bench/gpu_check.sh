@@ -8,6 +8,8 @@
 # Aim: under 8 minutes once installed. Logs of every step: $OUT/*.log (default bench/out/gpu_check).
 #
 #   bench/gpu_check.sh            # or: OUT=/tmp/gpu bench/gpu_check.sh
+#   SEMRAY_PYTHON=python3 bench/gpu_check.sh   # a machine that cannot install (no registry): its python3
+#                                              # already has torch, Ray and the rest, semray on PYTHONPATH
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out/gpu_check}
@@ -22,16 +24,23 @@ step() {  # step NAME COMMAND...: run it, log it, print one line with its status
   [ "$status" = ok ]
 }
 
-step install make install || { echo "[gpu_check] cannot continue without an install"; exit 1; }
-PY=.venv/bin/python
-SEMRAY=.venv/bin/semray
+if [ -n "${SEMRAY_PYTHON:-}" ]; then
+  PY=$SEMRAY_PYTHON
+  step install "$PY" -c "import semray, ray, torch; print(semray.__version__, ray.__version__, torch.__version__)" \
+    || { cat "$OUT/install.log"; exit 1; }
+  echo "[gpu_check]   no install: $PY has semray, Ray and torch: $(tail -1 "$OUT/install.log")"
+else
+  step install make install || { echo "[gpu_check] cannot continue without an install"; exit 1; }
+  PY=.venv/bin/python
+fi
+SEMRAY="$PY -m semray"
 step cuda "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())" \
   || { cat "$OUT/cuda.log"; exit 1; }
 echo "[gpu_check] $(tail -1 "$OUT/cuda.log")"
 started=$(date +%s)
 
-step synth "$SEMRAY" synth "$OUT/data" --normal 5 --anomalous 20
+step synth $SEMRAY synth "$OUT/data" --normal 5 --anomalous 20
 
 # Small but real: both stages, per-epoch checkpoints, calibration, all on the GPU.
 cat >"$OUT/small.yaml" <<'EOF'
@@ -46,26 +55,29 @@ summary() {  # the precision and patches/s each stage of a run trained in
 import json, sys
 t = json.load(open(f"{sys.argv[1]}/training.json"))
 print("; ".join(f"{k}: {v['precision']}, {v['memory_format']}, {v['patches_per_s']:.0f} patches/s on {v['device']}"
-                for k, v in t.items()))
+                for k, v in t.items() if isinstance(v, dict)))  # beside the stages: pixel_size_um
 EOF
 }
-if step train "$SEMRAY" train --data "$OUT/data" --model dae --run "$OUT/run" --gpu --config "$OUT/small.yaml"; then
+if step train $SEMRAY train --data "$OUT/data" --model dae --run "$OUT/run" --gpu --config "$OUT/small.yaml"; then
   echo "[gpu_check]   $(summary "$OUT/run")"
 fi
-if step train_2_workers_1_gpu "$SEMRAY" train --data "$OUT/data" --model ae --run "$OUT/run2" --gpu --workers 2 \
+if step train_2_workers_1_gpu $SEMRAY train --data "$OUT/data" --model ae --run "$OUT/run2" --gpu --workers 2 \
     --config "$OUT/shared.yaml"; then
   echo "[gpu_check]   $(summary "$OUT/run2")"
 fi
-if step score "$SEMRAY" score "$OUT/data/Anomalous/images" --run "$OUT/run" --out "$OUT/scored" \
+if step score $SEMRAY score "$OUT/data/Anomalous/images" --run "$OUT/run" --out "$OUT/scored" \
     --gpus-per-worker 0.5 --workers 2; then
   echo "[gpu_check]   $(grep -E 'scored|image\(s\)' "$OUT/score.log" | tail -1)"
 fi
-if step evaluate "$SEMRAY" evaluate --run "$OUT/run" --data "$OUT/data" --gpu; then
+if step evaluate $SEMRAY evaluate --run "$OUT/run" --data "$OUT/data" --gpu; then
   echo "[gpu_check]   $(grep -E '^\[evaluate\]' "$OUT/evaluate.log" | tail -1)"
 fi
-if step precision "$PY" bench/precision.py --device cuda --seconds 3 --score-batch 1024; then
-  grep -E "^(fp32|bf16|auto)" "$OUT/precision.log" | sed 's/^/[gpu_check]   /'
-  grep -E "^auto against" "$OUT/precision.log" | sed 's/^/[gpu_check]   /'
-fi
+# At the package's training batch (64) and at the GPU configs' (256): what auto picks must hold at both.
+for batch in 64 256; do
+  if step "precision_train_batch_$batch" "$PY" bench/precision.py --device cuda --seconds 3 --score-batch 1024 \
+      --train-batch $batch; then
+    grep -E "^(fp32|bf16|auto)" "$OUT/precision_train_batch_$batch.log" | sed 's/^/[gpu_check]   /'
+  fi
+done
 echo "[gpu_check] all steps after the install: $(( $(date +%s) - started )) s; $([ $failed = 0 ] && echo 'every step passed' || echo 'SOME STEPS FAILED')"
 exit $failed

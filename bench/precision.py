@@ -94,9 +94,9 @@ def variants():
             yield (("bf16" if bf16 else "fp32") + (" + channels_last" if channels_last else ""),
                    Precision("bf16" if bf16 else "fp32", "fixed"),
                    torch.channels_last if channels_last else torch.contiguous_format)
-    auto = resolve_precision("auto", DEVICE)
+    auto = {figure: resolve_precision("auto", DEVICE, use=use) for figure, use in USES.items()}
     fmts = {figure: memory_format(DEVICE, use) for figure, use in USES.items()}
-    yield f"auto ({auto.name}; " + "/".join(memory_format_name(f) for f in fmts.values()) + ")", auto, fmts
+    yield ("auto (" + "/".join(f"{auto[k].name} {memory_format_name(fmts[k])}" for k in USES) + ")", auto, fmts)
     if COMPILE:
         yield "auto + torch.compile", auto, fmts
 
@@ -106,6 +106,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per figure")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--score-batch", type=int, default=256)
+    p.add_argument("--train-batch", type=int, default=0, help="training batch size (default: the package's)")
     p.add_argument("--rounds", type=int, default=1, help="measure every variant this many times, round-robin, and "
                                                          "keep each figure's best (evens out drift between variants)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -126,7 +127,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cfg = Config()
-    size, train_batch = cfg.patches.size, cfg.train.batch_size
+    size, train_batch = cfg.patches.size, args.train_batch or cfg.train.batch_size
     gpu = f"; GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"CPU: {cpu_description()}{gpu}")
     print(f"torch {torch.__version__}, {args.threads} thread(s); default models: {cfg.model.kind} width "
@@ -150,13 +151,15 @@ def main() -> None:
         return ae.to(device, memory_format=fmt), den.to(device, memory_format=fmt)
 
     results: dict[str, dict[str, float]] = {}
-    for name, precision, fmts in (v for _ in range(args.rounds) for v in variants()):
+    for name, precisions, fmts in (v for _ in range(args.rounds) for v in variants()):
         if name in skip:
             continue
         if not isinstance(fmts, dict):
             fmts = {figure: fmts for figure in USES}
+        if not isinstance(precisions, dict):
+            precisions = {figure: precisions for figure in USES}
         row = results.setdefault(name, {})
-        fmt = fmts["scoring"]
+        fmt, precision = fmts["scoring"], precisions["scoring"]
         ae, den = fresh(fmt, legacy=name == "fp32")
         if "compile" in name:
             ae, den = torch.compile(ae), torch.compile(den)
@@ -169,7 +172,7 @@ def main() -> None:
         row["scoring"] = max(row.get("scoring", 0.0), rate(score, args.score_batch, args.seconds, device))
 
         for stage in ("stage-1 training", "stage-2 training"):
-            fmt = fmts[stage]
+            fmt, precision = fmts[stage], precisions[stage]
             legacy = name == "fp32"
             ae, den = fresh(fmt, legacy)
             if "compile" in name:

@@ -123,11 +123,11 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    precision = resolve_precision(cfg.train.precision, device, warn=False)
     size, batch = cfg.patches.size, cfg.train.batch_size
     torch.manual_seed(0)
     rates = {}
     for use in ("autoencoder", "denoiser"):
+        precision = resolve_precision(cfg.train.precision, device, warn=False, use=use)
         fmt = memory_format(device, use)
         autoencoder = create_autoencoder(cfg.model, size)
         if use == "autoencoder":
@@ -140,7 +140,7 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
         optimizer = adam(params, 1e-4, 0.9, device)  # as the training loop steps
         x = torch.randn(batch, 1, size, size, device=device).contiguous(memory_format=fmt)
 
-        def step(objective=objective, optimizer=optimizer, x=x):  # this iteration's, bound now
+        def step(objective=objective, optimizer=optimizer, x=x, precision=precision):  # this iteration's, bound now
             with precision.autocast(device):
                 loss = objective(x)
             optimizer.zero_grad(set_to_none=True)
@@ -148,6 +148,7 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
             optimizer.step()
         rates[use] = _rate(step, batch, seconds, device)
     fmt = memory_format(device, "score")
+    precision = resolve_precision(cfg.eval.precision, device, warn=False)
     detector = AnomalyDetector(create_autoencoder(cfg.model, size), create_denoiser(cfg.denoiser),
                                precision=precision, memory_format=fmt).to(device, memory_format=fmt).eval()
     raw = torch.rand(cfg.eval.batch_size, 1, size, size, device=device)

@@ -98,11 +98,20 @@ class Precision:
 _warned: set[str] = set()
 
 
+TRAINING_USES = ("autoencoder", "denoiser")
+
+
 def resolve_precision(requested: str, device: torch.device | str, log: logging.Logger | None = None,
-                      warn: bool = True) -> Precision:
-    """auto | fp32 | bf16 -> the precision to run in. auto: bf16 only where it is fast. An explicit
-    bf16 where it is slow runs, with one warning; where the device has no bf16 at all it is a
-    user error (ValueError: one line from the CLI), raised before any work starts."""
+                      warn: bool = True, use: str = "score") -> Precision:
+    """auto | fp32 | bf16 -> the precision to run in for `use` (score, or a training stage:
+    autoencoder | denoiser). auto: bf16 only where it is fast. On a GPU, not for the autoencoder's
+    training: its step on 32 x 32 patches is bound by kernel launches there, so autocast's extra
+    cast kernels cost more than the tensor cores save (bench/precision.py on an H200: fp32 1.09-1.26x
+    bf16 at batch 64 and 256; the denoiser's deeper stack trains 1.3x faster in bf16 at batch 256,
+    and scoring 1.3x). An explicit bf16 where it is slow runs, with one warning; where the device has no bf16
+    at all it is a user error (ConfigError: one line from the CLI), raised before any work starts."""
+    if use not in ("score", *TRAINING_USES):
+        raise ValueError(f"unknown use {use!r}")
     if requested not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     device = torch.device(device)
@@ -110,6 +119,9 @@ def resolve_precision(requested: str, device: torch.device | str, log: logging.L
     if requested == "fp32":
         return Precision("fp32", "as asked")
     if requested == "auto":
+        if fast and device.type == "cuda" and use == "autoencoder":
+            return Precision("fp32", f"auto: {why}, but the autoencoder's training steps are bound by kernel "
+                                     "launches on a GPU, where bf16's casts cost more than they save")
         if fast:
             return Precision("bf16", f"auto: {why}")
         return Precision("fp32", f"auto: {why}")
@@ -128,10 +140,16 @@ def memory_format(device: torch.device | str, use: str = "score") -> torch.memor
     2.5x (Zen 4) faster and stage-1 training 1.1-1.3x. Stage-2 training depends on the CPU: without
     AMX the denoiser's 3x3 backward pass is slower in NHWC on oneDNN (0.86x AVX2-only EPYC, 0.90x
     Zen 4 in bf16), so such a CPU trains it in the default layout; with AMX, NHWC is faster (1.35x
-    in bf16, 1.12x in fp32). CUDA: channels_last, which tensor cores want."""
-    if use not in ("score", "autoencoder", "denoiser"):
+    in bf16, 1.12x in fp32). CUDA: channels_last for scoring in bf16, which tensor cores want
+    (1.28x fp32 on an H200 against 1.25x in the default layout); training in fp32 (see
+    resolve_precision) in the default layout: channels_last gained nothing there in fp32 (0.98x,
+    1.00x), and DDP warns that channels_last gradients do not match its buckets' strides."""
+    if use not in ("score", *TRAINING_USES):
         raise ValueError(f"unknown use {use!r}")
-    if torch.device(device).type == "cpu" and use == "denoiser" and "amx_tile" not in cpu_flags():
+    kind = torch.device(device).type
+    if kind == "cpu" and use == "denoiser" and "amx_tile" not in cpu_flags():
+        return torch.contiguous_format
+    if kind == "cuda" and use in TRAINING_USES:
         return torch.contiguous_format
     return torch.channels_last
 

@@ -441,6 +441,15 @@ def actor_precision(requested: str, gpu: bool) -> tuple[Precision, str]:
     return resolve_precision(requested, device), memory_format_name(memory_format(device))
 
 
+def actor_resources(job: ScoreJob) -> dict[str, float]:
+    """What one scoring actor asks Ray for: its GPU share on a GPU job (its threads still follow
+    cpus_per_worker; Ray Data warns that asking for CPUs and GPUs together is experimental), else
+    its CPUs."""
+    if job.gpus_per_worker:
+        return {"num_gpus": job.gpus_per_worker}
+    return {"num_cpus": job.cpus_per_worker}
+
+
 def pool_size(job: ScoreJob, files: int) -> int:
     """--workers, else as many actors as the cluster holds, but no more than there are files: an
     actor costs a process and a model, and a second one for a single file would only idle."""
@@ -503,8 +512,8 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     ds = ds.map_batches(read_batch, batch_size=1, batch_format="pyarrow", num_cpus=0, compute=io_tasks)
     model = ray.put(state)  # owned by this driver: survives worker nodes
     ds = ds.map_batches(ScoreImages, fn_constructor_kwargs={"model": model, "settings": settings},
-                        batch_size=1, batch_format="pyarrow", num_cpus=job.cpus_per_worker,
-                        num_gpus=job.gpus_per_worker or None, compute=ray.data.ActorPoolStrategy(size=actors))
+                        batch_size=1, batch_format="pyarrow", **actor_resources(job),
+                        compute=ray.data.ActorPoolStrategy(size=actors))
     ds = ds.map_batches(write_part, fn_kwargs={"out": out, "metadata": metadata, "patches": job.patches},
                         batch_size=job.images_per_file, batch_format="pyarrow", num_cpus=0, compute=io_tasks)
     images = errors = windows = 0

@@ -109,8 +109,9 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(loop_cfg["threads"])))
     device = ray.train.torch.get_device()
-    precision = resolve_precision(cfg.train.precision, device)
-    fmt = memory_format(device, "denoiser" if isinstance(objective, DenoiserObjective) else "autoencoder")
+    use = "denoiser" if isinstance(objective, DenoiserObjective) else "autoencoder"
+    precision = resolve_precision(cfg.train.precision, device, use=use)
+    fmt = memory_format(device, use)
     objective.to(memory_format=fmt)
 
     trainable = objective.model
@@ -394,8 +395,9 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
         return run_dir / MODEL_FILE
     device = _driver_device(cfg)
     if device is not None:
-        precision = resolve_precision(cfg.train.precision, device, log)  # a bad value fails here, not in a worker
-        log.info(f"[train] precision {precision.name} ({precision.reason})")
+        for use in ("autoencoder", "denoiser"):  # a bad value fails here, not in a worker
+            precision = resolve_precision(cfg.train.precision, device, log, use=use)
+            log.info(f"[train] {use}: precision {precision.name} ({precision.reason})")
     normal = load_normal_images(data_dir, min_size=cfg.patches.size)
     hold = cfg.train.holdout_normal_images
     if hold and len(normal) <= hold:

@@ -79,9 +79,25 @@ def test_memory_format_per_use(monkeypatch):
     assert dev.memory_format("cpu", "denoiser") == torch.contiguous_format  # measured slower in NHWC
     monkeypatch.setattr(dev, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"}))
     assert dev.memory_format("cpu", "denoiser") == torch.channels_last  # with AMX, NHWC is faster
-    assert dev.memory_format("cuda", "denoiser") == torch.channels_last
+    # a GPU scores in NHWC (tensor cores) and trains in the default layout (bench/RESULTS.md, H200)
+    assert dev.memory_format("cuda", "score") == torch.channels_last
+    assert dev.memory_format("cuda", "autoencoder") == dev.memory_format("cuda", "denoiser") == torch.contiguous_format
     with pytest.raises(ValueError):
         dev.memory_format("cpu", "train")
+
+
+def test_auto_on_a_gpu_trains_the_autoencoder_in_fp32_and_the_rest_in_bf16(monkeypatch):
+    monkeypatch.setattr(dev, "bf16_speed", lambda device: (True, True, "NVIDIA H200 has bf16 tensor cores"))
+    assert dev.resolve_precision("auto", "cuda").name == "bf16"
+    assert dev.resolve_precision("auto", "cuda", use="denoiser").name == "bf16"
+    p = dev.resolve_precision("auto", "cuda", use="autoencoder")  # launch-bound: bf16's casts cost more there
+    assert p.name == "fp32" and "kernel launches" in p.reason
+    assert dev.resolve_precision("bf16", "cuda", use="autoencoder").name == "bf16"  # as asked
+    # a CPU with fast bf16 trains in it too: there the arithmetic, not the launches, is the cost
+    monkeypatch.setattr(dev, "bf16_speed", lambda device: (True, True, "this CPU has AMX_BF16"))
+    assert dev.resolve_precision("auto", "cpu", use="denoiser").name == "bf16"
+    with pytest.raises(ValueError, match="unknown use"):
+        dev.resolve_precision("auto", "cpu", use="train")
 
 
 def _detector(kind: str, precision: str, fmt=torch.contiguous_format, init_std: float = 0.02) -> AnomalyDetector:

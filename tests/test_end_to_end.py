@@ -75,7 +75,8 @@ def test_bf16_train_then_score_records_the_precision_everywhere(tmp_path, synth_
     import yaml
 
     run, out = trainings["bf16"].path, tmp_path / "scored"
-    assert "[train] precision bf16" in trainings["bf16"].stdout
+    assert "[train] autoencoder: precision bf16" in trainings["bf16"].stdout
+    assert "[train] denoiser: precision bf16" in trainings["bf16"].stdout
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["train"]["precision"] == cfg["eval"]["precision"] == "bf16"
     assert cfg["train"]["resolved_budget"]["scale"] == 1.0  # a tiny config fits any budget
