@@ -256,7 +256,7 @@ class _Help(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "%(default)" not in text and \
-                "default" not in text and action.option_strings:
+                "default" not in text and action.option_strings and not isinstance(action, argparse._StoreConstAction):
             text += " (default: %(default)s)"
         return text
 
@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file overriding config sections (see README)")
     t.add_argument("--epochs", type=int, help="autoencoder epochs (default: the config's, 30)")
     t.add_argument("--denoiser-epochs", type=int, help="denoiser epochs (default: the config's, 24)")
-    t.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
+    t.add_argument("--workers", type=int,
+                   help="Ray Train workers (data-parallel; default: the config's train.num_workers, 1)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")
     t.add_argument("--seed", type=int, help="random seed of weights and patches (default 0)")
     t.add_argument("--max-failures", type=int,
@@ -315,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=int, help="window stride in pixels (default: the run's eval.stride, 16)")
     e.add_argument("--min-defect-pixels", type=int, help="defect pixels that make a patch anomalous (default 1)")
     e.add_argument("--smoothing-px", type=int,
-                   help="average each window's score with neighbours within this many pixels (0 = off)")
+                   help="average each window's score with neighbours within this many pixels (0 = off; "
+                        "default: the run's eval.smoothing_px, 16)")
     e.add_argument("--pixel-stride", type=int,
                    help="stride of the windows stitched into per-pixel maps (default: the run's eval.pixel_stride, "
                         "8; 0 = window grid only)")
@@ -330,9 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--recipe", choices=["laptop", "gpu"],
                    help="a search shipped with semray: laptop (6 trials, ~50 min on 2 CPU cores) or gpu "
                         "(18 full-budget trials, 4 per GPU)")
-    u.add_argument("--samples", type=int, help="samples of the space; each is tried with every model kind")
+    u.add_argument("--samples", type=int, help="samples of the space; each is tried with every model kind (default 1)")
     u.add_argument("--cpus-per-trial", type=float, help="CPUs per trial's Ray Train worker (default 1)")
-    u.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
+    u.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (default 0)")
     u.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources hold)")
     u.add_argument("--score", choices=["best", *SCORE_NAMES],
                    help="objective: validation AUROC of this score (default: the best of them)")
@@ -362,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the score the maps, regions and threshold use")
     b.add_argument("--workers", type=int, help="scoring actors (default: one per CPU, or per GPU share)")
     b.add_argument("--cpus-per-worker", type=float, help="CPUs per scoring actor (default 1)")
-    b.add_argument("--gpus-per-worker", type=float, help="GPUs per scoring actor (fractions share a GPU)")
+    b.add_argument("--gpus-per-worker", type=float,
+                   help="GPUs per scoring actor (fractions share a GPU; default 0: CPU actors)")
     b.add_argument("--batch-size", type=int, help="windows per forward pass (default 512)")
     b.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
     b.add_argument("--patches", action="store_true", help="also write one row per window to patches/")

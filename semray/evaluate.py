@@ -186,7 +186,8 @@ def log_precision(log: logging.Logger, what: str, detector: AnomalyDetector) -> 
 
 
 def _progress(items: list, enabled: bool, desc: str) -> Iterable:
-    if not enabled:
+    """A bar over items, unless the caller turned it off or the user asked for quiet (-q)."""
+    if not enabled or not LOG.isEnabledFor(logging.INFO):
         return items
     from tqdm import tqdm
 

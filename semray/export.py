@@ -8,12 +8,15 @@ into patch_size windows at the run's stride (the regular grid, without the extra
 the bottom and right borders that `semray score` adds), each window's normalisation, the
 autoencoder, the denoiser and the scores. Input "image": float32 (1, 1, H, W) in [0, 1],
 H and W free. Output "scores": float32 (len(SCORE_NAMES), ny, nx), the scores in semray.scores.SCORE_NAMES
-order (reconstruction, smooth, feature, ssim_reconstruction, ssim_smooth, knn) of the window whose
+order (reconstruction, smooth, feature, ssim_reconstruction, ssim_smooth, knn, fused) of the window whose
 top-left corner is (i * stride, j * stride). Neighbourhood pooling, thresholds
 and regions stay with the caller (semray.maps has them in a few lines of numpy).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,8 +55,26 @@ def export_onnx(run_dir: str | Path, out: str | Path, stride: int | None = None)
     example = torch.rand(1, 1, 4 * cfg.patches.size, 5 * cfg.patches.size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(module, (example,), str(out), input_names=["image"], output_names=["scores"],
-                      dynamic_shapes={"image": {2: torch.export.Dim("height", min=cfg.patches.size),
-                                                3: torch.export.Dim("width", min=cfg.patches.size)}},
-                      dynamo=True, external_data=False, verbose=False)
+    with _exporter_quiet():
+        torch.onnx.export(module, (example,), str(out), input_names=["image"], output_names=["scores"],
+                          dynamic_shapes={"image": {2: torch.export.Dim("height", min=cfg.patches.size),
+                                                    3: torch.export.Dim("width", min=cfg.patches.size)}},
+                          dynamo=True, external_data=False, verbose=False)
     return out
+
+
+@contextlib.contextmanager
+def _exporter_quiet():
+    """torch's exporter talks to the console about its own internals ("torchvision is not
+    installed. Skipping torchvision::nms", deprecations of torch's pytree API) on every export;
+    none of it concerns the user's model. Errors still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)

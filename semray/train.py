@@ -39,7 +39,14 @@ from semray.models.detector import FP32
 from semray.models.fusion import score_statistics
 from semray.models.losses import patch_loss
 from semray.models.memory import build_memory_bank
-from semray.ray_env import cluster_address, init_ray, is_private, wait_for_resources
+from semray.ray_env import (
+    check_private_gpus,
+    cluster_address,
+    init_ray,
+    is_private,
+    placement_groups_left,
+    wait_for_resources,
+)
 from semray.runs import (
     AUTOENCODER_FILE,
     MODEL_FILE,
@@ -393,6 +400,9 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     if (run_dir / MODEL_FILE).exists():
         log.info(f"{run_dir / MODEL_FILE} exists: this run is already trained")
         return run_dir / MODEL_FILE
+    if cfg.train.use_gpu:  # a private Ray can only have this machine's GPUs: say so now, before anything is written
+        check_private_gpus(cfg.train.num_workers * (cfg.train.gpus_per_worker or 1),
+                           f"training with --gpu and {cfg.train.num_workers} worker(s)", address)
     device = _driver_device(cfg)
     if device is not None:
         for use in ("autoencoder", "denoiser"):  # a bad value fails here, not in a worker
@@ -425,6 +435,9 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
                         storage=join_uri(storage, run_dir.name) if storage else None,
                         provenance={"pixel_size_um": training_pixel_size(data_dir, log)})
     log.info(f"trained model written to {path}")
+    if is_private() and (left := placement_groups_left()):
+        log.warning(f"Ray kept {left} placement group(s) of this training after its stages ended: their "
+                    "resources stay reserved until this command exits")
     if held_out:
         source = "held-out normal image(s) " + ", ".join(str(name) for name, _ in held_out)
         calibration_images = [image for _, image in held_out]

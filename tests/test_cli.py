@@ -40,6 +40,32 @@ def test_gpu_without_cuda_is_one_line(untrained_run, synth_data, capsys):
     assert code == 2 and err.startswith("semray evaluate: error: --gpu was given but PyTorch sees no CUDA device")
 
 
+def test_train_with_gpu_without_cuda_is_one_line_before_ray_starts(tmp_path, synth_data, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = main_in_process(capsys, "train", "--data", synth_data, "--model", "ae", "--run", tmp_path / "run",
+                                   "--gpu")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("semray train: error: training with --gpu and 1 worker(s) needs 1 GPU(s)")
+    assert not (tmp_path / "run").exists()  # refused before the run directory is written
+
+
+@pytest.mark.parametrize("layout", ["missing", "no Normal folder", "no images"])
+def test_a_bad_data_dir_is_one_line_and_writes_no_run(tmp_path, capsys, layout):
+    data = tmp_path / "data"
+    if layout != "missing":
+        data.mkdir()
+    if layout == "no images":
+        (data / "Normal").mkdir()
+        (data / "Normal" / "notes.txt").write_text("not an image")
+    code, _, err = main_in_process(capsys, "train", "--data", data, "--model", "ae", "--run", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1 and str(data) in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_os_error_is_one_line(tmp_path, untrained_run, synth_data, capsys):
     """A full disk or a permission problem is not a bug in semray: one line naming the path."""
     blocked = tmp_path / "file"
@@ -70,6 +96,18 @@ def test_every_option_has_help_and_shows_its_default():
             if action.dest != "help":
                 assert action.help, f"semray {name} {action.option_strings or action.dest}: no help text"
     assert "(default: 5)" in commands["synth"].format_help()
+    # an option that takes a value says what it is when not given, except optional inputs and outputs
+    # that simply are not used then (a config file, a JSON copy, a threshold override, ...)
+    without_default = {"config", "json", "out", "data", "recipe", "resume", "threshold", "png"}
+    for name, sub in commands.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if not action.option_strings or action.required or action.nargs == 0 or action.dest == "help":
+                continue
+            text = formatter._get_help_string(action).lower()
+            assert "default" in text or action.dest in without_default, \
+                f"semray {name} {action.option_strings[-1]}: no default in its help"
+    assert "(default: 0)" not in commands["train"].format_help()  # -q's internal value is not a default
 
 
 def test_print_config_shows_the_resolved_config_and_starts_nothing(tmp_path, capsys):
@@ -130,3 +168,18 @@ def test_a_yaml_syntax_error_is_one_line(tmp_path, synth_data, capsys):
     code, _, err = main_in_process(capsys, "train", "--data", synth_data, "--run", tmp_path / "run",
                                    "--config", config)
     assert code == 2 and err.count("\n") == 1 and str(config) in err
+
+
+def test_quiet_turns_off_the_progress_bars():
+    from semray.evaluate import _progress
+    from semray.log import configure
+
+    items = ["a.tif", "b.tif"]
+    try:
+        configure(-1)  # -q
+        assert _progress(items, True, "scoring") is items
+        configure(0)
+        assert _progress(items, True, "scoring") is not items  # a tqdm bar over them
+        assert list(_progress(items, True, "scoring")) == items
+    finally:
+        configure(0)

@@ -1,6 +1,7 @@
 """Two semray commands at once on one machine, as a user runs them (an overnight `semray score` and
 a `semray train`, or `make demo` beside another job): each keeps to its own private Ray, and the
-output of a successful command has no traceback and no Ray warning, in the environment a user has.
+output of a successful command has no traceback and no Ray warning, in the environment a user has,
+and leaks no placement group (`semray train` counts those left once its stages end, and says so).
 
 The two trainings are the session's own (conftest.trainings trains its two runs side by side)."""
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 import pytest
 
 RAY_NOISE = re.compile(r"Traceback|WARNING|Found multiple active Ray instances|PlacementGroupCleaner|"
-                       r"Token authentication|\(RayTrainWorker pid=")
+                       r"Token authentication|\(RayTrainWorker pid=|placement group")
 
 
 @pytest.mark.ray

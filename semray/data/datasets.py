@@ -41,9 +41,14 @@ def _images_in(d: Path) -> list[Path]:
 
 
 def normal_image_paths(root) -> list[Path]:
-    """Training images: every TIFF/PNG directly in root/Normal, sorted for reproducible splits."""
+    """Training images: every TIFF/PNG directly in root/Normal, sorted for reproducible splits.
+    None is an error: there is nothing to learn "normal" from."""
     _folder(root)
-    return _images_in(_folder(root, "Normal"))
+    folder = _folder(root, "Normal")
+    paths = _images_in(folder)
+    if not paths:
+        raise ImageReadError(str(folder), f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) to train on; {LAYOUT}")
+    return paths
 
 
 def anomalous_image_paths(root) -> list[tuple[Path, Path]]:
