@@ -29,7 +29,7 @@ from semray.budget import measure_rates, parse_budget, plan, reuse_budget, sized
 from semray.config import Config
 from semray.data.datasets import load_normal_images, normal_image_paths
 from semray.data.io import pixel_size_um, read_bytes
-from semray.data.patches import grid_coordinates, image_statistics, normalize_patches, sample_patches
+from semray.data.patches import grid_coordinates, normalization_of, normalize_patches, sample_patches
 from semray.device import Precision, cpu_name, memory_format, memory_format_name, resolve_precision
 from semray.evaluate import calibrate_run
 from semray.files import join_uri
@@ -221,7 +221,7 @@ def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim
     started = time.perf_counter()
     raw = sample_patches(images, n_patches, cfg.patches.size, generator, cfg.patches.min_patch_std,
                          cfg.patches.flips)
-    x_all = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"])
+    x_all = normalize_patches(raw, **norm)
     total, steps = 0.0, 0
     for x in x_all.split(cfg.train.batch_size):
         with precision.autocast(x.device):
@@ -247,8 +247,7 @@ def plain_autoencoder_loop(cfg: Config, images: list[np.ndarray], epochs: int | 
     objective = AutoencoderObjective(model)
     optimizer = adam(model.parameters(), cfg.train.lr, cfg.train.adam_beta1, torch.device("cpu"))
     ema = make_ema(model, cfg.train.ema_decay)
-    mean, std = image_statistics(images)
-    norm = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
+    norm = normalization_of(cfg.patches.normalization, images)
     tensors = [torch.as_tensor(np.array(im)) for im in images]
     rates = []
     for epoch in range(epochs or cfg.train.epochs):
@@ -415,8 +414,7 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
                        "would leave none to train on")
     held_out = normal[len(normal) - hold:] if hold else []
     images = [image for _, image in normal[:len(normal) - hold]]
-    mean, std = image_statistics(images)
-    normalization = {"mode": cfg.patches.normalization, "mean": mean, "std": std}
+    normalization = normalization_of(cfg.patches.normalization, images)
 
     # The throughput probe wants a quiet machine: a private Ray's own processes take most of two
     # cores for their first ten seconds or so (the probe measured a third of the real rate beside

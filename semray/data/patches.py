@@ -6,6 +6,7 @@ by unit tests in milliseconds.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,15 @@ def _normalization(patches: torch.Tensor, mode: str, mean: float, std: float):
     if mode == "image":
         return mean, std
     raise ConfigError(f"unknown normalization {mode!r}; expected 'patch' or 'image'")
+
+
+def normalization_of(mode: str, images: Sequence[np.ndarray]) -> dict[str, Any]:
+    """How a run standardises its patches, as model.pt stores it and every consumer passes it on
+    (Ray tasks, Tune trials, the memory bank): {"mode", "mean", "std"}, the keyword arguments of
+    normalize_patches, so `normalize_patches(raw, **normalization)` applies it. The mean and std are
+    the training images' (used by "image" mode; "patch" mode only keeps them for the record)."""
+    mean, std = image_statistics(images)
+    return {"mode": mode, "mean": mean, "std": std}
 
 
 def image_statistics(images: Sequence[np.ndarray]) -> tuple[float, float]:

@@ -44,7 +44,7 @@ def build_memory_bank(autoencoder: nn.Module, images: Sequence[np.ndarray], norm
     for image in images:
         for patches, _, _ in iter_patch_batches(image, size, BANK_STRIDE, batch_size):
             raw = torch.from_numpy(patches).unsqueeze(1).to(device)
-            x = normalize_patches(raw, normalization["mode"], normalization["mean"], normalization["std"])
+            x = normalize_patches(raw, **normalization)
             feats.append(feature_vectors(autoencoder.conv_features(x)).cpu())
     bank = torch.cat(feats)
     if len(bank) > max_windows:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from semray.data.datasets import LabelledImage, load_anomalous_images, load_normal_images
-from semray.data.patches import image_statistics, iter_patch_batches, normalize_patches, patch_labels
+from semray.data.patches import iter_patch_batches, normalization_of, normalize_patches, patch_labels
 from semray.device import Precision, pick_device
 from semray.errors import SemrayError
 from semray.evaluate import summarize
@@ -82,7 +82,7 @@ class EpochValidator:
             if detector is not None:
                 scores = detector.scores(raw)
             else:  # stage 1: no denoiser yet, so only the reconstruction score exists
-                x = normalize_patches(raw, norm["mode"], norm["mean"], norm["std"]).contiguous(memory_format=fmt)
+                x = normalize_patches(raw, **norm).contiguous(memory_format=fmt)
                 with precision.autocast(device):
                     reconstruction = autoencoder(x)
                 scores = {"reconstruction": reconstruction_score(x, reconstruction.float())}
@@ -113,7 +113,7 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
     context = ray.tune.get_context()
     run_dir = Path(context.get_trial_dir()) / "run"
     save_config(run_dir, cfg)
-    normalization = {"mode": cfg.patches.normalization, **data["statistics"]}
+    normalization = {**data["normalization"], "mode": cfg.patches.normalization}  # the trial's own mode
     validator = EpochValidator(data["val"], cfg.patches.size, spec_.settings.val_stride, normalization,
                                cfg.eval.min_defect_pixels, spec_.settings.score)
     storage = None
@@ -147,6 +147,6 @@ def trial_data(spec: TuneSpec) -> dict[str, Any]:
     """Images and labels every trial needs, read once by the driver and shared via the object store."""
     size = spec.base.patches.size
     images = [image for _, image in load_normal_images(spec.data, min_size=size)]
-    mean, std = image_statistics(images)
+    normalization = normalization_of(spec.base.patches.normalization, images)
     val, test = split_validation_test(load_anomalous_images(spec.data, min_size=size), spec.settings.val_fraction)
-    return {"images": images, "statistics": {"mean": mean, "std": std}, "val": val, "test": test}
+    return {"images": images, "normalization": normalization, "val": val, "test": test}
