@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +38,41 @@ def score_dataset(detector: AnomalyDetector, cfg: Config, data_dir: str | Path, 
             for item in _progress(images, progress, f"scoring {cfg.model.kind}")]
 
 
+@dataclass
+class PooledWindows:
+    """Every scored window's label and pooled scores: what the tables, the curves and the
+    histograms are all computed from, so computed once."""
+    labels: np.ndarray  # all images' windows, concatenated in scoring order
+    per_image: list[dict[str, np.ndarray]]  # per image, each score's pooled windows
+    smoothing_px: int
+
+    @property
+    def flat(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate([p[k] for p in self.per_image]) for k in SCORE_NAMES}
+
+
+def pool_windows(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], size: int, min_defect_pixels: int,
+                 smoothing_px: int) -> PooledWindows:
+    return PooledWindows(window_labels(scored, size, min_defect_pixels), pooled_scores(scored, smoothing_px),
+                         smoothing_px)
+
+
 def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Config, stride: int,
               min_defect_pixels: int, smoothing_px: int | None = None,
-              thresholds: dict[str, float] | None = None, pixel: bool = False) -> dict[str, Any]:
+              thresholds: dict[str, float] | None = None, pixel: bool = False,
+              windows: PooledWindows | None = None) -> dict[str, Any]:
     """The study's table for one labelling rule, as a JSON-ready dict (see `format_table`).
 
     thresholds (per score, calibrated on normal images) add precision/recall/F1 at those thresholds
     ("calibrated_*"); pixel adds pixel AUROC and AUPRO over the assembled per-pixel maps, and the
-    image-level AUROC (NaN unless some images are defect-free).
+    image-level AUROC (NaN unless some images are defect-free). windows: pool_windows' result for
+    these arguments, where the caller needs it too (the report's figures).
     """
     size = cfg.patches.size
     smoothing_px = cfg.eval.smoothing_px if smoothing_px is None else smoothing_px
-    y = window_labels(scored, size, min_defect_pixels)
+    windows = windows or pool_windows(scored, size, min_defect_pixels, smoothing_px)
+    y, pooled, flat = windows.labels, windows.per_image, windows.flat
     groups = np.concatenate([np.full(r["ys"].size, i) for i, (_, r) in enumerate(scored)])
-    pooled = pooled_scores(scored, smoothing_px)
-    flat = {k: np.concatenate([p[k] for p in pooled]) for k in SCORE_NAMES}
     masks = [item.mask for item, _ in scored]
     scores = {}
     for k in SCORE_NAMES:
@@ -106,23 +127,25 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None =
     scored = score_dataset(detector, cfg, data_dir, stride, progress)
     calibration = read_threshold(Path(run_dir))
     min_defect_pixels = min_defect_pixels or cfg.eval.min_defect_pixels
+    windows = pool_windows(scored, cfg.patches.size, min_defect_pixels,
+                           cfg.eval.smoothing_px if smoothing_px is None else smoothing_px)
     result = summarize(scored, cfg, stride, min_defect_pixels, smoothing_px,
-                       thresholds=calibration["scores"] if calibration else None, pixel=True)
+                       thresholds=calibration["scores"] if calibration else None, pixel=True, windows=windows)
     if calibration:
         result["calibration"] = {k: calibration[k] for k in ("fpr", "stride", "windows", "images", "source")}
     pixel_stride = cfg.eval.pixel_stride if pixel_stride is None else pixel_stride
     if pixel_stride:
         result["pixel_maps"] = pixel_map_metrics(detector, scored, cfg, pixel_stride, cfg.eval.pixel_blur,
-                                                 min_defect_pixels, progress)
+                                                 windows.labels, progress)
     return result
 
 
 def pixel_map_metrics(detector: AnomalyDetector, scored: list[tuple[LabelledImage, dict[str, np.ndarray]]],
-                      cfg: Config, pixel_stride: int, blur: float, min_defect_pixels: int,
+                      cfg: Config, pixel_stride: int, blur: float, labels: np.ndarray,
                       progress: bool = False) -> dict[str, Any]:
     """The per-pixel maps of semray.pixelmaps for every scored image (stitched at pixel_stride,
     blurred by `blur`): per map, pixel AUROC, AUPRO, and the patch AUROC of the map's mean over
-    each window the images were scored with (the same windows and labels as the grid's table)."""
+    each window the images were scored with (labels: those windows', as the grid's table has them)."""
     size = cfg.patches.size
     maps: dict[str, list[np.ndarray]] = {}
     window_scores: dict[str, list[np.ndarray]] = {}
@@ -132,10 +155,9 @@ def pixel_map_metrics(detector: AnomalyDetector, scored: list[tuple[LabelledImag
             maps.setdefault(name, []).append(m)
             window_scores.setdefault(name, []).append(window_means(m, r["ys"], r["xs"], size))
     masks = [item.mask for item, _ in scored]
-    y = window_labels(scored, size, min_defect_pixels)
     return {"stride": pixel_stride, "blur": blur,
             "maps": {name: {"pixel_auroc": pixel_auroc(masks, m), "aupro": aupro(masks, m),
-                            "patch_auroc": auroc(y, np.concatenate(window_scores[name])),
+                            "patch_auroc": auroc(labels, np.concatenate(window_scores[name])),
                             "image_auroc": image_auroc(masks, m)}
                      for name, m in maps.items()}}
 

@@ -20,7 +20,7 @@ from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from semray.data.patches import grid_coordinates
 from semray.device import pick_device
-from semray.evaluate import pooled_scores, score_dataset, summarize, window_labels
+from semray.evaluate import pool_windows, score_dataset, summarize
 from semray.maps import image_record
 from semray.overlay import pixel_map, render_overlay
 from semray.runs import load_detector, read_threshold
@@ -150,14 +150,14 @@ def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str 
         calibration = read_threshold(Path(run))
         thresholds = calibration["scores"] if calibration else None
         run_scored = (scored or {}).get(str(run)) or score_dataset(detector, cfg, data_dir, s, progress)
-        result = summarize(run_scored, cfg, s, cfg.eval.min_defect_pixels, thresholds=thresholds, pixel=True)
+        windows = pool_windows(run_scored, cfg.patches.size, cfg.eval.min_defect_pixels, cfg.eval.smoothing_px)
+        result = summarize(run_scored, cfg, s, cfg.eval.min_defect_pixels, thresholds=thresholds, pixel=True,
+                           windows=windows)
         result["run"] = str(run)
         results.append(result)
         model, size = cfg.model.kind, cfg.patches.size
         tag = f"{len(results)}-{model}"
-        labels = window_labels(run_scored, size, cfg.eval.min_defect_pixels)
-        per_image = pooled_scores(run_scored, cfg.eval.smoothing_px)
-        pooled = {k: np.concatenate([p[k] for p in per_image]) for k in SCORE_NAMES}
+        labels, pooled = windows.labels, windows.flat
         curves_figure(model, labels, pooled, out / f"curves-{tag}.png")
         histogram_figure(model, labels, pooled, thresholds, out / f"hist-{tag}.png")
         best = max(SCORE_NAMES, key=lambda k: np.nan_to_num(result["scores"][k]["auroc"]))

@@ -76,7 +76,7 @@ def test_evaluations_pixel_map_metrics_see_a_defect_the_outputs_miss():
     from pathlib import Path
 
     from semray.data.datasets import LabelledImage
-    from semray.evaluate import pixel_map_metrics
+    from semray.evaluate import pixel_map_metrics, window_labels
 
     class MissesTheBlob(torch.nn.Module):
         def forward(self, x):  # the mask undoes the blob (> 1.5 sd above the patch mean) in the smooth output
@@ -92,7 +92,8 @@ def test_evaluations_pixel_map_metrics_see_a_defect_the_outputs_miss():
     cfg = Config()
     scored = [(LabelledImage(Path("blob.tif"), image, mask), {"ys": ys, "xs": xs})
               for ys, xs in [grid_coordinates(96, 96, 32, 16)]]
-    out = pixel_map_metrics(detector, scored, cfg, pixel_stride=8, blur=2.0, min_defect_pixels=1)
+    labels = window_labels(scored, 32, min_defect_pixels=1)
+    out = pixel_map_metrics(detector, scored, cfg, pixel_stride=8, blur=2.0, labels=labels)
     assert out["stride"] == 8 and out["blur"] == 2.0
     for name in ("ssim_smooth", "smooth"):
         assert out["maps"][name]["pixel_auroc"] > 0.95, name
