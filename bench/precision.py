@@ -121,9 +121,9 @@ def main() -> None:
     COMPILE = args.compile
 
     from semray.config import Config
+    from semray.loop import AutoencoderObjective, DenoiserObjective, adam, make_ema
     from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
     from semray.models.autoencoders import LatentDeconv
-    from semray.train import AutoencoderObjective, DenoiserObjective, adam, make_ema
 
     torch.set_num_threads(args.threads)
     cfg = Config()

@@ -34,8 +34,9 @@ def main() -> None:
     from semray.data.datasets import load_normal_images
     from semray.data.patches import image_statistics
     from semray.data.synth import SynthConfig, write_dataset
+    from semray.loop import plain_autoencoder_loop
     from semray.ray_env import init_ray
-    from semray.train import _fit, autoencoder_loop, plain_autoencoder_loop, worker_threads
+    from semray.train import _fit, autoencoder_loop, worker_threads
 
     data = Path(args.data)
     if not (data / "Normal").is_dir():

@@ -25,7 +25,10 @@ from typing import Any
 import torch
 
 from semray.config import Config, DenoiserConfig
+from semray.device import memory_format, resolve_precision
 from semray.errors import ConfigError
+from semray.loop import AutoencoderObjective, DenoiserObjective, adam
+from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
 
 LAPTOP_MINUTES = 20.0
 LAPTOP_DENOISER = {"depth": 10, "width": 32}
@@ -116,10 +119,6 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
     """patches/s of this device for a training step of each stage and for scoring, with the
     run's models, batch size, precision and memory formats (weights are random: speed does not
     depend on them)."""
-    from semray.device import memory_format, resolve_precision
-    from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
-    from semray.train import AutoencoderObjective, DenoiserObjective, adam
-
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)

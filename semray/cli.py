@@ -14,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 import semray.ray_env  # noqa: F401  (Ray's environment defaults, set before anything imports ray)
 from semray import __version__
 from semray.config import PRECISIONS, load_config
-from semray.errors import EXIT_CODES, ConfigError, SemrayError
-from semray.log import duration
+from semray.errors import EXIT_CODES, ConfigError, NothingDoneError, PartialFailureError, SemrayError
+from semray.files import atomic_write, to_json
+from semray.log import configure, duration
 from semray.scores import DEFAULT_SCORE, PIXEL_MAPS, SCORE_NAMES
 
 
@@ -53,8 +56,6 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, _overrides(args))
     if args.print_config:  # what this command would train with (train.budget is resolved when it starts)
-        import yaml
-
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     train_run(args.data, args.run, cfg, address=args.address, storage=args.storage)
@@ -113,7 +114,6 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from semray.errors import NothingDoneError, PartialFailureError
     from semray.pipeline import job_from_args, score_archive
 
     job = job_from_args(inputs=args.inputs, run=args.run, out=args.out, stride=args.stride, score=args.score,
@@ -154,8 +154,6 @@ def cmd_predict(args) -> int:
         print(line)
         results.append(p.to_dict())
     if args.json:
-        from semray.files import atomic_write, to_json
-
         atomic_write(args.json, to_json(results))
         print(f"wrote {args.json}")
     return 0
@@ -444,8 +442,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from semray.log import configure
-
     configure(args.verbosity)
     try:
         return args.func(args)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from semray.config import Config
 from semray.data.datasets import LabelledImage, load_anomalous_images
@@ -211,8 +212,6 @@ def _progress(items: list, enabled: bool, desc: str) -> Iterable:
     """A bar over items, unless the caller turned it off or the user asked for quiet (-q)."""
     if not enabled or not LOG.isEnabledFor(logging.INFO):
         return items
-    from tqdm import tqdm
-
     return tqdm(items, desc=desc, unit="image", leave=False)
 
 

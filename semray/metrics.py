@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 
@@ -107,8 +108,6 @@ def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     size), so sorting all pixels by score and taking cumulative sums gives PRO and FPR at every
     distinct score. Returns (fpr, pro), both ascending from (0, 0).
     """
-    from scipy import ndimage
-
     masks, maps = list(masks), list(maps)
     _same_shapes(masks, maps)
     weights, scores, normal = [], [], []

@@ -21,9 +21,11 @@ from typing import Any
 
 import torch
 import yaml
+from pyarrow import fs as pafs
 
 from semray import __version__
 from semray.config import Config
+from semray.data.io import ImageReadError, read_bytes
 from semray.device import memory_format, resolve_precision
 from semray.errors import SemrayError
 from semray.files import atomic_path, atomic_write, is_uri, join_uri, to_json
@@ -75,8 +77,6 @@ def _load_checkpoint(path: str | Path) -> tuple[dict[str, Any], bytes]:
 
 def _read_file(path: str | Path) -> bytes | None:
     """The bytes of a local file or URI; None when it does not exist."""
-    from semray.data.io import ImageReadError, read_bytes
-
     p = os.fspath(path)
     if not is_uri(p) and not os.path.exists(p):
         return None
@@ -84,8 +84,6 @@ def _read_file(path: str | Path) -> bytes | None:
         return read_bytes(p)
     except ImageReadError as e:
         if is_uri(p):  # pyarrow reports a missing object as an OSError like any other failure
-            from pyarrow import fs as pafs
-
             filesystem, inner = pafs.FileSystem.from_uri(p)
             if filesystem.get_file_info(inner).type == pafs.FileType.NotFound:
                 return None

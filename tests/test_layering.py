@@ -8,7 +8,7 @@ import sys
 RAY_FREE = ["semray.config", "semray.data.io", "semray.data.synth", "semray.data.datasets",
             "semray.data.patches", "semray.models", "semray.scores", "semray.maps", "semray.regions",
             "semray.metrics", "semray.evaluate", "semray.overlay", "semray.report",
-            "semray.runs", "semray.train", "semray.cli", "semray.log", "semray.device", "semray.budget",
+            "semray.runs", "semray.train", "semray.loop", "semray.cli", "semray.log", "semray.device", "semray.budget",
             "semray.predict", "semray.files", "semray.errors", "semray.tune", "semray.tune.space",
             "semray.tune.results", "semray.pixelmaps", "semray.triage", "semray.export"]
 

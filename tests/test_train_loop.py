@@ -6,8 +6,8 @@ import torch
 
 from semray.config import Config
 from semray.data.synth import SynthConfig, generate_image
+from semray.loop import AutoencoderObjective, DenoiserObjective, plain_autoencoder_loop, run_epoch
 from semray.models import create_autoencoder, create_denoiser
-from semray.train import AutoencoderObjective, DenoiserObjective, plain_autoencoder_loop, run_epoch
 
 TINY = {"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8},
         "train": {"patches_per_epoch": 256, "batch_size": 64, "epochs": 2}}

@@ -9,11 +9,13 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import PngImagePlugin
+from pyarrow import fs as pafs
 
 from semray.errors import InputError, SemrayError
 from semray.files import is_uri
@@ -190,8 +192,6 @@ def pixel_size_um(data: bytes) -> float | None:
                 if entry and len(entry) >= 3 and str(entry[2]).strip() in _TO_UM:
                     return float(entry[1]) * _TO_UM[str(entry[2]).strip()]
             if tf.is_ome:
-                import re
-
                 xml = tf.ome_metadata or ""
                 size = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', xml)
                 unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
@@ -239,8 +239,6 @@ def read_bytes(path) -> bytes:
     every failure is an ImageReadError naming the file."""
     p = os.fspath(path)
     if is_uri(p):
-        from pyarrow import fs as pafs
-
         try:
             filesystem, inner = pafs.FileSystem.from_uri(p)
             with filesystem.open_input_stream(inner) as f:
@@ -310,8 +308,6 @@ def _list_local(directory: str) -> list[str]:
 
 
 def _list_uri(uri: str) -> list[str]:
-    from pyarrow import fs as pafs
-
     filesystem, root = pafs.FileSystem.from_uri(uri)
     scheme = uri.split("://", 1)[0]
     info = filesystem.get_file_info(root)
@@ -329,8 +325,6 @@ def file_versions(paths: list[str]) -> dict[str, str]:
     it scored, so a file replaced in the archive is scored again. (Object stores: size and
     modification time as pyarrow reports them; pyarrow exposes no ETag.) A file that cannot be
     stat'ed gets "missing", and its read error is recorded as for any unreadable file."""
-    from pyarrow import fs as pafs
-
     out: dict[str, str] = {}
     for path in paths:
         try:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 
 @dataclass
@@ -207,9 +209,6 @@ def generate_image(rng: np.random.Generator, cfg: SynthConfig, defects: bool) ->
 
 def write_dataset(out_dir, cfg: SynthConfig | None = None) -> Path:
     """Write a small NanoTWICE-layout dataset (Normal/, Anomalous/images, Anomalous/gt); deterministic."""
-    import tifffile
-    from PIL import Image
-
     cfg = cfg or SynthConfig()
     out = Path(out_dir)
     normal, images, gt = out / "Normal", out / "Anomalous" / "images", out / "Anomalous" / "gt"

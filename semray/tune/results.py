@@ -8,6 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from semray.files import atomic_path
 from semray.log import get_logger
 from semray.scores import SCORE_NAMES
@@ -48,9 +51,6 @@ def result_rows(results, spec: TuneSpec) -> list[dict[str, Any]]:
 
 
 def write_results(rows: list[dict[str, Any]], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     table = pa.Table.from_pylist(rows)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

@@ -26,6 +26,7 @@ from semray.models import AnomalyDetector
 from semray.models.detector import FP32
 from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, load_detector, save_config
 from semray.scores import reconstruction_score
+from semray.train import train_stages
 from semray.tune.space import TuneSpec, trial_config
 
 EXPERIMENT = "search"  # Tune's experiment name: TUNE_DIR/search/
@@ -105,8 +106,6 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
     """Train, then score both halves and report everything with the run as the Tune checkpoint."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from semray.train import train_stages
 
     spec_ = TuneSpec.from_dict(spec)
     cfg = trial_config(spec_.base, params)
