@@ -13,7 +13,7 @@ def test_demo_prints_the_nine_cell_table(tmp_path):
     out = run_cli("demo", "--out", tmp_path / "demo", timeout=900)
     for model in ("ae", "dae", "cvae"):
         assert (tmp_path / "demo" / "runs" / model / "model.pt").exists()
-    grid = out.stdout[out.stdout.index("AUROC "):]
+    table = out.stdout[out.stdout.index("AUROC "):]
     for name in SCORE_NAMES:
-        assert name in grid
+        assert name in table
     assert "[demo] finished" in out.stdout

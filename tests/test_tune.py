@@ -1,11 +1,11 @@
-"""semray.tune: the search space and bookkeeping as pure functions, what the search hands to Ray
-(it must pickle), then one real Ray Tune search through the CLI: ASHA, interrupted with Ctrl-C
-after its first trial, resumed, and its best run evaluated."""
+"""semray.tune.search, the driver: what the search hands to Ray (it must pickle), its schedulers, then
+one real Ray Tune search through the CLI: ASHA, interrupted with Ctrl-C after its first trial,
+resumed, and its best run evaluated. The parts without Ray have tests of their own:
+test_tune_space.py, test_tune_trial.py, test_tune_results.py."""
 from __future__ import annotations
 
 import builtins
 import json
-import math
 import os
 import pickle
 import signal
@@ -17,25 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from semray.config import Config
-from semray.models import create_autoencoder, create_denoiser
 from semray.scores import SCORE_NAMES
-from semray.tune import (
-    OBJECTIVE,
-    EpochValidator,
-    TuneSpec,
-    _trial_log,
-    cell_table,
-    expected_trials,
-    grace_period,
-    load_tune_spec,
-    make_scheduler,
-    max_iterations,
-    pick_best,
-    pick_objective,
-    ray_parts,
-    split_validation_test,
-)
+from semray.tune import EpochValidator, grace_period, load_tune_spec, make_scheduler, max_iterations, ray_parts
+from semray.tune.search import _trial_log
 
 from conftest import run_cli
 
@@ -49,69 +33,6 @@ eval: {batch_size: 256}
 search: {denoiser.depth: {choice: [2, 3]}}
 tune: {val_stride: 16}
 """
-
-
-# ---------------------------------------------------------------- search space
-def test_spec_round_trip_and_iteration_budget(tmp_path):
-    path = tmp_path / "tune.yaml"
-    path.write_text("model: {width: 8}\ntrain: {epochs: 3, denoiser_epochs: 2}\n"
-                    "search: {train.epochs: {choice: [3, 5]}}\ntune: {samples: 2, score: feature}\n")
-    spec = load_tune_spec(tmp_path, path, {"cpus_per_trial": 0.5})
-    assert spec.base.model.width == 8 and spec.settings.samples == 2 and spec.settings.cpus_per_trial == 0.5
-    assert spec.settings.score == "feature"
-    assert TuneSpec.from_dict(spec.to_dict()) == spec
-    assert max_iterations(spec) == 5 + 2 + 1  # both stages' epochs at their largest, plus the final report
-    assert grace_period(spec) == 5 + 1  # ASHA judges no trial before its first denoiser epoch
-    assert expected_trials(spec) == 2 * 3  # samples x the model-kind grid
-
-
-# ---------------------------------------------------------------- validation / test split
-def test_split_is_deterministic_disjoint_and_even():
-    items = list(range(20))
-    val, test = split_validation_test(items, 0.5)
-    assert val == list(range(0, 20, 2)) and test == list(range(1, 20, 2))
-    assert split_validation_test(items, 0.5) == (val, test)
-    val, test = split_validation_test(items, 0.25)
-    assert len(val) == 5 and sorted(val + test) == items
-    with pytest.raises(ValueError, match="at least 2"):
-        split_validation_test([1], 0.5)
-
-
-def test_pick_objective():
-    aurocs = {"reconstruction": 0.6, "smooth": 0.7, "feature": math.nan}
-    assert pick_objective(aurocs) == "smooth"
-    assert pick_objective(aurocs, "feature") == "feature"
-
-
-def test_epoch_validator_reports_an_auroc(synth_data):
-    from semray.data.datasets import load_anomalous_images
-
-    items = load_anomalous_images(synth_data)
-    cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 2, "width": 8}})
-    validator = EpochValidator(items, 32, 16, {"mode": "patch", "mean": 0.5, "std": 0.25}, 1, "best")
-    assert validator.labels.any() and not validator.labels.all()
-    torch.manual_seed(0)
-    autoencoder = create_autoencoder(cfg.model, 32).eval()
-    stage1 = validator(autoencoder, None)
-    assert stage1["val_score"] == "reconstruction" and 0 <= stage1[OBJECTIVE] <= 1
-    stage2 = validator(autoencoder, create_denoiser(cfg.denoiser).eval())
-    assert stage2["val_score"] in SCORE_NAMES and 0 <= stage2[OBJECTIVE] <= 1
-
-
-# ---------------------------------------------------------------- results bookkeeping
-def _row(trial, model, score, val, stage="final"):
-    return {"trial_id": trial, "model": model, "score": score, "stage": stage, "val_auroc": val,
-            "test_auroc": val - 0.1, "config": json.dumps({"model": {"kind": model}})}
-
-
-def test_pick_best_and_cells_use_validation_only():
-    rows = [_row("a", "ae", "feature", 0.7), _row("b", "ae", "feature", 0.8),
-            _row("c", "dae", "smooth", 0.9, stage="stopped")]
-    best = pick_best(rows)
-    assert best["trial_id"] == "b" and best["model"] == "ae" and best["score"] == "feature"
-    grid = {r["model"]: r["scores"] for r in cell_table(rows, "test_auroc")}
-    assert grid["ae"]["feature"]["test_auroc"] == pytest.approx(0.7)
-    assert math.isnan(grid["dae"]["smooth"]["test_auroc"])  # stopped early: no test metrics
 
 
 # ---------------------------------------------------------------- what Ray receives

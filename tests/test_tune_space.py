@@ -7,7 +7,20 @@ import numpy as np
 import pytest
 
 from semray.config import Config
-from semray.tune.space import RECIPES, Param, load_tune_spec, parse_space, recipe_path, trial_config
+from semray.errors import SemrayError
+from semray.tune.search import expected_trials, grace_period, max_iterations
+from semray.tune.space import (
+    RECIPES,
+    SPEC_FILE,
+    Param,
+    TuneSpec,
+    load_tune_spec,
+    parse_space,
+    planned_iterations,
+    read_spec,
+    recipe_path,
+    trial_config,
+)
 
 from conftest import main_in_process
 
@@ -108,3 +121,34 @@ def test_bad_tune_settings_are_errors(tmp_path):
             load_tune_spec(tmp_path, None, bad)
     spec = load_tune_spec(tmp_path, None, {"samples": "2", "val_fraction": "0.4", "score": "ssim_smooth"})
     assert (spec.settings.samples, spec.settings.val_fraction, spec.settings.score) == (2, 0.4, "ssim_smooth")
+
+
+def test_spec_round_trip_and_iteration_budget(tmp_path):
+    path = tmp_path / "tune.yaml"
+    path.write_text("model: {width: 8}\ntrain: {epochs: 3, denoiser_epochs: 2}\n"
+                    "search: {train.epochs: {choice: [3, 5]}}\ntune: {samples: 2, score: feature}\n")
+    spec = load_tune_spec(tmp_path, path, {"cpus_per_trial": 0.5})
+    assert spec.base.model.width == 8 and spec.settings.samples == 2 and spec.settings.cpus_per_trial == 0.5
+    assert spec.settings.score == "feature"
+    assert TuneSpec.from_dict(spec.to_dict()) == spec
+    assert max_iterations(spec) == 5 + 2 + 1  # both stages' epochs at their largest, plus the final report
+    assert grace_period(spec) == 5 + 1  # ASHA judges no trial before its first denoiser epoch
+    assert expected_trials(spec) == 2 * 3  # samples x the model-kind grid
+
+
+def test_read_spec_reads_what_a_search_wrote_and_names_a_wrong_directory(tmp_path):
+    import yaml
+
+    spec = load_tune_spec(tmp_path, None, {"samples": 3})
+    (tmp_path / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))  # as tune_search writes it
+    assert read_spec(tmp_path) == spec
+    with pytest.raises(SemrayError, match="is this a `semray tune --out` directory"):
+        read_spec(tmp_path / "elsewhere")
+
+
+def test_planned_iterations_follow_the_trials_sampled_epochs(tmp_path):
+    path = tmp_path / "tune.yaml"
+    path.write_text("train: {epochs: 3, denoiser_epochs: 2}\nsearch: {train.epochs: {choice: [3, 5]}}\n")
+    spec = load_tune_spec(tmp_path, path, {})
+    assert planned_iterations({"train.epochs": 5}, spec) == 5 + 2 + 1  # both stages, then the final report
+    assert planned_iterations({}, spec) == 3 + 2 + 1

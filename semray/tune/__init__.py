@@ -38,7 +38,6 @@ from semray.tune.results import (
 )
 from semray.tune.search import (
     SearchInterrupted,
-    _trial_log,
     concurrency,
     expected_trials,
     grace_period,
@@ -75,7 +74,7 @@ from semray.tune.trial import (
 )
 
 __all__ = ["BEST_FILE", "BEST_RUN", "DEFAULT_SPACE", "EXPERIMENT", "METRICS", "OBJECTIVE", "RECIPES", "RESULTS_FILE",
-           "SPEC_FILE", "EpochValidator", "Param", "SearchInterrupted", "TuneSettings", "TuneSpec", "_trial_log",
+           "SPEC_FILE", "EpochValidator", "Param", "SearchInterrupted", "TuneSettings", "TuneSpec",
            "cell_table", "concurrency", "expected_trials", "grace_period", "load_tune_spec", "make_scheduler",
            "max_iterations", "parse_space", "pick_best", "pick_objective", "pickled_state_warning",
            "planned_iterations", "ray_parts", "read_spec", "recipe_path", "result_rows", "run_trial",
