@@ -18,13 +18,12 @@ it is, even on a machine that would measure otherwise.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import torch
 
-from semray.config import Config, DenoiserConfig
+from semray.config import Config, DenoiserConfig, budget_ok
 from semray.device import memory_format, resolve_precision
 from semray.errors import ConfigError
 from semray.loop import AutoencoderObjective, DenoiserObjective, adam
@@ -44,15 +43,9 @@ TRAINING_EFFICIENCY = {"autoencoder": 0.9, "denoiser": 0.75}
 
 def parse_budget(value: Any) -> float | str:
     """'auto' | 'full' | minutes (a positive number, or its string) -> 'auto', 'full' or minutes."""
-    if isinstance(value, str) and value in ("auto", "full"):
-        return value
-    try:
-        minutes = float(value)
-    except (TypeError, ValueError):
-        minutes = math.nan
-    if not minutes > 0 or math.isinf(minutes):
+    if not budget_ok(value):
         raise ConfigError(f"train.budget must be auto, full or a positive number of minutes per model, got {value!r}")
-    return minutes
+    return value if value in ("auto", "full") else float(value)
 
 
 def sized_for(cfg: Config, use_gpu: bool) -> tuple[Config, float | None, str]:

@@ -251,7 +251,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "train.cpus_per_worker": (_at_least(0), "a number >= 0"), "train.gpus_per_worker": (_at_least(0), "a number >= 0"),
     "train.max_failures": (_at_least(-1), "a number >= -1 (-1: retry forever)"),
     "train.holdout_normal_images": (_at_least(0), "a number >= 0"),
-    "train.budget": (lambda v: _budget_ok(v), "auto, full or a positive number of minutes per model"),
+    "train.budget": (lambda v: budget_ok(v), "auto, full or a positive number of minutes per model"),
     "eval.stride": (_positive, "a positive number"), "eval.min_defect_pixels": (_positive, "a positive number"),
     "eval.smoothing_px": (_at_least(0), "a number >= 0"), "eval.batch_size": (_positive, "a positive number"),
     "eval.threshold_fpr": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
@@ -267,7 +267,8 @@ RULES: dict[str, tuple[Any, str]] = {
 }
 
 
-def _budget_ok(value: Any) -> bool:
+def budget_ok(value: Any) -> bool:
+    """train.budget: auto, full, or a positive, finite number of minutes per model (or its string)."""
     if value in ("auto", "full"):
         return True
     try:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -45,8 +45,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    with output_file(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+@contextmanager
+def output_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through, which readers see only once it is whole: a local
+    temporary file renamed into place, or an upload to an object store (s3://, gs://), which
+    publishes an object only when the upload completes."""
+    if is_uri(os.fspath(path)):
+        from pyarrow import fs as pafs  # only for URIs: `semray --help` need not load pyarrow
+
+        filesystem, inner = pafs.FileSystem.from_uri(os.fspath(path))
+        with filesystem.open_output_stream(inner) as f:
+            yield f
+        return
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def finite(obj: Any) -> Any:

@@ -50,7 +50,7 @@ from semray.data.io import (
     read_bytes,
 )
 from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
-from semray.files import atomic_path, atomic_write, is_uri, to_json
+from semray.files import atomic_write, is_uri, output_file, to_json
 from semray.log import get_logger
 from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
 from semray.scores import DEFAULT_SCORE, PIXEL_MAPS, SCORE_NAMES
@@ -263,12 +263,8 @@ def _explode_patches(ok: pa.Table) -> pa.Table:
 
 def _write_table(table: pa.Table, path: str, metadata: dict[str, str]) -> None:
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    if is_uri(path):  # object stores publish an upload only when it completes: atomic already
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        pq.write_table(table, inner, filesystem=filesystem)
-        return
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    with output_file(path) as f:
+        pq.write_table(table, f)
 
 
 def finished_pages(out: str, log: logging.Logger = LOG) -> dict[tuple[str, str | None], set[int]]:
@@ -607,13 +603,7 @@ def archive_counts(out: str, trained_pixel_size: float | None = None) -> dict[st
 
 
 def _write_summary(out: str, summary: dict[str, Any]) -> None:
-    path = f"{out}/summary.json"
-    if is_uri(path):
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        with filesystem.open_output_stream(inner) as f:
-            f.write(to_json(summary).encode())
-        return
-    atomic_write(path, to_json(summary))
+    atomic_write(f"{out}/summary.json", to_json(summary))
 
 
 def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:

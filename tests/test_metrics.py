@@ -6,7 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from semray.metrics import at_threshold, auroc, average_precision, best_f1, patch_metrics
+from semray.metrics import (
+    at_threshold,
+    aupro,
+    auroc,
+    average_precision,
+    best_f1,
+    image_auroc,
+    patch_metrics,
+    pixel_auroc,
+    pro_curve,
+)
 
 # labels [0,0,1,1], scores [0.1,0.4,0.35,0.8]:
 #   AUROC: positive/negative pairs (0.35>0.1 yes, 0.35>0.4 no, 0.8>0.1 yes, 0.8>0.4 yes) -> 3/4
@@ -151,7 +161,6 @@ def test_held_out_f1_uses_the_other_folds_threshold():
 
 
 # ---------------------------------------------------------------- pixel and region level
-from semray.metrics import aupro, image_auroc, pixel_auroc, pro_curve  # noqa: E402
 
 
 def _two_regions():

@@ -207,6 +207,10 @@ def generate_image(rng: np.random.Generator, cfg: SynthConfig, defects: bool) ->
     return img, mask
 
 
+def _to_u8(a: np.ndarray) -> np.ndarray:
+    return np.round(a * 255).astype(np.uint8)
+
+
 def write_dataset(out_dir, cfg: SynthConfig | None = None) -> Path:
     """Write a small NanoTWICE-layout dataset (Normal/, Anomalous/images, Anomalous/gt); deterministic."""
     cfg = cfg or SynthConfig()
@@ -215,11 +219,10 @@ def write_dataset(out_dir, cfg: SynthConfig | None = None) -> Path:
     for d in (normal, images, gt):
         d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
-    to_u8 = lambda a: np.round(a * 255).astype(np.uint8)  # noqa: E731
     for i in range(cfg.n_normal):
-        tifffile.imwrite(normal / f"SYN{i + 1:04d}.tif", to_u8(generate_image(rng, cfg, False)[0]))
+        tifffile.imwrite(normal / f"SYN{i + 1:04d}.tif", _to_u8(generate_image(rng, cfg, False)[0]))
     for i in range(cfg.n_anomalous):
         img, mask = generate_image(rng, cfg, True)
-        tifffile.imwrite(images / f"SYN{1001 + i:04d}.tif", to_u8(img))
+        tifffile.imwrite(images / f"SYN{1001 + i:04d}.tif", _to_u8(img))
         Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"SYN{1001 + i:04d}_gt.png")
     return out
