@@ -444,22 +444,31 @@ def test_the_config_offers_exactly_the_losses_there_are():
     assert CHOICES["model.loss"] == LOSSES
 
 
+def _with_memory_bank(*shapes: tuple[int, int]):
+    """An untrained AE detector with a memory bank of random images of these shapes -> (the
+    detector without and with the bank, the images, the bank, the normalisation, the rng)."""
+    from semray.models.memory import build_memory_bank
+
+    det = _detector("ae")
+    rng = np.random.default_rng(0)
+    images = [rng.random(shape, dtype=np.float32) for shape in shapes]
+    norm = {"mode": "patch", "mean": 0.4, "std": 0.2}
+    bank = build_memory_bank(det.autoencoder, images, norm, 32, max_windows=1000)
+    with_bank = AnomalyDetector(det.autoencoder, det.denoiser, "patch", 0.4, 0.2, memory_bank=bank).eval()
+    return det, with_bank, images, bank, norm, rng
+
+
 def test_the_memory_bank_holds_normal_windows_and_knn_finds_them():
     from semray.data.patches import iter_patch_batches
     from semray.models.memory import BANK_STRIDE, build_memory_bank
 
-    det = _detector("ae")
-    rng = np.random.default_rng(0)
-    images = [rng.random((64, 96), dtype=np.float32), rng.random((48, 48), dtype=np.float32)]
-    norm = {"mode": "patch", "mean": 0.4, "std": 0.2}
-    bank = build_memory_bank(det.autoencoder, images, norm, 32, max_windows=1000)
+    det, with_bank, images, bank, norm, rng = _with_memory_bank((64, 96), (48, 48))
     windows = sum(len(ys) for image in images for _, ys, _ in iter_patch_batches(image, 32, BANK_STRIDE, 999))
     assert bank.dtype == torch.float16 and bank.shape == (windows, 4 * 8 * 4 * 4)  # every window, 4x4 x 4*width
     torch.testing.assert_close(bank.float().norm(dim=1), torch.ones(windows), atol=1e-2, rtol=0)
     assert len(build_memory_bank(det.autoencoder, images, norm, 32, max_windows=5)) == 5  # a random subset
     assert build_memory_bank(det.autoencoder, images, norm, 32, max_windows=0).numel() == 0
 
-    with_bank = AnomalyDetector(det.autoencoder, det.denoiser, "patch", 0.4, 0.2, memory_bank=bank).eval()
     seen = torch.from_numpy(images[0][:32, :32].copy())[None, None]  # the bank's first window
     unseen = torch.from_numpy(np.full((32, 32), 0.5, np.float32) + rng.normal(0, 0.01, (32, 32)).astype(np.float32))
     knn = with_bank.scores(torch.cat([seen, unseen[None, None]]))["knn"]
@@ -468,15 +477,9 @@ def test_the_memory_bank_holds_normal_windows_and_knn_finds_them():
 
 def test_the_fused_score_is_the_weighted_sum_of_scores_standardised_on_normal_windows():
     from semray.models.fusion import score_statistics
-    from semray.models.memory import build_memory_bank
     from semray.scores import FUSED_SCORE, FUSION_WEIGHTS
 
-    det = _detector("ae")
-    rng = np.random.default_rng(0)
-    images = [rng.random((96, 128), dtype=np.float32), rng.random((64, 64), dtype=np.float32)]
-    norm = {"mode": "patch", "mean": 0.4, "std": 0.2}
-    bank = build_memory_bank(det.autoencoder, images, norm, 32, max_windows=1000)
-    det = AnomalyDetector(det.autoencoder, det.denoiser, "patch", 0.4, 0.2, memory_bank=bank).eval()
+    _, det, images, _, _, _ = _with_memory_bank((96, 128), (64, 64))
     stats = score_statistics(det, images, seed=0)
     assert set(stats) == set(SCORE_NAMES) - {FUSED_SCORE}
     assert all(std > 0 for _, std in stats.values())
