@@ -22,7 +22,7 @@ from semray.config import PRECISIONS, load_config
 from semray.errors import EXIT_CODES, ConfigError, NothingDoneError, PartialFailureError, SemrayError
 from semray.files import atomic_write, to_json
 from semray.log import configure, duration
-from semray.scores import DEFAULT_SCORE, PIXEL_MAPS, SCORE_NAMES
+from semray.scores import DEFAULT_SCORE, FALLBACK_SCORE, PIXEL_MAPS, SCORE_NAMES
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -358,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trained run directory (semray train, or a tune's best/), a path or a URI (s3://...)")
     b.add_argument("--out", required=True, help="output directory (re-run to resume: finished images are skipped)")
     b.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride)")
-    b.add_argument("--score", default=DEFAULT_SCORE, choices=SCORE_NAMES,
-                   help="the score the maps, regions and threshold use")
+    b.add_argument("--score", choices=SCORE_NAMES,
+                   help=f"the score the maps, regions and threshold use (default: {DEFAULT_SCORE}, or "
+                        f"{FALLBACK_SCORE} for a run trained before it)")
     b.add_argument("--workers", type=int, help="scoring actors (default: one per CPU, or per GPU share)")
     b.add_argument("--cpus-per-worker", type=float, help="CPUs per scoring actor (default 1)")
     b.add_argument("--gpus-per-worker", type=float,
@@ -398,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/)")
     q.add_argument("--png", metavar="DIR", help="write IMAGE-defects.png overlays into this directory")
     q.add_argument("--json", help="also write every image's score and regions to this JSON file")
-    q.add_argument("--score", default=DEFAULT_SCORE, choices=SCORE_NAMES,
-                   help="the score the map, regions and threshold use")
+    q.add_argument("--score", choices=SCORE_NAMES,
+                   help=f"the score the map, regions and threshold use (default: {DEFAULT_SCORE}, or "
+                        f"{FALLBACK_SCORE} for a run trained before it)")
     q.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride, 16)")
     q.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
     q.add_argument("--pixel-map", default="ssim_smooth", choices=[*PIXEL_MAPS, "none"],

@@ -181,7 +181,9 @@ def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fp
             pooled[k].append(neighbourhood_mean(r[k], r["ys"], r["xs"], cfg.eval.smoothing_px))
     calibration = {"fpr": fpr, "stride": stride, "smoothing_px": cfg.eval.smoothing_px, "windows": windows,
                    "images": len(images), "source": source, "precision": detector.precision.name,
-                   "scores": {k: calibrate_threshold(v, fpr) for k, v in pooled.items()}}
+                   # only the scores this run computes for real: a 0-everywhere score has no threshold
+                   "scores": {k: calibrate_threshold(v, fpr) for k, v in pooled.items()
+                              if k in detector.available_scores}}
     if cfg.eval.pixel_stride:
         calibration["pixel_maps"] = calibrate_pixel_maps(detector, images, cfg, fpr)
     save_threshold(Path(run_dir), calibration)

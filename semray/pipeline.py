@@ -53,7 +53,7 @@ from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
 from semray.files import atomic_write, is_uri, output_file, to_json
 from semray.log import get_logger
 from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
-from semray.scores import DEFAULT_SCORE, PIXEL_MAPS, SCORE_NAMES
+from semray.scores import PIXEL_MAPS, SCORE_NAMES, default_score
 
 if TYPE_CHECKING:
     from semray.device import Precision
@@ -102,13 +102,13 @@ MESSAGES_SHOWN = 20  # failures listed in the summary (all of them are in errors
 
 @dataclass
 class ScoreJob:
-    """One `semray score` invocation. Defaults: the run's stride, DEFAULT_SCORE, one CPU actor
-    per CPU of the cluster."""
+    """One `semray score` invocation. Defaults: the run's stride, its default score
+    (semray.scores.default_score), one CPU actor per CPU of the cluster."""
     inputs: list[str]
     run: str
     out: str
     stride: int | None = None
-    score: str = DEFAULT_SCORE
+    score: str | None = None  # None: the run's default score
     workers: int = 0  # actors in the pool; 0 = as many as the cluster's CPUs (or GPUs) hold
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
@@ -360,9 +360,9 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
     import ray
     import torch
 
-    from semray.runs import RunError, read_config, read_threshold
+    from semray.runs import RunError, calibrated_threshold, read_config, read_threshold
 
-    if job.score not in SCORE_NAMES:
+    if job.score is not None and job.score not in SCORE_NAMES:
         raise ConfigError(f"--score must be one of {SCORE_NAMES}, got {job.score!r}")
     if not 0 <= job.max_failed_fraction <= 1:
         raise ConfigError(f"--max-failed-fraction must be between 0 and 1, got {job.max_failed_fraction:g}")
@@ -374,27 +374,28 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
     if cfg is None:
         raise RunError(f"{run_dir}: no config.yaml; is this a `semray train` run directory?")
     stride = job.stride or cfg.eval.stride
+    calibration = read_threshold(run_dir)
+    score = job.score or default_score(calibration["scores"] if calibration else ())
     if job.threshold is not None:
         threshold, origin = float(job.threshold), "--threshold given on the command line"
     else:
-        calibration = read_threshold(run_dir)
         if calibration is None:
             raise RunError(f"{run_dir}: no calibrated threshold (threshold.json); run `semray calibrate --run "
                            f"{run_dir} --data DATA_DIR` or pass --threshold")
-        threshold = calibration["scores"][job.score]
+        threshold = calibrated_threshold(calibration, score, run_dir)
         origin = (f"calibrated on {calibration['windows']} windows of {calibration['images']} normal "
                   f"image(s) at a {calibration['fpr']:.2%} false-positive rate ({calibration['source']})")
         if calibration["stride"] != stride:
             origin += f"; calibrated at stride {calibration['stride']}, scored at {stride}"
     pixel = pixel_map_settings(job, cfg, run_dir) if job.map_scale else None
     precision, fmt = actor_precision(job.precision or cfg.eval.precision, job.gpus_per_worker > 0)
-    settings = {"stride": stride, "score": job.score, "threshold": threshold, "quantile": job.quantile,
+    settings = {"stride": stride, "score": score, "threshold": threshold, "quantile": job.quantile,
                 "batch_size": job.batch_size, "patches": job.patches, "cpus_per_worker": job.cpus_per_worker,
                 "gpus_per_worker": job.gpus_per_worker, "precision": precision.name, "max_pixels": job.max_pixels,
                 **({"map_scale": job.map_scale, "pixel_map": job.pixel_map, "pixel_stride": pixel["stride"],
                     "pixel_threshold": pixel["threshold"]} if pixel else {})}
     provenance = {"model": cfg.model.kind, "checkpoint_sha256": checkpoint_sha256,
-                  "run": str(run_dir), "config": cfg.to_dict(), "score": job.score, "stride": stride,
+                  "run": str(run_dir), "config": cfg.to_dict(), "score": score, "stride": stride,
                   "smoothing_px": cfg.eval.smoothing_px, "threshold": threshold, "threshold_origin": origin,
                   "quantile": job.quantile, "precision": precision.name, "precision_reason": precision.reason,
                   "memory_format": fmt, "training": training or {}, "semray_version": __version__,
@@ -483,7 +484,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     todo = [p for p in paths if WHOLE_FILE not in done.get((p, versions[p]), ())]
     provenance = json.loads(metadata["semray"])
     log.info(f"[score] {len(paths)} file(s); {len(paths) - len(todo)} already done in {out}; scoring {len(todo)} "
-             f"with {job.score} at stride {settings['stride']}, threshold {settings['threshold']:.4g}, "
+             f"with {settings['score']} at stride {settings['stride']}, threshold {settings['threshold']:.4g}, "
              f"{provenance['precision']} ({provenance['precision_reason']}), {provenance['memory_format']}")
     if not todo:
         return _summary(out, 0, 0, 0, [], 0.0, log, already=len(paths), max_failed_fraction=job.max_failed_fraction,

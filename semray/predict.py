@@ -30,8 +30,8 @@ from semray.maps import image_record, pixel_size_mismatch, score_image
 from semray.models import AnomalyDetector
 from semray.overlay import render_overlay
 from semray.pixelmaps import strip_pixel_maps
-from semray.runs import RunError, load_detector, read_threshold, read_training_record
-from semray.scores import DEFAULT_SCORE, PIXEL_MAPS, SCORE_NAMES
+from semray.runs import RunError, calibrated_threshold, load_detector, read_threshold, read_training_record
+from semray.scores import PIXEL_MAPS, SCORE_NAMES, default_score
 
 LOG = get_logger("predict")
 
@@ -127,13 +127,14 @@ class Run:
         return render_overlay(image, prediction.record)
 
 
-def load_run(run_dir: str | Path, score: str = DEFAULT_SCORE, stride: int | None = None, use_gpu: bool | None = None,
+def load_run(run_dir: str | Path, score: str | None = None, stride: int | None = None, use_gpu: bool | None = None,
              precision: str | None = None, pixel_map: str | None = "ssim_smooth") -> Run:
     """A trained run (a `semray train` directory, or a tune's best/) ready to predict, in this process.
     pixel_map: the per-pixel map each prediction also computes and its overlay colours (one of
     semray.scores.PIXEL_MAPS; None for the window grid only, about 4x less work); skipped for a run
-    calibrated without per-pixel thresholds."""
-    if score not in SCORE_NAMES:
+    calibrated without per-pixel thresholds. score: None for the run's default
+    (semray.scores.default_score)."""
+    if score is not None and score not in SCORE_NAMES:
         raise ConfigError(f"score must be one of {', '.join(SCORE_NAMES)}, got {score!r}")
     if pixel_map is not None and pixel_map not in PIXEL_MAPS:
         raise ConfigError(f"pixel map must be one of {', '.join(PIXEL_MAPS)}, got {pixel_map!r}")
@@ -142,6 +143,8 @@ def load_run(run_dir: str | Path, score: str = DEFAULT_SCORE, stride: int | None
     if calibration is None:
         raise RunError(f"{run_dir}: no calibrated threshold (threshold.json); run `semray calibrate --run "
                        f"{run_dir} --data DATA_DIR`")
+    score = score or default_score(calibration["scores"])
+    calibrated_threshold(calibration, score, run_dir)  # a score the run cannot compute: say so now
     trained = read_training_record(run_dir).get("pixel_size_um")
     pixel_thresholds = (calibration.get("pixel_maps") or {}).get("scores", {})
     if pixel_map not in pixel_thresholds or not cfg.eval.pixel_stride:

@@ -162,12 +162,14 @@ def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str 
         histogram_figure(model, labels, pooled, thresholds, out / f"hist-{tag}.png")
         best = max(SCORE_NAMES, key=lambda k: np.nan_to_num(result["scores"][k]["auroc"]))
         pictures = []
+        # calibrated on normal images where the run has it, else the table's best-F1 threshold
+        threshold = (thresholds or {}).get(best, result["scores"][best]["threshold"])
         for i, (item, r) in enumerate(_examples(run_scored, examples)):
             stages = stage_images(detector, item.image, size)
             record = image_record(r, best, size, s, cfg.eval.smoothing_px,
-                                  thresholds[best] if thresholds else result["scores"][best]["threshold"])
+                                  threshold)
             record = {**record, "height": item.image.shape[0], "width": item.image.shape[1], "patch_size": size,
-                      "threshold": thresholds[best] if thresholds else result["scores"][best]["threshold"]}
+                      "threshold": threshold}
             stages_figure(f"{model}: {item.path.name} ({best} score)", stages, pixel_map(record), item.mask,
                           out / f"stages-{tag}-{i}.png")
             render_overlay(item.image, record).save(out / f"detections-{tag}-{i}.png")

@@ -166,6 +166,17 @@ def read_threshold(run_dir: str | Path) -> dict[str, Any] | None:
         raise RunError(f"{path}: unreadable threshold file ({e}); run `semray calibrate` again") from e
 
 
+def calibrated_threshold(calibration: dict[str, Any], score: str, run_dir: str | Path) -> float:
+    """The run's calibrated threshold of `score`, or a RunError saying why there is none."""
+    try:
+        return float(calibration["scores"][score])
+    except KeyError:
+        have = ", ".join(calibration["scores"])
+        raise RunError(f"{run_dir}: no calibrated threshold for the {score} score, which this run cannot compute "
+                       f"(trained or calibrated before semray had it; `semray calibrate` again, or train anew); "
+                       f"it has: {have}") from None
+
+
 def load_detector(run_dir: str | Path, device: str | torch.device = "cpu",
                   precision: str | None = None) -> tuple[AnomalyDetector, Config]:
     """The trained detector of a run, in eval mode on `device`, with the config it was trained with.

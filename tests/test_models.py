@@ -487,7 +487,9 @@ def test_the_fused_score_is_the_weighted_sum_of_scores_standardised_on_normal_wi
     assert stats["knn"][0] > 1e-3
     assert score_statistics(det, images, max_windows=7, seed=0) != stats  # a random subset
 
+    assert FUSED_SCORE not in det.available_scores and "knn" in det.available_scores  # a bank, no statistics
     det.set_score_stats(stats)
+    assert det.available_scores == SCORE_NAMES
     raw = _raw()
     scores = det.scores(raw)
     expected = sum(w * (scores[k] - stats[k][0]) / stats[k][1] for k, w in FUSION_WEIGHTS.items())

@@ -30,7 +30,7 @@ from semray.pipeline import (
 )
 from semray.pixelmaps import strip_pixel_maps
 from semray.runs import load_detector, read_threshold
-from semray.scores import DEFAULT_SCORE, SCORE_NAMES
+from semray.scores import DEFAULT_SCORE, SCORE_NAMES, default_score
 
 from conftest import main_in_process, run_cli
 
@@ -245,6 +245,8 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
     # provenance in the file metadata
     meta = json.loads(pq.read_schema(next((out / "maps").glob("*.parquet"))).metadata[b"semray"])
     detector, cfg = load_detector(run_dir)
+    # a run trained now computes the fused score, so it is the default (semray.scores.default_score)
+    assert default_score(read_threshold(run_dir)["scores"]) == DEFAULT_SCORE
     assert meta["model"] == cfg.model.kind and meta["score"] == DEFAULT_SCORE and len(meta["checkpoint_sha256"]) == 16
     threshold = read_threshold(run_dir)["scores"][DEFAULT_SCORE]
     assert meta["threshold"] == threshold and "calibrated" in meta["threshold_origin"]

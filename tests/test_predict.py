@@ -13,7 +13,7 @@ from PIL import Image
 from semray.data.io import read_image
 from semray.maps import image_record, score_image
 from semray.runs import read_threshold
-from semray.scores import DEFAULT_SCORE
+from semray.scores import FALLBACK_SCORE
 
 from conftest import main_in_process
 
@@ -22,14 +22,16 @@ def test_the_python_api_scores_like_bulk_scoring(untrained_run, synth_data):
     import semray
 
     run = semray.load_run(untrained_run)
+    # a run without the fused score's statistics (as every run trained before them) uses the fallback
+    assert run.score == FALLBACK_SCORE and "fused" not in run.thresholds and "knn" not in run.thresholds
     path = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
     p = run.predict(path)
     image = read_image(path)
-    expected = image_record(score_image(run.detector, image, run.stride), DEFAULT_SCORE, 32, run.stride,
-                            run.cfg.eval.smoothing_px, run.thresholds[DEFAULT_SCORE])
+    expected = image_record(score_image(run.detector, image, run.stride), FALLBACK_SCORE, 32, run.stride,
+                            run.cfg.eval.smoothing_px, run.thresholds[FALLBACK_SCORE])
     np.testing.assert_allclose(p.map.ravel(), expected["map"], rtol=1e-6)
     assert p.regions == expected["regions"] and p.score == expected["score_quantile"]
-    assert p.defective == bool(expected["regions_count"]) and p.threshold == run.thresholds[DEFAULT_SCORE]
+    assert p.defective == bool(expected["regions_count"]) and p.threshold == run.thresholds[FALLBACK_SCORE]
     assert run.predict(image).score == p.score  # an array works as well as a path
     assert run.overlay(p).size == (image.shape[1], image.shape[0])
     # the per-pixel map, as strip_pixel_maps computes it, is what the overlay colours, at its own threshold
@@ -98,3 +100,10 @@ def test_a_tiff_with_sem_pixel_size_gets_areas_in_square_micrometres(tmp_path, u
         semray.load_run(other).predict(path)
     assert any("another magnification" in r.getMessage() for r in caplog.records)
 
+
+
+def test_a_score_the_run_cannot_compute_is_one_line(untrained_run, synth_data, capsys):
+    image = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
+    code, _, err = main_in_process(capsys, "predict", image, "--run", untrained_run, "--score", "fused")
+    assert code == 2 and err.count("\n") == 1
+    assert "no calibrated threshold for the fused score" in err and "ssim_reconstruction" in err

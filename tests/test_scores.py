@@ -118,3 +118,12 @@ def test_fused_score_standardises_then_weights():
     # every score standardises to (-1, 0, 1), so the fused score is (-1, 0, 1) x the weights' sum
     torch.testing.assert_close(fused_score(scores, mean, std, weights),
                                torch.tensor([-1.0, 0.0, 1.0]) * weights.sum())
+
+
+def test_the_default_score_is_the_fused_one_where_the_run_computes_it():
+    from semray.scores import DEFAULT_SCORE, FALLBACK_SCORE, FUSED_SCORE, default_score
+
+    assert DEFAULT_SCORE == FUSED_SCORE
+    assert default_score({"ssim_reconstruction": 0.9, "fused": 1.2}) == FUSED_SCORE
+    assert default_score({"ssim_reconstruction": 0.9}) == FALLBACK_SCORE == "ssim_reconstruction"  # an older run
+    assert default_score(()) == FALLBACK_SCORE

@@ -14,7 +14,7 @@ from torch import nn
 from semray.data.patches import denormalize_patches, normalize_patches
 from semray.device import Precision
 from semray.models.memory import feature_vectors
-from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, all_scores, fused_score
+from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES, all_scores, fused_score
 
 FP32 = Precision("fp32", "default")
 
@@ -77,6 +77,15 @@ class AnomalyDetector(nn.Module):
         scores[FUSED_SCORE] = (fused_score(scores, self.fusion_mean, self.fusion_std, self.fusion_weight)
                                if self.fusion_weight.numel() else torch.zeros_like(scores["reconstruction"]))
         return {"x": x, "reconstruction": reconstruction, "feature_mask": mask, "smooth": smooth, "scores": scores}
+
+    @property
+    def available_scores(self) -> tuple[str, ...]:
+        """The scores this detector computes for real: `knn` needs a memory bank and `fused` the
+        score statistics, which runs trained before them lack (both are then 0 everywhere)."""
+        missing = {"knn"} if not self.memory_bank.numel() else set()
+        if not self.fusion_weight.numel():
+            missing.add(FUSED_SCORE)
+        return tuple(k for k in SCORE_NAMES if k not in missing)
 
     @torch.no_grad()
     def scores(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
