@@ -18,18 +18,52 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
-from semray.data.datasets import load_anomalous_images
+from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.data.patches import grid_coordinates, patch_labels
 from semray.device import pick_device
 from semray.evaluate import summarize
-from semray.maps import score_image
+from semray.maps import assemble_map, score_image
 from semray.metrics import aupro, auroc, pixel_auroc
 from semray.pixelmaps import pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector
+from semray.scores import FUSION_WEIGHTS
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
+
+
+def add_fused_maps(maps, grid_scored, detector, cfg, args, blurs) -> None:
+    """Candidate per-pixel fused maps: the ssim_reconstruction map and the knn window grid spread
+    over its windows' pixels (semray.maps.assemble_map), each blurred alike, standardised by its
+    mean and std over the normal images' pixels, weighted as semray.scores.FUSION_WEIGHTS."""
+    size = cfg.patches.size
+    normals = [image for _, image in load_normal_images(args.data, min_size=size)]
+    stats: dict[tuple[str, float], tuple[float, float]] = {}
+    for blur in blurs:
+        ssim, knn = [], []
+        for image in normals:
+            outputs = stitched_outputs(detector, image, args.stride, cfg.eval.batch_size)
+            ssim.append(pixel_maps(image, outputs, blur_sigma=blur, names=("ssim_reconstruction",))
+                        ["ssim_reconstruction"])
+            knn.append(knn_map(detector, image, size, blur, cfg))
+        for name, values in (("ssim_reconstruction", ssim), ("knn", knn)):
+            flat = np.concatenate([v.ravel() for v in values])
+            stats[name, blur] = (float(flat.mean()), float(flat.std()) or 1.0)
+    for blur in blurs:
+        fused = []
+        for (item, r), ssim in zip(grid_scored, maps["ssim_reconstruction", blur]):
+            knn = gaussian_filter(assemble_map(r["knn"], r["ys"], r["xs"], size, item.image.shape), blur)
+            z = {name: (m - stats[name, blur][0]) / stats[name, blur][1]
+                 for name, m in (("ssim_reconstruction", ssim), ("knn", knn))}
+            fused.append(sum(w * z[k] for k, w in FUSION_WEIGHTS.items()).astype(np.float32))
+        maps["fused", blur] = fused
+
+
+def knn_map(detector, image, size, blur, cfg) -> np.ndarray:
+    r = score_image(detector, image, 16, cfg.eval.batch_size)
+    return gaussian_filter(assemble_map(r["knn"], r["ys"], r["xs"], size, image.shape), blur)
 
 
 def main() -> None:
@@ -39,6 +73,7 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=8, help="stride of the stitched windows")
     p.add_argument("--blurs", default="4,8,12")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--fused", action="store_true", help="also the candidate fused per-pixel map (add_fused_maps)")
     args = p.parse_args()
     blurs = [float(b) for b in args.blurs.split(",")]
 
@@ -55,6 +90,8 @@ def main() -> None:
                 maps.setdefault((name, blur), []).append(m)
         grid_scored.append((item, score_image(detector, item.image, 16, cfg.eval.batch_size)))
     seconds = time.time() - started
+    if args.fused:
+        add_fused_maps(maps, grid_scored, detector, cfg, args, blurs)
     halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
 
     def figures(pixel: list[np.ndarray], idx: list[int]) -> dict[str, float]:
