@@ -27,6 +27,10 @@ _DEFAULT_ENV = {
     # long to start and to end: 0.5 s takes ~2 s off every stage (each `semray train` has two, a
     # Tune trial two) for a poll that costs next to nothing.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # Tune's newer console output prints a configuration table, the experiment's path and a
+    # TensorBoard hint at every verbosity, verbose=0 included; the older engine honours verbose=0.
+    # semray tune prints its own line per trial and the tables of results.
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 for _k, _v in _DEFAULT_ENV.items():
     os.environ.setdefault(_k, _v)

@@ -111,6 +111,11 @@ def test_interrupted_search_resumes_and_writes_every_cell_and_a_usable_best_run(
     assert f"trial {first} started" not in resumed.stdout  # the finished trial was not run again
     assert (first_dir / "result.json").read_bytes() == before
     assert "best validation AUROC per model/score" in resumed.stdout
+    # Ray's own console chatter stays out of a successful search's output
+    for chatter in ("Configuration for experiment", "View detailed results", "tensorboard --logdir",
+                    "Checkpoint successfully created"):
+        assert chatter not in resumed.stdout + "".join(lines), chatter
+    assert "Traceback" not in resumed.stdout
 
     table = pq.read_table(out / "results.parquet").to_pylist()
     assert len(table) == 3 * len(SCORE_NAMES)  # every trial x score, none lost to the interruption

@@ -4,6 +4,7 @@ score both halves with all three scores and report them with the run as the chec
 """
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -107,6 +108,9 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    # Ray logs "Checkpoint successfully created at: ..." at INFO for every report with a checkpoint,
+    # and the trial's process forwards it to the user's console: the [tune] lines say it already.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     spec_ = TuneSpec.from_dict(spec)
     cfg = trial_config(spec_.base, params)
     context = ray.tune.get_context()
