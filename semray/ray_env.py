@@ -44,6 +44,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     address = cluster_address(address)
     if address:
         ray.init(address=address, log_to_driver=not quiet)
+        _drop_routine_worker_lines()
         _start_autoscaling_coordinator()
         return
     global _PRIVATE
@@ -65,7 +66,43 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         logging_level="WARNING",
     )
     os.environ.pop(ray_gcs_port_variable(), None)  # a later private Ray picks a port of its own
+    _drop_routine_worker_lines()
     _start_autoscaling_coordinator()
+
+
+# What Ray's worker processes print that is routine in semray's use of Ray and asks nothing of the
+# user. When ASHA stops a Tune trial it kills the trial's process, and with it the trial's Ray
+# Train controller; Ray Train's placement-group cleaner then frees the trial's resources, as
+# designed, and says so as a WARNING ("Detected that the Ray Train controller actor (...) is dead.
+# Cleaning up placement group = [...] created by this run."). Ray's own log files keep it.
+ROUTINE_WORKER_LINES = ("Cleaning up placement group",)
+
+
+def routine_lines_dropped(batch: dict) -> dict | None:
+    """A batch of worker output as Ray forwards it to the driver ({"lines": [...], ...}) without
+    the ROUTINE_WORKER_LINES; None when nothing is left to print."""
+    lines = [line for line in batch.get("lines", []) if not any(p in line for p in ROUTINE_WORKER_LINES)]
+    return {**batch, "lines": lines} if lines else None
+
+
+def _drop_routine_worker_lines() -> None:
+    """Put routine_lines_dropped in front of the driver's printer of worker output. A private API:
+    if it moves, worker output is printed as Ray prints it."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    printer = dict(dispatcher.handlers).get("ray_print_logs")
+    if printer is None or getattr(printer, "semray_filtered", False):
+        return  # log_to_driver off, or already filtered
+
+    def filtered(batch: dict) -> None:
+        if (kept := routine_lines_dropped(batch)) is not None:
+            printer(kept)
+
+    filtered.semray_filtered = True
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", filtered)
 
 
 def _start_autoscaling_coordinator() -> None:

@@ -113,7 +113,7 @@ def test_interrupted_search_resumes_and_writes_every_cell_and_a_usable_best_run(
     assert "best validation AUROC per model/score" in resumed.stdout
     # Ray's own console chatter stays out of a successful search's output
     for chatter in ("Configuration for experiment", "View detailed results", "tensorboard --logdir",
-                    "Checkpoint successfully created"):
+                    "Checkpoint successfully created", "Cleaning up placement group"):
         assert chatter not in resumed.stdout + "".join(lines), chatter
     assert "Traceback" not in resumed.stdout
 
