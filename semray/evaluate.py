@@ -146,7 +146,7 @@ def pixel_map_metrics(detector: AnomalyDetector, scored: list[tuple[LabelledImag
                       progress: bool = False) -> dict[str, Any]:
     """The per-pixel maps of semray.pixelmaps for every scored image (stitched at pixel_stride,
     blurred by `blur`): per map, pixel AUROC, AUPRO, and the patch AUROC of the map's mean over
-    each window the images were scored with (labels: those windows', as the grid's table has them)."""
+    each window the images were scored with (labels: those windows', as the window-score table has them)."""
     size = cfg.patches.size
     maps: dict[str, list[np.ndarray]] = {}
     window_scores: dict[str, list[np.ndarray]] = {}

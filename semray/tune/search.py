@@ -242,8 +242,8 @@ def expected_trials(spec: TuneSpec) -> int:
 
 
 def _ended_trials(experiment_path: str) -> int:
-    """Trials the *saved* experiment state records as ended. After Ctrl-C, Tune's in-memory result
-    grid can still call an interrupted trial terminated; the saved state (what --resume reads) has
+    """Trials the *saved* experiment state records as ended. After Ctrl-C, the results Tune holds
+    in memory (its ResultGrid) can still call an interrupted trial terminated; the saved state (what --resume reads) has
     it pending, and trials not yet generated are missing from both."""
     from ray.tune import ExperimentAnalysis
     from ray.tune.experiment import Trial
