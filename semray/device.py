@@ -101,6 +101,12 @@ _warned: set[str] = set()
 TRAINING_USES = ("autoencoder", "denoiser")
 
 
+def _check_use(use: str) -> None:
+    """What a forward pass is for: scoring, or one of the training stages."""
+    if use not in ("score", *TRAINING_USES):
+        raise ValueError(f"unknown use {use!r}")
+
+
 def resolve_precision(requested: str, device: torch.device | str, log: logging.Logger | None = None,
                       warn: bool = True, use: str = "score") -> Precision:
     """auto | fp32 | bf16 -> the precision to run in for `use` (score, or a training stage:
@@ -110,8 +116,7 @@ def resolve_precision(requested: str, device: torch.device | str, log: logging.L
     bf16 at batch 64 and 256; the denoiser's deeper stack trains 1.3x faster in bf16 at batch 256,
     and scoring 1.3x). An explicit bf16 where it is slow runs, with one warning; where the device has no bf16
     at all it is a user error (ConfigError: one line from the CLI), raised before any work starts."""
-    if use not in ("score", *TRAINING_USES):
-        raise ValueError(f"unknown use {use!r}")
+    _check_use(use)
     if requested not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     device = torch.device(device)
@@ -144,8 +149,7 @@ def memory_format(device: torch.device | str, use: str = "score") -> torch.memor
     (1.28x fp32 on an H200 against 1.25x in the default layout); training in fp32 (see
     resolve_precision) in the default layout: channels_last gained nothing there in fp32 (0.98x,
     1.00x), and DDP warns that channels_last gradients do not match its buckets' strides."""
-    if use not in ("score", *TRAINING_USES):
-        raise ValueError(f"unknown use {use!r}")
+    _check_use(use)
     kind = torch.device(device).type
     if kind == "cpu" and use == "denoiser" and "amx_tile" not in cpu_flags():
         return torch.contiguous_format
