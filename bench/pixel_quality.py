@@ -39,31 +39,29 @@ def add_fused_maps(maps, grid_scored, detector, cfg, args, blurs) -> None:
     over its windows' pixels (semray.maps.assemble_map), each blurred alike, standardised by its
     mean and std over the normal images' pixels, weighted as semray.scores.FUSION_WEIGHTS."""
     size = cfg.patches.size
-    normals = [image for _, image in load_normal_images(args.data, min_size=size)]
-    stats: dict[tuple[str, float], tuple[float, float]] = {}
+    # each normal image scored once: its stitched outputs and its knn grid, then blurred per sigma
+    normals = []
+    for _, image in load_normal_images(args.data, min_size=size):
+        r = score_image(detector, image, 16, cfg.eval.batch_size)
+        normals.append((image, stitched_outputs(detector, image, args.stride, cfg.eval.batch_size),
+                        assemble_map(r["knn"], r["ys"], r["xs"], size, image.shape)))
     for blur in blurs:
-        ssim, knn = [], []
-        for image in normals:
-            outputs = stitched_outputs(detector, image, args.stride, cfg.eval.batch_size)
-            ssim.append(pixel_maps(image, outputs, blur_sigma=blur, names=("ssim_reconstruction",))
-                        ["ssim_reconstruction"])
-            knn.append(knn_map(detector, image, size, blur, cfg))
-        for name, values in (("ssim_reconstruction", ssim), ("knn", knn)):
-            flat = np.concatenate([v.ravel() for v in values])
-            stats[name, blur] = (float(flat.mean()), float(flat.std()) or 1.0)
-    for blur in blurs:
+        values = {"ssim_reconstruction": [], "knn": []}
+        for image, outputs, knn in normals:
+            values["ssim_reconstruction"].append(
+                pixel_maps(image, outputs, blur_sigma=blur, names=("ssim_reconstruction",))["ssim_reconstruction"])
+            values["knn"].append(gaussian_filter(knn, blur))
+        stats = {}
+        for name, v in values.items():
+            flat = np.concatenate([m.ravel() for m in v])
+            stats[name] = (float(flat.mean()), float(flat.std()) or 1.0)
         fused = []
         for (item, r), ssim in zip(grid_scored, maps["ssim_reconstruction", blur]):
             knn = gaussian_filter(assemble_map(r["knn"], r["ys"], r["xs"], size, item.image.shape), blur)
-            z = {name: (m - stats[name, blur][0]) / stats[name, blur][1]
-                 for name, m in (("ssim_reconstruction", ssim), ("knn", knn))}
+            z = {"ssim_reconstruction": (ssim - stats["ssim_reconstruction"][0]) / stats["ssim_reconstruction"][1],
+                 "knn": (knn - stats["knn"][0]) / stats["knn"][1]}
             fused.append(sum(w * z[k] for k, w in FUSION_WEIGHTS.items()).astype(np.float32))
         maps["fused", blur] = fused
-
-
-def knn_map(detector, image, size, blur, cfg) -> np.ndarray:
-    r = score_image(detector, image, 16, cfg.eval.batch_size)
-    return gaussian_filter(assemble_map(r["knn"], r["ys"], r["xs"], size, image.shape), blur)
 
 
 def main() -> None:
