@@ -19,7 +19,6 @@ import torch
 from semray.data.patches import iter_patch_batches
 from semray.errors import ConfigError, SemrayError
 from semray.regions import find_regions
-from semray.scores import SCORE_NAMES
 
 if TYPE_CHECKING:
     from semray.models import AnomalyDetector
@@ -77,20 +76,22 @@ def assemble_map(scores: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int, 
 
 # ---------------------------------------------------------------- scoring an image
 def score_image(detector: AnomalyDetector, image: np.ndarray, stride: int, batch_size: int = 512,
-                cover_edges: bool | None = None) -> dict[str, np.ndarray]:
-    """Scores of every window of the image: {"ys", "xs", and every name of SCORE_NAMES}.
-    Windows of the detector's patch size; cover_edges overrides the detector's edge policy.
+                cover_edges: bool | None = None, names=None) -> dict[str, np.ndarray]:
+    """Scores of every window of the image: {"ys", "xs", and every name of semray.scores.SCORE_NAMES}, or, given
+    `names`, at least those (the denoiser runs only if one of them needs it: semray.scores.
+    needs_denoiser). Windows of the detector's patch size; cover_edges overrides the detector's
+    edge policy.
 
     Windows are cut one batch at a time (strided views of the image), so a very large image never
     has all its patches in memory at once.
     """
     device = next(detector.parameters()).device
     edges = detector.cover_edges if cover_edges is None else cover_edges
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ys", "xs", *SCORE_NAMES)}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ys", "xs")}
     for patches, ys, xs in iter_patch_batches(image, detector.patch_size, stride, batch_size, edges):
         raw = torch.from_numpy(patches).unsqueeze(1).to(device)
-        for name, value in detector.scores(raw).items():
-            out[name].append(value.float().cpu().numpy())
+        for name, value in detector.scores(raw, names).items():
+            out.setdefault(name, []).append(value.float().cpu().numpy())
         out["ys"].append(ys)
         out["xs"].append(xs)
     return {k: np.concatenate(v) for k, v in out.items()}

@@ -53,7 +53,7 @@ from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
 from semray.files import atomic_write, is_uri, output_file, to_json
 from semray.log import get_logger
 from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
-from semray.scores import PIXEL_MAPS, SCORE_NAMES, default_score
+from semray.scores import DEFAULT_PIXEL_MAP, PIXEL_MAPS, SCORE_NAMES, default_score
 
 if TYPE_CHECKING:
     from semray.device import Precision
@@ -126,7 +126,7 @@ class ScoreJob:
     # grid, downsampled by this factor (float16); 0 = the window grid only. It is stitched from
     # windows at the run's eval.pixel_stride: at stride 8, four times the forward passes of stride 16.
     map_scale: int = 0
-    pixel_map: str = "ssim_smooth"
+    pixel_map: str = DEFAULT_PIXEL_MAP
 
 
 # ---------------------------------------------------------------- reading
@@ -209,7 +209,8 @@ def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict
     from semray.maps import image_record, score_image
 
     size = cfg.patches.size
-    scores = score_image(detector, image, s["stride"], s["batch_size"])
+    # only the mapped score, unless every window's scores are written (--patches): the default needs no denoiser
+    scores = score_image(detector, image, s["stride"], s["batch_size"], names=None if s["patches"] else (s["score"],))
     record = {"source": source, "page": page, "height": image.shape[0], "width": image.shape[1],
               "stride": s["stride"], "patch_size": size, "score": s["score"], "threshold": s["threshold"],
               "windows": int(scores["ys"].size),

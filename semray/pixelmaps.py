@@ -19,7 +19,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from semray.data.patches import denormalize_patches, iter_windows, tile_positions
-from semray.scores import PIXEL_MAPS
+from semray.scores import PIXEL_MAPS, needs_denoiser
 
 OUTPUTS = ("reconstruction", "smooth", "feature_mask")
 SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5  # Wang et al.'s Gaussian window (11 pixels wide), as semray.scores
@@ -43,14 +43,23 @@ class _Stitcher:
             return np.where(self.count > 0, self.sum / np.maximum(self.count, 1), np.nan).astype(np.float32)
 
 
+def outputs_for(names) -> tuple[str, ...]:
+    """The stitched outputs the per-pixel maps `names` compare the image with."""
+    return ("reconstruction", "smooth", "feature_mask") if needs_denoiser(names) else ("reconstruction",)
+
+
 @torch.no_grad()
 def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int = 512,
-                     cover_edges: bool | None = None, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+                     cover_edges: bool | None = None, rows: tuple[int, int] | None = None,
+                     outputs: tuple[str, ...] = OUTPUTS) -> dict[str, np.ndarray]:
     """The detector's three outputs for every window of the image (stride 8 or finer pays), brought
     back to image intensities and averaged where windows overlap -> {"reconstruction", "smooth",
     "feature_mask"}, each H x W float32. The feature mask is a residual, smooth - reconstruction in
     image intensities. rows=(r0, r1): only those rows (from every window that overlaps them), so a
-    huge image can be done in strips (see strip_pixel_maps)."""
+    huge image can be done in strips (see strip_pixel_maps). outputs=("reconstruction",) (what the
+    default map needs, outputs_for) skips the denoiser."""
+    denoise = any(k != "reconstruction" for k in outputs)
+    outputs = OUTPUTS if denoise else ("reconstruction",)
     device = next(detector.parameters()).device
     edges = detector.cover_edges if cover_edges is None else cover_edges
     size = detector.patch_size
@@ -60,16 +69,17 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
     ys = ys[(ys + size > r0) & (ys < r1)]
     top = int(ys.min())
     region = image[top:int(ys.max()) + size]
-    stitchers = {k: _Stitcher(region.shape) for k in OUTPUTS}
+    stitchers = {k: _Stitcher(region.shape) for k in outputs}
     mode, mean, std = detector.normalization, detector.mean, detector.std
     for patches, by, bx in iter_windows(region, ys - top, xs, size, batch_size):
         raw = torch.from_numpy(patches).unsqueeze(1).to(device)
-        out = detector(raw)
+        out = detector(raw, denoise=denoise)
         reconstruction = denormalize_patches(out["reconstruction"], raw, mode, mean, std)[:, 0]
-        smooth = denormalize_patches(out["smooth"], raw, mode, mean, std)[:, 0]
         stitchers["reconstruction"].add(reconstruction.cpu().numpy(), by, bx)
-        stitchers["smooth"].add(smooth.cpu().numpy(), by, bx)
-        stitchers["feature_mask"].add((smooth - reconstruction).cpu().numpy(), by, bx)
+        if denoise:
+            smooth = denormalize_patches(out["smooth"], raw, mode, mean, std)[:, 0]
+            stitchers["smooth"].add(smooth.cpu().numpy(), by, bx)
+            stitchers["feature_mask"].add((smooth - reconstruction).cpu().numpy(), by, bx)
     return {k: s.image()[r0 - top:r1 - top] for k, s in stitchers.items()}
 
 
@@ -88,7 +98,7 @@ def strip_pixel_maps(detector, image: np.ndarray, stride: int, blur: float, scal
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
-        outputs = stitched_outputs(detector, image, stride, batch_size, rows=(e0, e1))
+        outputs = stitched_outputs(detector, image, stride, batch_size, rows=(e0, e1), outputs=outputs_for(names))
         for name, m in pixel_maps(image[e0:e1], outputs, blur_sigma=blur, names=names).items():
             parts[name].append(downsample(m[r0 - e0:r1 - e0], scale))
     return {k: np.concatenate(v, axis=0) for k, v in parts.items()}

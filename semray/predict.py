@@ -31,7 +31,7 @@ from semray.models import AnomalyDetector
 from semray.overlay import render_overlay
 from semray.pixelmaps import strip_pixel_maps
 from semray.runs import RunError, calibrated_threshold, load_detector, read_threshold, read_training_record
-from semray.scores import PIXEL_MAPS, SCORE_NAMES, default_score
+from semray.scores import DEFAULT_PIXEL_MAP, PIXEL_MAPS, SCORE_NAMES, default_score
 
 LOG = get_logger("predict")
 
@@ -107,7 +107,7 @@ class Run:
         if pixel_size_mismatch(pixel_size, self.trained_pixel_size):
             LOG.warning(f"{source}: pixel size {pixel_size:.4g} um, more than 20% from the training images' "
                         f"{self.trained_pixel_size:.4g} um: another magnification, its scores mean little")
-        scores = score_image(self.detector, pixels, self.stride, self.cfg.eval.batch_size)
+        scores = score_image(self.detector, pixels, self.stride, self.cfg.eval.batch_size, names=(self.score,))
         record = image_record(scores, self.score, self.cfg.patches.size, self.stride, self.cfg.eval.smoothing_px, t,
                               pixel_size_um=pixel_size)
         record.update({"height": pixels.shape[0], "width": pixels.shape[1], "patch_size": self.cfg.patches.size,
@@ -128,7 +128,7 @@ class Run:
 
 
 def load_run(run_dir: str | Path, score: str | None = None, stride: int | None = None, use_gpu: bool | None = None,
-             precision: str | None = None, pixel_map: str | None = "ssim_smooth") -> Run:
+             precision: str | None = None, pixel_map: str | None = DEFAULT_PIXEL_MAP) -> Run:
     """A trained run (a `semray train` directory, or a tune's best/) ready to predict, in this process.
     pixel_map: the per-pixel map each prediction also computes and its overlay colours (one of
     semray.scores.PIXEL_MAPS; None for the window grid only, about 4x less work); skipped for a run

@@ -33,6 +33,22 @@ DEFAULT_SCORE = FUSED_SCORE
 FALLBACK_SCORE = "ssim_reconstruction"
 # The per-pixel maps (semray.pixelmaps) of the same comparisons, stitched over overlapping windows.
 PIXEL_MAPS = ("ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth")
+# The per-pixel map `semray score --map-scale` and `semray predict` draw unless told otherwise: on
+# the validation half it draws defects best (AUPRO 0.832 at blur 8 against 0.816 for ssim_smooth,
+# the default DAE, bench/RESULTS.md), and it needs no denoiser, so it costs a fraction of the others.
+DEFAULT_PIXEL_MAP = "ssim_reconstruction"
+# The scores (and per-pixel maps) that need the denoiser's output. The others, the default among them,
+# come from the autoencoder alone, so scoring skips the denoiser for them: on a CPU the denoiser is
+# most of a forward pass (bench/RESULTS.md, "Scoring without the denoiser").
+DENOISER_SCORES = frozenset({"smooth", "feature", "ssim_smooth"})
+
+
+def needs_denoiser(names) -> bool:
+    """Whether computing these scores or pixel maps takes the denoiser (fused: its components')."""
+    names = set(names)
+    if FUSED_SCORE in names:
+        names |= set(FUSION_WEIGHTS)
+    return bool(names & DENOISER_SCORES)
 
 
 
@@ -127,15 +143,16 @@ def all_scores(x, reconstruction, smooth, feature_mask, raw=None, raw_reconstruc
                raw_smooth=None, features=None, bank=None) -> dict[str, torch.Tensor]:
     """The study's three from the normalised tensors; with the raw patch and the outputs brought
     back to image intensities (semray.data.patches.denormalize_patches), the structural two; with
-    the encoder's features and the bank of normal ones, knn."""
-    out = {
-        "reconstruction": reconstruction_score(x, reconstruction),
-        "smooth": smooth_score(x, smooth),
-        "feature": feature_score(x, feature_mask),
-    }
+    the encoder's features and the bank of normal ones, knn. Without the denoiser's outputs (smooth
+    and feature_mask None) only the scores of the reconstruction and the features."""
+    out = {"reconstruction": reconstruction_score(x, reconstruction)}
+    if smooth is not None:
+        out["smooth"] = smooth_score(x, smooth)
+        out["feature"] = feature_score(x, feature_mask)
     if raw is not None:
         out["ssim_reconstruction"] = structural_score(raw, raw_reconstruction)
-        out["ssim_smooth"] = structural_score(raw, raw_smooth)
+        if smooth is not None:
+            out["ssim_smooth"] = structural_score(raw, raw_smooth)
     if features is not None:
         out["knn"] = knn_score(features, bank)
     return out

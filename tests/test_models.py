@@ -501,3 +501,28 @@ def test_the_fused_score_is_the_weighted_sum_of_scores_standardised_on_normal_wi
                                                                                        cover_edges=False)])
     fused_normal = det.scores(torch.from_numpy(windows).unsqueeze(1))[FUSED_SCORE]
     assert abs(float(fused_normal.mean())) < 1e-3
+
+
+class _NoDenoiser(nn.Module):
+    def forward(self, x):
+        raise AssertionError("the denoiser ran")
+
+
+def test_scores_that_do_not_need_the_denoiser_skip_it_and_equal_the_full_pass():
+    from semray.models.fusion import score_statistics
+    from semray.scores import DENOISER_SCORES, FUSED_SCORE, needs_denoiser
+
+    assert not needs_denoiser([FUSED_SCORE]) and not needs_denoiser(["ssim_reconstruction", "knn"])
+    assert all(needs_denoiser([k]) for k in DENOISER_SCORES) and needs_denoiser(["knn", "feature"])
+    _, det, images, _, _, _ = _with_memory_bank((96, 128), (64, 64))
+    det.set_score_stats(score_statistics(det, images, seed=0))
+    raw = _raw()
+    full = det.scores(raw)
+    assert set(det.scores(raw, names=["smooth"])) == set(SCORE_NAMES)  # needs it: the full pass
+    det.denoiser = _NoDenoiser()
+    light = det.scores(raw, names=[FUSED_SCORE])
+    assert set(light) == set(SCORE_NAMES) - DENOISER_SCORES
+    for name, value in light.items():
+        torch.testing.assert_close(value, full[name])
+    out = det(raw, denoise=False)
+    assert "smooth" not in out and "feature_mask" not in out

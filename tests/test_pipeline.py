@@ -30,7 +30,7 @@ from semray.pipeline import (
 )
 from semray.pixelmaps import strip_pixel_maps
 from semray.runs import load_detector, read_threshold
-from semray.scores import DEFAULT_SCORE, SCORE_NAMES, default_score
+from semray.scores import DEFAULT_PIXEL_MAP, DEFAULT_SCORE, SCORE_NAMES, default_score
 
 from conftest import main_in_process, run_cli
 
@@ -274,11 +274,11 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
         np.testing.assert_allclose(np.sort(n.column("feature").to_numpy()), np.sort(s["feature"]), rtol=1e-5)
         # --map-scale 4: the per-pixel map (float16), as strip_pixel_maps computes it here
         pixel = strip_pixel_maps(detector, image, cfg.eval.pixel_stride, cfg.eval.pixel_blur, 4,
-                                 names=("ssim_smooth",))["ssim_smooth"]
+                                 names=(DEFAULT_PIXEL_MAP,))[DEFAULT_PIXEL_MAP]
         assert (row["pixel_map_scale"], row["pixel_map_height"], row["pixel_map_width"]) == (4, *pixel.shape)
         np.testing.assert_allclose(row["pixel_map"], pixel.ravel().astype(np.float32), rtol=2e-2, atol=1e-3)
-        assert row["pixel_threshold"] == read_threshold(run_dir)["pixel_maps"]["scores"]["ssim_smooth"]
-    assert meta["pixel_map"]["name"] == "ssim_smooth" and meta["pixel_map"]["scale"] == 4
+        assert row["pixel_threshold"] == read_threshold(run_dir)["pixel_maps"]["scores"][DEFAULT_PIXEL_MAP]
+    assert meta["pixel_map"]["name"] == DEFAULT_PIXEL_MAP and meta["pixel_map"]["scale"] == 4
 
     # other readers: DuckDB and pandas
     import duckdb

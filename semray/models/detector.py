@@ -14,7 +14,7 @@ from torch import nn
 from semray.data.patches import denormalize_patches, normalize_patches
 from semray.device import Precision
 from semray.models.memory import feature_vectors
-from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES, all_scores, fused_score
+from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES, all_scores, fused_score, needs_denoiser
 
 FP32 = Precision("fp32", "default")
 
@@ -56,10 +56,11 @@ class AnomalyDetector(nn.Module):
         return normalize_patches(raw, self.normalization, self.mean, self.std)
 
     @torch.no_grad()
-    def forward(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, raw: torch.Tensor, denoise: bool = True) -> dict[str, torch.Tensor]:
         """raw (N,1,S,S) in [0,1] -> the stages (normalised space, fp32), and every score of
         semray.scores under "scores" (their names overlap the stage names: "reconstruction" is both
-        a patch and an error)."""
+        a patch and an error). denoise=False skips the denoiser: no "smooth" or "feature_mask", and
+        only the scores that do not need them (semray.scores.DENOISER_SCORES), the default among them."""
         raw = raw.float()
         x = self.normalize(raw).contiguous(memory_format=self.memory_format)
         with self.precision.autocast(x.device):
@@ -67,16 +68,21 @@ class AnomalyDetector(nn.Module):
                 reconstruction, conv = self.autoencoder.reconstruct(x)
             else:  # any autoencoder module will do
                 reconstruction, conv = self.autoencoder(x), None
-            mask, smooth = self.denoiser(reconstruction)
+            mask, smooth = self.denoiser(reconstruction) if denoise else (None, None)
         features = x.flatten(1)[:, :0] if conv is None else feature_vectors(conv)
-        reconstruction, mask, smooth = reconstruction.float(), mask.float(), smooth.float()
-        raw_reconstruction, raw_smooth = (denormalize_patches(t, raw, self.normalization, self.mean, self.std)
-                                          for t in (reconstruction, smooth))
+        reconstruction = reconstruction.float()
+        raw_reconstruction = denormalize_patches(reconstruction, raw, self.normalization, self.mean, self.std)
+        out = {"x": x, "reconstruction": reconstruction}
+        raw_smooth = None
+        if denoise:
+            out["feature_mask"], out["smooth"] = mask, smooth = mask.float(), smooth.float()
+            raw_smooth = denormalize_patches(smooth, raw, self.normalization, self.mean, self.std)
         scores = all_scores(x, reconstruction, smooth, mask, raw, raw_reconstruction, raw_smooth, features,
                             self.memory_bank)
-        scores[FUSED_SCORE] = (fused_score(scores, self.fusion_mean, self.fusion_std, self.fusion_weight)
-                               if self.fusion_weight.numel() else torch.zeros_like(scores["reconstruction"]))
-        return {"x": x, "reconstruction": reconstruction, "feature_mask": mask, "smooth": smooth, "scores": scores}
+        if denoise or not needs_denoiser([FUSED_SCORE]):
+            scores[FUSED_SCORE] = (fused_score(scores, self.fusion_mean, self.fusion_std, self.fusion_weight)
+                                   if self.fusion_weight.numel() else torch.zeros_like(scores["reconstruction"]))
+        return {**out, "scores": scores}
 
     @property
     def available_scores(self) -> tuple[str, ...]:
@@ -88,5 +94,6 @@ class AnomalyDetector(nn.Module):
         return tuple(k for k in SCORE_NAMES if k not in missing)
 
     @torch.no_grad()
-    def scores(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self(raw)["scores"]
+    def scores(self, raw: torch.Tensor, names=None) -> dict[str, torch.Tensor]:
+        """Every score, or at least `names` (without the denoiser when they do not need it)."""
+        return self(raw, denoise=names is None or needs_denoiser(names))["scores"]
