@@ -26,7 +26,7 @@ from semray.data.patches import grid_coordinates, patch_labels
 from semray.device import pick_device
 from semray.maps import assemble_map, score_image
 from semray.metrics import aupro, auroc, pixel_auroc
-from semray.pixelmaps import SSIM_SIGMA, stitched_outputs, ssim_map, window_means
+from semray.pixelmaps import SSIM_SIGMA, ssim_map, stitched_outputs, window_means
 from semray.runs import load_detector
 from semray.tune import split_validation_test
 
@@ -137,9 +137,10 @@ def main() -> None:
         for name, maps in candidates.items():
             rows[f"{name} blur {blur:g}"] = {h: figures(maps, idx) for h, idx in halves.items()}
             r = rows[f"{name} blur {blur:g}"]
-            print(f"{name + ' blur ' + format(blur, 'g'):40s} val {r['val']['pixel_auroc']:.3f} {r['val']['aupro']:.3f} "
-                  f"{r['val']['patch_auroc']:.3f}   test {r['test']['pixel_auroc']:.3f} {r['test']['aupro']:.3f} "
-                  f"{r['test']['patch_auroc']:.3f}", flush=True)
+            v, t = r["val"], r["test"]
+            print(f"{name + ' blur ' + format(blur, 'g'):40s} val {v['pixel_auroc']:.3f} {v['aupro']:.3f} "
+                  f"{v['patch_auroc']:.3f}   test {t['pixel_auroc']:.3f} {t['aupro']:.3f} {t['patch_auroc']:.3f}",
+                  flush=True)
     for metric in ("aupro", "pixel_auroc", "patch_auroc"):
         best = max(rows, key=lambda k: rows[k]["val"][metric])
         t = rows[best]["test"]
