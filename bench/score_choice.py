@@ -5,11 +5,13 @@ anomalous images, reported on the test half (never used to choose).
         --run bench/out/laptop/cvae
 
 Per run: every window score of semray.scores (pooled as `semray evaluate` pools them, stride 16) on
-both halves. Then fused scores: each score standardised by the run's own statistics on normal
-windows (semray.models.fusion, as training saves them in model.pt; computed the same way for runs
-trained before it), and weighted sums of every pair and triple of scores over a grid of weights.
-One weighting is chosen for every model: the best mean validation AUROC over the runs given. It
-is what semray.scores.FUSION_WEIGHTS should hold; the shipped `fused` is printed beside it.
+both halves, and precision, recall and F1 at the run's calibrated threshold (threshold.json: 1% of
+normal windows flagged, chosen without any anomalous image). Then fused scores: each score
+standardised by the run's own statistics on normal windows (semray.models.fusion, as training saves
+them in model.pt; computed the same way for runs trained before it), and weighted sums of every
+pair and triple of scores over a grid of weights. One weighting is chosen for every model: the
+best mean validation AUROC over the runs given. It is what semray.scores.FUSION_WEIGHTS should
+hold; the shipped `fused` is printed beside it.
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ import numpy as np
 from semray.data.datasets import load_normal_images
 from semray.device import pick_device
 from semray.evaluate import pooled_scores, score_dataset, window_labels
-from semray.metrics import auroc
+from semray.metrics import at_threshold, auroc
 from semray.models.fusion import score_statistics
-from semray.runs import load_detector, load_state, write_model
+from semray.runs import load_detector, load_state, read_threshold, write_model
 from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES
 from semray.tune import split_validation_test
 
@@ -77,8 +79,11 @@ def main() -> None:
             y = window_labels(part, cfg.patches.size, cfg.eval.min_defect_pixels)
             pooled = pooled_scores(part, cfg.eval.smoothing_px)
             raw = {k: np.concatenate([q[k] for q in pooled]) for k in SCORE_NAMES}
+            thresholds = (read_threshold(run) or {}).get("scores", {})  # semray calibrate's, on normal images
             for k in SCORE_NAMES:
                 figures.setdefault(k, {})[half] = auroc(y, raw[k])
+                if k in thresholds:
+                    figures[k][f"{half}_calibrated"] = at_threshold(y, raw[k], thresholds[k])
             z = {k: (raw[k] - stats[k][0]) / stats[k][1] for k in COMPONENTS}
             for i, w in enumerate(candidates):
                 fused[i][half] = auroc(y, sum(v * z[k] for k, v in w.items()))
@@ -86,7 +91,10 @@ def main() -> None:
         print(f"\n{run} ({cfg.model.kind}; statistics {source}): patch AUROC, stride {STRIDE}, pooled "
               f"{cfg.eval.smoothing_px} px; val / test")
         for k in SCORE_NAMES:
-            print(f"  {k:22s} {figures[k]['val']:.3f} / {figures[k]['test']:.3f}")
+            cal = figures[k].get("test_calibrated")
+            print(f"  {k:22s} {figures[k]['val']:.3f} / {figures[k]['test']:.3f}" + (
+                f"   at the calibrated threshold, test half: precision {cal['precision']:.3f}, recall "
+                f"{cal['recall']:.3f}, F1 {cal['f1']:.3f}" if cal else ""))
     mean_val = [np.mean([r["fused"][i]["val"] for r in per_run.values()]) for i in range(len(candidates))]
     order = np.argsort(mean_val)[::-1]
     print("\nfused weightings by mean validation AUROC over the runs (val / test per run):")
