@@ -18,50 +18,34 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.data.patches import grid_coordinates, patch_labels
 from semray.device import pick_device
 from semray.evaluate import summarize
-from semray.maps import assemble_map, score_image
+from semray.maps import score_image
 from semray.metrics import aupro, auroc, pixel_auroc
-from semray.pixelmaps import pixel_maps, stitched_outputs, window_means
+from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector
-from semray.scores import FUSION_WEIGHTS
+from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS, PIXEL_MAPS
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
 
 
-def add_fused_maps(maps, grid_scored, detector, cfg, args, blurs) -> None:
-    """Candidate per-pixel fused maps: the ssim_reconstruction map and the knn window grid spread
-    over its windows' pixels (semray.maps.assemble_map), each blurred alike, standardised by its
-    mean and std over the normal images' pixels, weighted as semray.scores.FUSION_WEIGHTS."""
-    size = cfg.patches.size
-    # each normal image scored once: its stitched outputs and its knn grid, then blurred per sigma
-    normals = []
-    for _, image in load_normal_images(args.data, min_size=size):
-        r = score_image(detector, image, 16, cfg.eval.batch_size)
-        normals.append((image, stitched_outputs(detector, image, args.stride, cfg.eval.batch_size),
-                        assemble_map(r["knn"], r["ys"], r["xs"], size, image.shape)))
+def add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs) -> None:
+    """semray's fused per-pixel map at every blur: its components' statistics measured on the 5
+    normal images' pixels at that blur (what `semray calibrate` stores for eval.pixel_blur), then
+    semray.pixelmaps.fuse_pixel_maps on each anomalous image's components."""
+    components = tuple(PIXEL_FUSION_WEIGHTS)
+    normals = [(image, stitched_outputs(detector, image, args.stride, cfg.eval.batch_size,
+                                        outputs=outputs_for(components + (FUSED_SCORE,))))
+               for _, image in load_normal_images(args.data, min_size=cfg.patches.size)]
     for blur in blurs:
-        values = {"ssim_reconstruction": [], "knn": []}
-        for image, outputs, knn in normals:
-            values["ssim_reconstruction"].append(
-                pixel_maps(image, outputs, blur_sigma=blur, names=("ssim_reconstruction",))["ssim_reconstruction"])
-            values["knn"].append(gaussian_filter(knn, blur))
-        stats = {}
-        for name, v in values.items():
-            flat = np.concatenate([m.ravel() for m in v])
-            stats[name] = (float(flat.mean()), float(flat.std()) or 1.0)
-        fused = []
-        for (item, r), ssim in zip(grid_scored, maps["ssim_reconstruction", blur]):
-            knn = gaussian_filter(assemble_map(r["knn"], r["ys"], r["xs"], size, item.image.shape), blur)
-            z = {"ssim_reconstruction": (ssim - stats["ssim_reconstruction"][0]) / stats["ssim_reconstruction"][1],
-                 "knn": (knn - stats["knn"][0]) / stats["knn"][1]}
-            fused.append(sum(w * z[k] for k, w in FUSION_WEIGHTS.items()).astype(np.float32))
-        maps["fused", blur] = fused
+        stats = pixel_map_stats([pixel_maps(image, out, blur_sigma=blur, names=components) for image, out in normals])
+        maps[FUSED_SCORE, blur] = [
+            fuse_pixel_maps(pixel_maps(image, out, blur_sigma=blur, names=components), stats).astype(np.float32)
+            for image, out in outputs_per_image]
 
 
 def main() -> None:
@@ -71,7 +55,7 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=8, help="stride of the stitched windows")
     p.add_argument("--blurs", default="4,8,12")
     p.add_argument("--json", help="write the figures here")
-    p.add_argument("--fused", action="store_true", help="also the candidate fused per-pixel map (add_fused_maps)")
+    p.add_argument("--fused", action="store_true", help="also the fused per-pixel map (add_fused_maps)")
     args = p.parse_args()
     blurs = [float(b) for b in args.blurs.split(",")]
 
@@ -81,15 +65,19 @@ def main() -> None:
     started = time.time()
     maps: dict[tuple[str, float], list[np.ndarray]] = {}
     grid_scored = []
+    outputs_per_image = []
+    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE)
     for item in items:
-        outputs = stitched_outputs(detector, item.image, args.stride, cfg.eval.batch_size)
+        outputs = stitched_outputs(detector, item.image, args.stride, cfg.eval.batch_size,
+                                   outputs=outputs_for(PIXEL_MAPS if args.fused else names))
         for blur in blurs:
-            for name, m in pixel_maps(item.image, outputs, blur_sigma=blur).items():
+            for name, m in pixel_maps(item.image, outputs, blur_sigma=blur, names=names).items():
                 maps.setdefault((name, blur), []).append(m)
         grid_scored.append((item, score_image(detector, item.image, 16, cfg.eval.batch_size)))
+        outputs_per_image.append((item.image, outputs))
     seconds = time.time() - started
     if args.fused:
-        add_fused_maps(maps, grid_scored, detector, cfg, args, blurs)
+        add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs)
     halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
 
     def figures(pixel: list[np.ndarray], idx: list[int]) -> dict[str, float]:

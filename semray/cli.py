@@ -22,7 +22,7 @@ from semray.config import PRECISIONS, load_config
 from semray.errors import EXIT_CODES, ConfigError, NothingDoneError, PartialFailureError, SemrayError
 from semray.files import atomic_write, to_json
 from semray.log import configure, duration
-from semray.scores import DEFAULT_PIXEL_MAP, DEFAULT_SCORE, FALLBACK_SCORE, PIXEL_MAPS, SCORE_NAMES
+from semray.scores import DEFAULT_PIXEL_MAP, DEFAULT_SCORE, FALLBACK_PIXEL_MAP, FALLBACK_SCORE, PIXEL_MAPS, SCORE_NAMES
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -136,10 +136,11 @@ def cmd_score(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from semray.predict import load_run
+    from semray.predict import RUN_DEFAULT, load_run
 
     run = load_run(args.run, score=args.score, stride=args.stride, use_gpu=True if args.gpu else None,
-                   precision=args.precision, pixel_map=None if args.pixel_map == "none" else args.pixel_map)
+                   precision=args.precision,
+                   pixel_map=None if args.pixel_map == "none" else (args.pixel_map or RUN_DEFAULT))
     out = Path(args.png) if args.png else None
     results = []
     for image in args.images:
@@ -372,9 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store the per-pixel map, downsampled by this factor (e.g. 4; float16), beside the "
                         "window grid; stitched from windows at the run's eval.pixel_stride (8: about 4x the "
                         "scoring work of stride 16). 0 = off")
-    b.add_argument("--pixel-map", default=DEFAULT_PIXEL_MAP, choices=PIXEL_MAPS,
+    b.add_argument("--pixel-map", choices=PIXEL_MAPS,
                    help="which per-pixel map --map-scale stores (1 - SSIM or squared residual, against the "
-                        "reconstruction or the smooth output)")
+                        f"reconstruction or the smooth output, or their fusion with knn; default: {DEFAULT_PIXEL_MAP}, "
+                        f"or {FALLBACK_PIXEL_MAP} for a run calibrated before it)")
     b.add_argument("--images-per-file", type=int,
                    help="images per Parquet part (default 64); fewer means less work redone after a crash")
     b.add_argument("--max-pixels", type=int,
@@ -404,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{FALLBACK_SCORE} for a run trained before it)")
     q.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride, 16)")
     q.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
-    q.add_argument("--pixel-map", default=DEFAULT_PIXEL_MAP, choices=[*PIXEL_MAPS, "none"],
-                   help="the per-pixel map the overlays colour (none: the window grid's, about 4x less work)")
+    q.add_argument("--pixel-map", choices=[*PIXEL_MAPS, "none"],
+                   help=f"the per-pixel map the overlays colour (default: {DEFAULT_PIXEL_MAP}, or {FALLBACK_PIXEL_MAP} "
+                        "for a run calibrated before it; none: the window grid's, less work)")
     q.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
     q.set_defaults(func=cmd_predict)
 

@@ -24,9 +24,9 @@ from semray.log import get_logger
 from semray.maps import assemble_map, calibrate_threshold, neighbourhood_mean, score_image
 from semray.metrics import at_threshold, aupro, auroc, held_out_f1, image_auroc, patch_metrics, pixel_auroc
 from semray.models import AnomalyDetector
-from semray.pixelmaps import pixel_maps, stitched_outputs, window_means
+from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector, read_threshold, save_threshold
-from semray.scores import SCORE_NAMES
+from semray.scores import FUSED_SCORE, PIXEL_MAPS, SCORE_NAMES
 
 LOG = get_logger("evaluate")
 
@@ -137,22 +137,25 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None =
     pixel_stride = cfg.eval.pixel_stride if pixel_stride is None else pixel_stride
     if pixel_stride:
         result["pixel_maps"] = pixel_map_metrics(detector, scored, cfg, pixel_stride, cfg.eval.pixel_blur,
-                                                 windows.labels, progress)
+                                                 windows.labels, progress, (calibration or {}).get("pixel_maps"))
     return result
 
 
 def pixel_map_metrics(detector: AnomalyDetector, scored: list[tuple[LabelledImage, dict[str, np.ndarray]]],
                       cfg: Config, pixel_stride: int, blur: float, labels: np.ndarray,
-                      progress: bool = False) -> dict[str, Any]:
+                      progress: bool = False, pixel_calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """The per-pixel maps of semray.pixelmaps for every scored image (stitched at pixel_stride,
     blurred by `blur`): per map, pixel AUROC, AUPRO, and the patch AUROC of the map's mean over
     each window the images were scored with (labels: those windows', as the window-score table has them)."""
     size = cfg.patches.size
     maps: dict[str, list[np.ndarray]] = {}
     window_scores: dict[str, list[np.ndarray]] = {}
+    # the fused map where the run's calibration has its statistics at this blur
+    stats = (pixel_calibration or {}).get("stats") if (pixel_calibration or {}).get("blur") == blur else None
+    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or stats)
     for item, r in _progress(scored, progress, f"per-pixel maps {cfg.model.kind}"):
-        outputs = stitched_outputs(detector, item.image, pixel_stride, cfg.eval.batch_size)
-        for name, m in pixel_maps(item.image, outputs, blur_sigma=blur).items():
+        outputs = stitched_outputs(detector, item.image, pixel_stride, cfg.eval.batch_size, outputs=outputs_for(names))
+        for name, m in pixel_maps(item.image, outputs, blur_sigma=blur, names=names, stats=stats).items():
             maps.setdefault(name, []).append(m)
             window_scores.setdefault(name, []).append(window_means(m, r["ys"], r["xs"], size))
     masks = [item.mask for item, _ in scored]
@@ -195,13 +198,21 @@ def calibrate_pixel_maps(detector: AnomalyDetector, images: list[np.ndarray], cf
     """The per-pixel maps' thresholds, as the windows' are: the (1 - fpr) quantile of each map's
     pixels over the defect-free images, so that about a fraction fpr of normal pixels is flagged
     (what `semray score --map-scale` and the overlays colour against)."""
-    values: dict[str, list[np.ndarray]] = {}
+    fused = "knn" in detector.available_scores  # the fused map's knn component needs the memory bank
+    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE) + (("knn",) if fused else ())
+    per_image = []
     for image in images:
-        outputs = stitched_outputs(detector, image, cfg.eval.pixel_stride, cfg.eval.batch_size)
-        for name, m in pixel_maps(image, outputs, blur_sigma=cfg.eval.pixel_blur).items():
-            values.setdefault(name, []).append(m)
-    return {"stride": cfg.eval.pixel_stride, "blur": cfg.eval.pixel_blur,
-            "scores": {k: calibrate_threshold(v, fpr) for k, v in values.items()}}
+        outputs = stitched_outputs(detector, image, cfg.eval.pixel_stride, cfg.eval.batch_size,
+                                   outputs=outputs_for(PIXEL_MAPS if fused else names))
+        per_image.append(pixel_maps(image, outputs, blur_sigma=cfg.eval.pixel_blur, names=names))
+    result = {"stride": cfg.eval.pixel_stride, "blur": cfg.eval.pixel_blur}
+    if fused:  # the components' statistics on these normal pixels, then the fused map like the others
+        result["stats"] = stats = pixel_map_stats(per_image)
+        for maps in per_image:
+            maps[FUSED_SCORE] = fuse_pixel_maps(maps, stats)
+    result["scores"] = {k: calibrate_threshold([m[k] for m in per_image], fpr)
+                        for k in PIXEL_MAPS if k in per_image[0]}
+    return result
 
 
 def log_precision(log: logging.Logger, what: str, detector: AnomalyDetector) -> None:

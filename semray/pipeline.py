@@ -53,7 +53,7 @@ from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
 from semray.files import atomic_write, is_uri, output_file, to_json
 from semray.log import get_logger
 from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
-from semray.scores import DEFAULT_PIXEL_MAP, PIXEL_MAPS, SCORE_NAMES, default_score
+from semray.scores import DEFAULT_PIXEL_MAP, FALLBACK_PIXEL_MAP, FUSED_SCORE, PIXEL_MAPS, SCORE_NAMES, default_score
 
 if TYPE_CHECKING:
     from semray.device import Precision
@@ -126,7 +126,7 @@ class ScoreJob:
     # grid, downsampled by this factor (float16); 0 = the window grid only. It is stitched from
     # windows at the run's eval.pixel_stride: at stride 8, four times the forward passes of stride 16.
     map_scale: int = 0
-    pixel_map: str = DEFAULT_PIXEL_MAP
+    pixel_map: str | None = None  # None: the run's default (semray.scores.DEFAULT_PIXEL_MAP, else the fallback)
 
 
 # ---------------------------------------------------------------- reading
@@ -220,7 +220,8 @@ def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict
         from semray.pixelmaps import strip_pixel_maps
 
         m = strip_pixel_maps(detector, image, s["pixel_stride"], cfg.eval.pixel_blur, s["map_scale"],
-                             names=(s["pixel_map"],), batch_size=s["batch_size"])[s["pixel_map"]]
+                             names=(s["pixel_map"],), batch_size=s["batch_size"],
+                             stats=s.get("pixel_stats"))[s["pixel_map"]]
         record.update({"pixel_map_scale": s["map_scale"], "pixel_map_height": m.shape[0],
                        "pixel_map_width": m.shape[1], "pixel_map": m.ravel(), "pixel_threshold": s["pixel_threshold"]})
     if s["patches"]:
@@ -393,8 +394,8 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
     settings = {"stride": stride, "score": score, "threshold": threshold, "quantile": job.quantile,
                 "batch_size": job.batch_size, "patches": job.patches, "cpus_per_worker": job.cpus_per_worker,
                 "gpus_per_worker": job.gpus_per_worker, "precision": precision.name, "max_pixels": job.max_pixels,
-                **({"map_scale": job.map_scale, "pixel_map": job.pixel_map, "pixel_stride": pixel["stride"],
-                    "pixel_threshold": pixel["threshold"]} if pixel else {})}
+                **({"map_scale": job.map_scale, "pixel_map": pixel["name"], "pixel_stride": pixel["stride"],
+                    "pixel_threshold": pixel["threshold"], "pixel_stats": pixel["stats"]} if pixel else {})}
     provenance = {"model": cfg.model.kind, "checkpoint_sha256": checkpoint_sha256,
                   "run": str(run_dir), "config": cfg.to_dict(), "score": score, "stride": stride,
                   "smoothing_px": cfg.eval.smoothing_px, "threshold": threshold, "threshold_origin": origin,
@@ -413,12 +414,17 @@ def pixel_map_settings(job: ScoreJob, cfg, run_dir: str) -> dict[str, Any]:
     calibrated for it on normal images (threshold.json's pixel_maps, when the run has them)."""
     from semray.runs import read_threshold
 
-    if job.pixel_map not in PIXEL_MAPS:
+    if job.pixel_map is not None and job.pixel_map not in PIXEL_MAPS:
         raise ConfigError(f"--pixel-map must be one of {', '.join(PIXEL_MAPS)}, got {job.pixel_map!r}")
     stride = cfg.eval.pixel_stride or cfg.eval.stride
     calibrated = (read_threshold(run_dir) or {}).get("pixel_maps") or {}
-    return {"name": job.pixel_map, "scale": job.map_scale, "stride": stride, "blur": cfg.eval.pixel_blur,
-            "threshold": calibrated.get("scores", {}).get(job.pixel_map),
+    # the run's default: fused, or for a run calibrated before its statistics were stored, the fallback
+    name = job.pixel_map or (DEFAULT_PIXEL_MAP if "stats" in calibrated else FALLBACK_PIXEL_MAP)
+    if name == FUSED_SCORE and "stats" not in calibrated:
+        raise ConfigError(f"{run_dir}: --pixel-map fused needs the run's per-pixel statistics (and its memory bank); "
+                          f"run `semray calibrate --run {run_dir} --data DATA_DIR` first")
+    return {"name": name, "scale": job.map_scale, "stride": stride, "blur": cfg.eval.pixel_blur,
+            "threshold": calibrated.get("scores", {}).get(name), "stats": calibrated.get("stats"),
             "layout": "pixel_map[i * pixel_map_width + j] = mean of the map over the map_scale x map_scale "
                       "pixels from (i * map_scale, j * map_scale)"}
 

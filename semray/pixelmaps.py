@@ -19,7 +19,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from semray.data.patches import denormalize_patches, iter_windows, tile_positions
-from semray.scores import PIXEL_MAPS, needs_denoiser
+from semray.errors import ConfigError
+from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS, PIXEL_MAPS, needs_denoiser
 
 OUTPUTS = ("reconstruction", "smooth", "feature_mask")
 SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5  # Wang et al.'s Gaussian window (11 pixels wide), as semray.scores
@@ -44,8 +45,10 @@ class _Stitcher:
 
 
 def outputs_for(names) -> tuple[str, ...]:
-    """The stitched outputs the per-pixel maps `names` compare the image with."""
-    return ("reconstruction", "smooth", "feature_mask") if needs_denoiser(names) else ("reconstruction",)
+    """The stitched outputs the per-pixel maps `names` compare the image with (the fused map: the
+    knn score too, spread over each window's pixels)."""
+    base = OUTPUTS if needs_denoiser(names) else ("reconstruction",)
+    return (*base, "knn") if FUSED_SCORE in names else base
 
 
 @torch.no_grad()
@@ -57,9 +60,11 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
     "feature_mask"}, each H x W float32. The feature mask is a residual, smooth - reconstruction in
     image intensities. rows=(r0, r1): only those rows (from every window that overlaps them), so a
     huge image can be done in strips (see strip_pixel_maps). outputs=("reconstruction",) (what the
-    default map needs, outputs_for) skips the denoiser."""
-    denoise = any(k != "reconstruction" for k in outputs)
-    outputs = OUTPUTS if denoise else ("reconstruction",)
+    default maps need, outputs_for) skips the denoiser; "knn" in outputs adds the knn score of each
+    window spread over its pixels (averaged where windows overlap), for the fused map."""
+    denoise = any(k in ("smooth", "feature_mask") for k in outputs)
+    knn = "knn" in outputs
+    outputs = (*(OUTPUTS if denoise else ("reconstruction",)), *(("knn",) if knn else ()))
     device = next(detector.parameters()).device
     edges = detector.cover_edges if cover_edges is None else cover_edges
     size = detector.patch_size
@@ -76,6 +81,9 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
         out = detector(raw, denoise=denoise)
         reconstruction = denormalize_patches(out["reconstruction"], raw, mode, mean, std)[:, 0]
         stitchers["reconstruction"].add(reconstruction.cpu().numpy(), by, bx)
+        if knn:
+            value = out["scores"]["knn"].float().cpu().numpy()
+            stitchers["knn"].add(np.broadcast_to(value[:, None, None], (len(value), size, size)), by, bx)
         if denoise:
             smooth = denormalize_patches(out["smooth"], raw, mode, mean, std)[:, 0]
             stitchers["smooth"].add(smooth.cpu().numpy(), by, bx)
@@ -84,13 +92,15 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
 
 
 def strip_pixel_maps(detector, image: np.ndarray, stride: int, blur: float, scale: int = 1,
-                     names: tuple[str, ...] = PIXEL_MAPS, pixels_per_strip: int = 1 << 22,
-                     batch_size: int = 512) -> dict[str, np.ndarray]:
+                     names: tuple[str, ...] | None = None, pixels_per_strip: int = 1 << 22,
+                     batch_size: int = 512, stats: dict[str, tuple[float, float]] | None = None
+                     ) -> dict[str, np.ndarray]:
     """pixel_maps of a whole image, downsampled by `scale` (float16, see downsample), computed in
     horizontal strips of about pixels_per_strip pixels: memory follows the strip, not the image, so
     a 20000 x 20000 scan costs a few hundred MB. Each strip is computed with a margin of rows as
     wide as the two blurs reach (SSIM's window, then the map's blur), so it equals the whole-image
     computation exactly."""
+    names = names or tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or stats is not None)  # as pixel_maps
     h, w = image.shape
     rows = max(scale, pixels_per_strip // w // scale * scale)  # a multiple of scale: blocks never straddle
     margin = int(4.0 * blur + 0.5) + int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1
@@ -99,7 +109,7 @@ def strip_pixel_maps(detector, image: np.ndarray, stride: int, blur: float, scal
         r1 = min(h, r0 + rows)
         e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
         outputs = stitched_outputs(detector, image, stride, batch_size, rows=(e0, e1), outputs=outputs_for(names))
-        for name, m in pixel_maps(image[e0:e1], outputs, blur_sigma=blur, names=names).items():
+        for name, m in pixel_maps(image[e0:e1], outputs, blur_sigma=blur, names=names, stats=stats).items():
             parts[name].append(downsample(m[r0 - e0:r1 - e0], scale))
     return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
@@ -122,19 +132,54 @@ def ssim_map(a: np.ndarray, b: np.ndarray, sigma: float = SSIM_SIGMA, data_range
 
 
 def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: float = 8.0,
-               ssim_sigma: float = SSIM_SIGMA, names: tuple[str, ...] = PIXEL_MAPS) -> dict[str, np.ndarray]:
+               ssim_sigma: float = SSIM_SIGMA, names: tuple[str, ...] | None = None,
+               stats: dict[str, tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
     """Per-pixel anomaly maps of one image from its stitched outputs, each blurred by blur_sigma:
     "ssim_reconstruction" and "ssim_smooth" (1 - SSIM against the reconstruction and the smooth
-    output), "reconstruction" and "smooth" (squared residuals, in image intensities); only `names`."""
+    output), "reconstruction" and "smooth" (squared residuals, in image intensities), "knn" (the
+    windows' knn scores spread over their pixels, a component of the fused map) and "fused" (the
+    weighted sum of PIXEL_FUSION_WEIGHTS' maps, each standardised by `stats`, their mean and std on
+    normal images' pixels at this blur: pixel_map_stats). names=None: every map of PIXEL_MAPS the
+    outputs and stats allow."""
     image = np.asarray(image, dtype=np.float32)
+    if names is None:
+        names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or (stats is not None and "knn" in outputs))
+    wanted = [k for k in names if k != FUSED_SCORE]
+    if FUSED_SCORE in names:
+        if stats is None or "knn" not in outputs:
+            raise ConfigError("the fused pixel map needs the run's memory bank and the maps' statistics on normal "
+                              "images (run `semray calibrate`)")
+        wanted += [k for k in PIXEL_FUSION_WEIGHTS if k not in wanted]
     maps = {}
-    for name in names:
+    for name in wanted:
+        if name == "knn":
+            maps[name] = np.nan_to_num(outputs["knn"], nan=0.0)
+            continue
         kind, _, output = name.rpartition("_") if name.startswith("ssim_") else ("", "", name)
         other = _fill(outputs[output], image)
         maps[name] = 1.0 - ssim_map(image, other, ssim_sigma) if kind == "ssim" else (image - other) ** 2
     if blur_sigma > 0:
         maps = {k: gaussian_filter(v.astype(np.float64), blur_sigma, mode="reflect") for k, v in maps.items()}
-    return {k: np.asarray(v, dtype=np.float32) for k, v in maps.items()}
+    if FUSED_SCORE in names:
+        maps[FUSED_SCORE] = fuse_pixel_maps(maps, stats)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in maps.items() if k in names}
+
+
+def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple[float, float]]) -> np.ndarray:
+    """sum_k w_k (map_k - mean_k) / std_k over PIXEL_FUSION_WEIGHTS: maps on unrelated scales (1 - SSIM,
+    a cosine distance) made comparable on normal pixels, as the fused window score is on windows."""
+    return sum(w * (np.asarray(maps[k], dtype=np.float64) - stats[k][0]) / stats[k][1]
+               for k, w in PIXEL_FUSION_WEIGHTS.items())
+
+
+def pixel_map_stats(maps: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """Each fused-map component's mean and std over the pixels of normal images' (blurred) maps."""
+    stats = {}
+    for k in PIXEL_FUSION_WEIGHTS:
+        flat = np.concatenate([np.asarray(m[k], dtype=np.float64).ravel() for m in maps])
+        std = float(flat.std())
+        stats[k] = (float(flat.mean()), std if std > 1e-12 else 1.0)
+    return stats
 
 
 def _fill(output: np.ndarray, image: np.ndarray) -> np.ndarray:

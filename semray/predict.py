@@ -31,7 +31,7 @@ from semray.models import AnomalyDetector
 from semray.overlay import render_overlay
 from semray.pixelmaps import strip_pixel_maps
 from semray.runs import RunError, calibrated_threshold, load_detector, read_threshold, read_training_record
-from semray.scores import DEFAULT_PIXEL_MAP, PIXEL_MAPS, SCORE_NAMES, default_score
+from semray.scores import PIXEL_MAPS, SCORE_NAMES, default_pixel_map, default_score
 
 LOG = get_logger("predict")
 
@@ -84,15 +84,20 @@ class Prediction:
                 "pixel_size_um": self.record["pixel_size_um"], "regions": self.regions}
 
 
+RUN_DEFAULT = "default"  # load_run's pixel_map: the run's default map
+
+
 class Run:
     """A trained run directory loaded for scoring (see load_run)."""
 
     def __init__(self, detector: AnomalyDetector, cfg: Config, thresholds: dict[str, float], score: str,
                  stride: int, path: str, trained_pixel_size: float | None = None,
-                 pixel_map: str | None = None, pixel_threshold: float | None = None):
+                 pixel_map: str | None = None, pixel_threshold: float | None = None,
+                 pixel_stats: dict[str, tuple[float, float]] | None = None):
         self.detector, self.cfg, self.thresholds = detector, cfg, thresholds
         self.score, self.stride, self.path = score, stride, path
         self.pixel_map, self.pixel_threshold = pixel_map, pixel_threshold  # None: the window grid only
+        self.pixel_stats = pixel_stats  # the fused map's components on normal pixels (semray calibrate)
         self.trained_pixel_size = trained_pixel_size  # um, from the training images' SEM metadata
 
     def predict(self, image: str | Path | np.ndarray, page: int = 0, threshold: float | None = None) -> Prediction:
@@ -114,7 +119,8 @@ class Run:
                        "stride": self.stride, "threshold": t})
         if self.pixel_map:
             m = strip_pixel_maps(self.detector, pixels, self.cfg.eval.pixel_stride, self.cfg.eval.pixel_blur,
-                                 names=(self.pixel_map,), batch_size=self.cfg.eval.batch_size)[self.pixel_map]
+                                 names=(self.pixel_map,), batch_size=self.cfg.eval.batch_size,
+                                 stats=self.pixel_stats)[self.pixel_map]
             record.update({"pixel_map": m.astype(np.float32).ravel(), "pixel_map_scale": 1,
                            "pixel_map_height": m.shape[0], "pixel_map_width": m.shape[1],
                            "pixel_threshold": self.pixel_threshold})
@@ -128,15 +134,15 @@ class Run:
 
 
 def load_run(run_dir: str | Path, score: str | None = None, stride: int | None = None, use_gpu: bool | None = None,
-             precision: str | None = None, pixel_map: str | None = DEFAULT_PIXEL_MAP) -> Run:
+             precision: str | None = None, pixel_map: str | None = RUN_DEFAULT) -> Run:
     """A trained run (a `semray train` directory, or a tune's best/) ready to predict, in this process.
     pixel_map: the per-pixel map each prediction also computes and its overlay colours (one of
-    semray.scores.PIXEL_MAPS; None for the window grid only, about 4x less work); skipped for a run
-    calibrated without per-pixel thresholds. score: None for the run's default
-    (semray.scores.default_score)."""
+    semray.scores.PIXEL_MAPS; "default": the run's default, semray.scores.default_pixel_map; None for
+    the window grid only, less work); skipped for a run calibrated without per-pixel thresholds.
+    score: None for the run's default (semray.scores.default_score)."""
     if score is not None and score not in SCORE_NAMES:
         raise ConfigError(f"score must be one of {', '.join(SCORE_NAMES)}, got {score!r}")
-    if pixel_map is not None and pixel_map not in PIXEL_MAPS:
+    if pixel_map not in (None, RUN_DEFAULT) and pixel_map not in PIXEL_MAPS:
         raise ConfigError(f"pixel map must be one of {', '.join(PIXEL_MAPS)}, got {pixel_map!r}")
     detector, cfg = load_detector(run_dir, pick_device(use_gpu), precision)
     calibration = read_threshold(run_dir)
@@ -146,8 +152,11 @@ def load_run(run_dir: str | Path, score: str | None = None, stride: int | None =
     score = score or default_score(calibration["scores"])
     calibrated_threshold(calibration, score, run_dir)  # a score the run cannot compute: say so now
     trained = read_training_record(run_dir).get("pixel_size_um")
-    pixel_thresholds = (calibration.get("pixel_maps") or {}).get("scores", {})
+    pixel_calibration = calibration.get("pixel_maps") or {}
+    pixel_thresholds = pixel_calibration.get("scores", {})
+    if pixel_map == RUN_DEFAULT:
+        pixel_map = default_pixel_map(pixel_thresholds)
     if pixel_map not in pixel_thresholds or not cfg.eval.pixel_stride:
         pixel_map = None
     return Run(detector, cfg, calibration["scores"], score, stride or cfg.eval.stride, str(run_dir), trained,
-               pixel_map, pixel_thresholds.get(pixel_map))
+               pixel_map, pixel_thresholds.get(pixel_map), pixel_calibration.get("stats"))

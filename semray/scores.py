@@ -31,16 +31,27 @@ SCORE_NAMES = STUDY_SCORES + STRUCTURAL_SCORES + FEATURE_SCORES + (FUSED_SCORE,)
 # FALLBACK_SCORE, the best on validation before it (0.880 against 0.824 for smooth on the laptop DAE).
 DEFAULT_SCORE = FUSED_SCORE
 FALLBACK_SCORE = "ssim_reconstruction"
-# The per-pixel maps (semray.pixelmaps) of the same comparisons, stitched over overlapping windows.
-PIXEL_MAPS = ("ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth")
-# The per-pixel map `semray score --map-scale` and `semray predict` draw unless told otherwise: on
-# the validation half it draws defects best (AUPRO 0.832 at blur 8 against 0.816 for ssim_smooth,
-# the default DAE, bench/RESULTS.md), and it needs no denoiser, so it costs a fraction of the others.
-DEFAULT_PIXEL_MAP = "ssim_reconstruction"
+# The per-pixel maps (semray.pixelmaps) of the same comparisons, stitched over overlapping windows,
+# and their fusion: the ssim_reconstruction map and the knn score spread over each window's pixels,
+# each standardised on normal images' pixels (stored by `semray calibrate`), weighted as chosen on
+# the validation half (bench/map_variants.py: AUPRO 0.857 against 0.849 at 0.75 / 0.25 and 0.832 for
+# ssim_reconstruction alone, the default DAE, bench/RESULTS.md).
+PIXEL_MAPS = ("ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth", FUSED_SCORE)
+PIXEL_FUSION_WEIGHTS = {"ssim_reconstruction": 0.6, "knn": 0.4}
+# The per-pixel map `semray score --map-scale` and `semray predict` draw unless told otherwise: the
+# best on the validation half (above); neither it nor the fallback (a run calibrated before the
+# pixel statistics were stored, or without a memory bank) needs the denoiser.
+DEFAULT_PIXEL_MAP = FUSED_SCORE
+FALLBACK_PIXEL_MAP = "ssim_reconstruction"
 # The scores (and per-pixel maps) that need the denoiser's output. The others, the default among them,
 # come from the autoencoder alone, so scoring skips the denoiser for them: on a CPU the denoiser is
 # most of a forward pass (bench/RESULTS.md, "Scoring without the denoiser").
 DENOISER_SCORES = frozenset({"smooth", "feature", "ssim_smooth"})
+
+
+def default_pixel_map(calibrated) -> str:
+    """The pixel map to draw when none is named, for a run with per-pixel thresholds for `calibrated`."""
+    return DEFAULT_PIXEL_MAP if DEFAULT_PIXEL_MAP in calibrated else FALLBACK_PIXEL_MAP
 
 
 def needs_denoiser(names) -> bool:

@@ -273,11 +273,13 @@ def test_score_archive_end_to_end(tmp_path, run_dir, archive):
         assert n.num_rows == s["ys"].size
         np.testing.assert_allclose(np.sort(n.column("feature").to_numpy()), np.sort(s["feature"]), rtol=1e-5)
         # --map-scale 4: the per-pixel map (float16), as strip_pixel_maps computes it here
+        # the default map: fused (this trained run has a memory bank and its calibration the statistics)
+        pixel_calibration = read_threshold(run_dir)["pixel_maps"]
         pixel = strip_pixel_maps(detector, image, cfg.eval.pixel_stride, cfg.eval.pixel_blur, 4,
-                                 names=(DEFAULT_PIXEL_MAP,))[DEFAULT_PIXEL_MAP]
+                                 names=(DEFAULT_PIXEL_MAP,), stats=pixel_calibration["stats"])[DEFAULT_PIXEL_MAP]
         assert (row["pixel_map_scale"], row["pixel_map_height"], row["pixel_map_width"]) == (4, *pixel.shape)
         np.testing.assert_allclose(row["pixel_map"], pixel.ravel().astype(np.float32), rtol=2e-2, atol=1e-3)
-        assert row["pixel_threshold"] == read_threshold(run_dir)["pixel_maps"]["scores"][DEFAULT_PIXEL_MAP]
+        assert row["pixel_threshold"] == pixel_calibration["scores"][DEFAULT_PIXEL_MAP]
     assert meta["pixel_map"]["name"] == DEFAULT_PIXEL_MAP and meta["pixel_map"]["scale"] == 4
 
     # other readers: DuckDB and pandas

@@ -51,10 +51,10 @@ class _NoDenoiser(torch.nn.Module):
 
 
 def test_the_reconstruction_maps_are_stitched_without_the_denoiser():
-    """The default per-pixel map (ssim_reconstruction) needs only the reconstruction: the denoiser,
+    """The ssim_reconstruction map (the fallback default) needs only the reconstruction: the denoiser,
     most of a forward pass on a CPU, is skipped, and the map is the one the full pass gives."""
     from semray.pixelmaps import outputs_for, strip_pixel_maps
-    from semray.scores import DEFAULT_PIXEL_MAP
+    from semray.scores import FALLBACK_PIXEL_MAP as DEFAULT_PIXEL_MAP  # the default fused map needs a bank (below)
 
     cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
     torch.manual_seed(0)
@@ -146,3 +146,41 @@ def test_strips_give_the_whole_image_computation(scale):
         expected = downsample(m, scale)
         assert strips[name].shape == expected.shape == (-(-150 // scale), -(-70 // scale)), name
         np.testing.assert_allclose(strips[name].astype(np.float32), expected.astype(np.float32), rtol=2e-3, atol=1e-6)
+
+
+def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too():
+    """The fused per-pixel map: the ssim_reconstruction map and the windows' knn scores spread over
+    their pixels, each blurred and standardised by its mean and std on normal pixels, weighted as
+    PIXEL_FUSION_WEIGHTS; computed without the denoiser, in strips as on the whole image."""
+    from semray.maps import assemble_map, score_image
+    from semray.models.memory import build_memory_bank
+    from semray.pixelmaps import outputs_for, pixel_map_stats, strip_pixel_maps
+    from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
+
+    cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
+    torch.manual_seed(0)
+    ae = create_autoencoder(cfg.model)
+    rng = np.random.default_rng(4)
+    normal = [rng.random((96, 80), dtype=np.float32) for _ in range(2)]
+    bank = build_memory_bank(ae, normal, {"mode": "patch", "mean": 0.5, "std": 0.25}, 32, max_windows=500)
+    detector = AnomalyDetector(ae, _NoDenoiser(), memory_bank=bank).eval()
+    assert outputs_for([FUSED_SCORE]) == ("reconstruction", "knn")
+    components = [pixel_maps(im, stitched_outputs(detector, im, 8, outputs=("reconstruction", "knn")), blur_sigma=2.0,
+                             names=tuple(PIXEL_FUSION_WEIGHTS)) for im in normal]
+    stats = pixel_map_stats(components)
+    for k in PIXEL_FUSION_WEIGHTS:
+        flat = np.concatenate([m[k].ravel() for m in components])
+        assert stats[k] == pytest.approx((flat.mean(), flat.std()), rel=1e-5)
+    image = rng.random((120, 72), dtype=np.float32)
+    outputs = stitched_outputs(detector, image, 8, outputs=("reconstruction", "knn"))
+    windows = score_image(detector, image, 8, names=("knn",))  # the knn map: each window's score over its pixels
+    np.testing.assert_allclose(outputs["knn"], assemble_map(windows["knn"], windows["ys"], windows["xs"], 32,
+                                                             image.shape), rtol=1e-5, atol=1e-6)
+    maps = pixel_maps(image, outputs, blur_sigma=2.0, names=(FUSED_SCORE, *PIXEL_FUSION_WEIGHTS), stats=stats)
+    expected = sum(w * (maps[k] - stats[k][0]) / stats[k][1] for k, w in PIXEL_FUSION_WEIGHTS.items())
+    np.testing.assert_allclose(maps[FUSED_SCORE], expected, rtol=1e-4, atol=1e-4)
+    strips = strip_pixel_maps(detector, image, 8, blur=2.0, names=(FUSED_SCORE,), pixels_per_strip=72 * 24,
+                              stats=stats)
+    np.testing.assert_allclose(strips[FUSED_SCORE].astype(np.float32), maps[FUSED_SCORE], rtol=5e-3, atol=5e-3)
+    with pytest.raises(Exception, match="statistics"):  # without them: one clear error
+        pixel_maps(image, outputs, names=(FUSED_SCORE,))

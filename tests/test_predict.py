@@ -13,7 +13,7 @@ from PIL import Image
 from semray.data.io import read_image
 from semray.maps import image_record, score_image
 from semray.runs import read_threshold
-from semray.scores import DEFAULT_PIXEL_MAP, FALLBACK_SCORE
+from semray.scores import DEFAULT_PIXEL_MAP, FALLBACK_PIXEL_MAP, FALLBACK_SCORE
 
 from conftest import main_in_process
 
@@ -38,12 +38,14 @@ def test_the_python_api_scores_like_bulk_scoring(untrained_run, synth_data):
     from semray.overlay import heat
     from semray.pixelmaps import strip_pixel_maps
 
-    assert run.pixel_map == DEFAULT_PIXEL_MAP and p.pixel_map.shape == image.shape
+    # the run's default map: this run has no memory bank, so no fused map: its fallback
+    assert run.pixel_map == FALLBACK_PIXEL_MAP != DEFAULT_PIXEL_MAP and p.pixel_map.shape == image.shape
+    assert "stats" not in read_threshold(untrained_run)["pixel_maps"]
     expected = strip_pixel_maps(run.detector, image, run.cfg.eval.pixel_stride, run.cfg.eval.pixel_blur,
-                                names=(DEFAULT_PIXEL_MAP,))[DEFAULT_PIXEL_MAP]
+                                names=(FALLBACK_PIXEL_MAP,))[FALLBACK_PIXEL_MAP]
     np.testing.assert_array_equal(p.pixel_map, expected.astype(np.float32))
     values, threshold = heat(p.record)
-    assert threshold == run.pixel_threshold == read_threshold(untrained_run)["pixel_maps"]["scores"][DEFAULT_PIXEL_MAP]
+    assert threshold == run.pixel_threshold == read_threshold(untrained_run)["pixel_maps"]["scores"][FALLBACK_PIXEL_MAP]
     assert semray.load_run(untrained_run, pixel_map=None).predict(image).pixel_map is None
 
 
