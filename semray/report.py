@@ -22,9 +22,10 @@ from semray.data.patches import grid_coordinates
 from semray.device import pick_device
 from semray.evaluate import pool_windows, score_dataset, summarize
 from semray.maps import image_record
-from semray.overlay import pixel_map, render_overlay
+from semray.overlay import heat, render_overlay
+from semray.pixelmaps import strip_pixel_maps
 from semray.runs import load_detector, read_threshold
-from semray.scores import SCORE_NAMES
+from semray.scores import SCORE_NAMES, default_pixel_map
 
 COLUMNS = [("auroc", "AUROC"), ("average_precision", "AP"), ("f1", "F1 (best)"),
            ("calibrated_f1", "F1 (calibrated)"), ("calibrated_precision", "precision (cal.)"),
@@ -169,8 +170,8 @@ def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str 
             record = image_record(r, best, size, s, cfg.eval.smoothing_px,
                                   threshold)
             record = {**record, "height": item.image.shape[0], "width": item.image.shape[1], "patch_size": size,
-                      "threshold": threshold}
-            stages_figure(f"{model}: {item.path.name} ({best} score)", stages, pixel_map(record), item.mask,
+                      "threshold": threshold, **_pixel_map_fields(detector, cfg, item.image, calibration)}
+            stages_figure(f"{model}: {item.path.name} ({best} score)", stages, heat(record)[0], item.mask,
                           out / f"stages-{tag}-{i}.png")
             render_overlay(item.image, record).save(out / f"detections-{tag}-{i}.png")
             pictures.append((item.path.name, f"stages-{tag}-{i}.png", f"detections-{tag}-{i}.png",
@@ -179,6 +180,19 @@ def build_report(run_dirs: list[str | Path], data_dir: str | Path, out_dir: str 
     page = out / "index.html"
     page.write_text(_page(results, sections, data_dir))
     return page
+
+
+def _pixel_map_fields(detector, cfg, image: np.ndarray, calibration: dict | None) -> dict[str, Any]:
+    """The run's default per-pixel map of an example image (as `semray predict` draws it), so the
+    pictures show defects where they are; nothing for a run calibrated without per-pixel thresholds."""
+    pixel = (calibration or {}).get("pixel_maps") or {}
+    name = default_pixel_map(pixel.get("scores", {}))
+    if name not in pixel.get("scores", {}) or not cfg.eval.pixel_stride:
+        return {}
+    m = strip_pixel_maps(detector, image, cfg.eval.pixel_stride, cfg.eval.pixel_blur, names=(name,),
+                         batch_size=cfg.eval.batch_size, stats=pixel.get("stats"))[name]
+    return {"pixel_map": m.astype(np.float32).ravel(), "pixel_map_scale": 1, "pixel_map_height": m.shape[0],
+            "pixel_map_width": m.shape[1], "pixel_threshold": pixel["scores"][name], "pixel_map_name": name}
 
 
 def _examples(scored: list, n: int) -> list:

@@ -68,3 +68,30 @@ def test_evaluate_reports_pixel_metrics_and_the_calibrated_threshold(tmp_path, s
         assert m["calibrated_threshold"] == threshold["scores"][name]
         assert not np.isnan(m["calibrated_f1"])
     assert result["calibration"]["fpr"] == 0.01
+
+
+def test_the_report_pictures_draw_the_runs_default_per_pixel_map(synth_data, untrained_run):
+    """The example pictures colour the per-pixel map semray predict would draw (its own calibrated
+    threshold), not the window grid; a run calibrated without per-pixel thresholds keeps the grid."""
+    import numpy as np
+
+    from semray.data.io import read_image
+    from semray.device import pick_device
+    from semray.overlay import heat
+    from semray.pixelmaps import strip_pixel_maps
+    from semray.report import _pixel_map_fields
+    from semray.runs import load_detector, read_threshold
+    from semray.scores import FALLBACK_PIXEL_MAP
+
+    detector, cfg = load_detector(untrained_run, pick_device())
+    calibration = read_threshold(untrained_run)
+    image = read_image(sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0])
+    fields = _pixel_map_fields(detector, cfg, image, calibration)
+    assert fields["pixel_map_name"] == FALLBACK_PIXEL_MAP  # no memory bank: no fused map
+    expected = strip_pixel_maps(detector, image, cfg.eval.pixel_stride, cfg.eval.pixel_blur,
+                                names=(FALLBACK_PIXEL_MAP,))[FALLBACK_PIXEL_MAP]
+    record = {"height": image.shape[0], "width": image.shape[1], **fields}
+    values, threshold = heat(record)
+    np.testing.assert_array_equal(values, expected.astype(np.float32))
+    assert threshold == calibration["pixel_maps"]["scores"][FALLBACK_PIXEL_MAP]
+    assert _pixel_map_fields(detector, cfg, image, {**calibration, "pixel_maps": None}) == {}
