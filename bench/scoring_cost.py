@@ -23,7 +23,8 @@ from semray.device import pick_device
 from semray.maps import score_image
 from semray.pixelmaps import strip_pixel_maps
 from semray.runs import load_detector
-from semray.scores import DEFAULT_PIXEL_MAP, DEFAULT_SCORE
+from semray.scores import DEFAULT_SCORE
+from semray.scores import FALLBACK_PIXEL_MAP as DEFAULT_PIXEL_MAP  # fused adds only knn, same forward
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
