@@ -23,8 +23,7 @@ from semray.device import pick_device
 from semray.maps import score_image
 from semray.pixelmaps import strip_pixel_maps
 from semray.runs import load_detector
-from semray.scores import DEFAULT_SCORE
-from semray.scores import FALLBACK_PIXEL_MAP as DEFAULT_PIXEL_MAP  # fused adds only knn, same forward
+from semray.scores import DEFAULT_SCORE, FALLBACK_PIXEL_MAP  # the fused map adds only knn, same forward pass
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
@@ -60,8 +59,8 @@ def main() -> None:
                                                                                      names=(DEFAULT_SCORE,)),
         f"pixel map ssim_smooth, stride {pixel_stride}": lambda im: strip_pixel_maps(
             detector, im, pixel_stride, blur, names=("ssim_smooth",), batch_size=batch),
-        f"pixel map {DEFAULT_PIXEL_MAP}, stride {pixel_stride}": lambda im: strip_pixel_maps(
-            detector, im, pixel_stride, blur, names=(DEFAULT_PIXEL_MAP,), batch_size=batch),
+        f"pixel map {FALLBACK_PIXEL_MAP}, stride {pixel_stride}": lambda im: strip_pixel_maps(
+            detector, im, pixel_stride, blur, names=(FALLBACK_PIXEL_MAP,), batch_size=batch),
     }
     seconds = {}
     for name, fn in rows.items():

@@ -54,21 +54,21 @@ def test_the_reconstruction_maps_are_stitched_without_the_denoiser():
     """The ssim_reconstruction map (the fallback default) needs only the reconstruction: the denoiser,
     most of a forward pass on a CPU, is skipped, and the map is the one the full pass gives."""
     from semray.pixelmaps import outputs_for, strip_pixel_maps
-    from semray.scores import FALLBACK_PIXEL_MAP as DEFAULT_PIXEL_MAP  # the default fused map needs a bank (below)
+    from semray.scores import FALLBACK_PIXEL_MAP  # the default, fused, needs a memory bank (tested below)
 
     cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
     torch.manual_seed(0)
     detector = AnomalyDetector(create_autoencoder(cfg.model), create_denoiser(cfg.denoiser)).eval()
     image = np.random.default_rng(3).random((64, 80)).astype(np.float32)
     full = stitched_outputs(detector, image, 8)
-    whole = pixel_maps(image, full, blur_sigma=2.0, names=(DEFAULT_PIXEL_MAP, "reconstruction"))
-    assert outputs_for([DEFAULT_PIXEL_MAP, "reconstruction"]) == ("reconstruction",)
+    whole = pixel_maps(image, full, blur_sigma=2.0, names=(FALLBACK_PIXEL_MAP, "reconstruction"))
+    assert outputs_for([FALLBACK_PIXEL_MAP, "reconstruction"]) == ("reconstruction",)
     assert "smooth" in outputs_for(["ssim_smooth"])
     detector.denoiser = _NoDenoiser()
     light = stitched_outputs(detector, image, 8, outputs=("reconstruction",))
     assert set(light) == {"reconstruction"}
     np.testing.assert_array_equal(light["reconstruction"], full["reconstruction"])
-    strips = strip_pixel_maps(detector, image, 8, blur=2.0, names=(DEFAULT_PIXEL_MAP, "reconstruction"))
+    strips = strip_pixel_maps(detector, image, 8, blur=2.0, names=(FALLBACK_PIXEL_MAP, "reconstruction"))
     for name, m in whole.items():
         np.testing.assert_allclose(strips[name].astype(np.float32), m.astype(np.float16).astype(np.float32),
                                    rtol=2e-3, atol=1e-6)
