@@ -119,6 +119,13 @@ def grid_regions(grid: np.ndarray, grid_ys: np.ndarray, grid_xs: np.ndarray, siz
     return out
 
 
+# The image-level score that ranks whole images (triage order, Prediction.score, image_auroc): the
+# map's maximum. Chosen on the validation half against the 99th percentile and the mean
+# (bench/image_score.py, leave-one-normal-image-out): a defect a few windows wide is a small
+# fraction of an SEM image, so any robust statistic averages it away.
+IMAGE_SCORE = "score_max"
+
+
 def image_record(scores: dict[str, np.ndarray], score: str, size: int, stride: int, smoothing_px: int,
                  threshold: float, quantile: float = 0.99, pixel_size_um: float | None = None) -> dict[str, Any]:
     """Everything a maps/ row holds about one scored image, apart from where it came from.

@@ -26,7 +26,7 @@ from semray.data.io import pixel_size_um, read_bytes, read_image
 from semray.device import pick_device
 from semray.errors import ConfigError
 from semray.log import get_logger
-from semray.maps import image_record, pixel_size_mismatch, score_image
+from semray.maps import IMAGE_SCORE, image_record, pixel_size_mismatch, score_image
 from semray.models import AnomalyDetector
 from semray.overlay import render_overlay
 from semray.pixelmaps import strip_pixel_maps
@@ -63,8 +63,8 @@ class Prediction:
 
     @property
     def score(self) -> float:
-        """The image-level score: the 99th percentile of its map (robust to one odd window)."""
-        return self.record["score_quantile"]
+        """The image-level score that ranks whole images: its map's maximum (semray.maps.IMAGE_SCORE)."""
+        return self.record[IMAGE_SCORE]
 
     @property
     def regions(self) -> list[dict[str, Any]]:
@@ -79,7 +79,8 @@ class Prediction:
         """JSON-ready: everything but the map itself."""
         return {"source": self.source, "page": self.page, "height": self.height, "width": self.width,
                 "score": self.score_name, "threshold": self.threshold, "image_score": self.score,
-                "score_max": self.record["score_max"], "defective": self.defective,
+                "score_max": self.record["score_max"],
+                "score_quantile": self.record["score_quantile"], "defective": self.defective,
                 "regions_count": self.record["regions_count"], "regions_area": self.record["regions_area"],
                 "pixel_size_um": self.record["pixel_size_um"], "regions": self.regions}
 

@@ -7,8 +7,8 @@ in a stream of batches and only the columns the page needs (not the maps), keepi
 per source and page, so 100,000 images take memory for their names and scores only. Only the top N
 images are read again from their sources, to draw their overlays. The page: counts (scored,
 flagged at the calibrated threshold, failed by reason, every failed file with its reason), a
-histogram of the image scores with the threshold drawn, and the N most anomalous images, most
-anomalous first, as thumbnails linking to full-size overlays.
+histogram of the image scores (each map's maximum) with the threshold drawn, and the N most
+anomalous images, most anomalous first, as thumbnails linking to full-size overlays.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from semray.data.io import read_image
 from semray.errors import InputError
 from semray.files import is_uri
 from semray.log import get_logger
+from semray.maps import IMAGE_SCORE
 from semray.overlay import render_overlay
 from semray.pipeline import ERRORS, MAPS, failure_reason
 from semray.report import IMAGE_CHECK
@@ -81,7 +82,7 @@ def _histogram(scores: list[float], threshold: float | None, path: Path) -> None
     if threshold is not None:
         ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:.4g}")
         ax.legend()
-    ax.set(xlabel="image score (99th percentile of its map)", ylabel="images", yscale="log")
+    ax.set(xlabel="image score (the maximum of its map)", ylabel="images", yscale="log")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -110,9 +111,9 @@ def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=L
     reasons: dict[str, int] = {}
     for e in errors.values():
         reasons[failure_reason(e["error"] or "")] = reasons.get(failure_reason(e["error"] or ""), 0) + 1
-    _histogram([r["score_quantile"] for r in scored.values()], threshold, pages / "scores.png")
+    _histogram([r[IMAGE_SCORE] for r in scored.values()], threshold, pages / "scores.png")
 
-    ranked = sorted(scored.values(), key=lambda r: -r["score_quantile"])[:top]
+    ranked = sorted(scored.values(), key=lambda r: -r[IMAGE_SCORE])[:top]
     full = _full_rows(f"{out}/{MAPS}", [(r["source"], r["page"]) for r in ranked]) if ranked else {}
     cards = []
     for i, r in enumerate(ranked):
@@ -129,11 +130,11 @@ def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=L
         thumb.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH * 4), Image.Resampling.LANCZOS)
         thumb.save(pages / f"{name}-thumb.png")
         page_note = f" (page {r['page']})" if r["page"] else ""
-        cards.append(f"<div class='card' data-rank='{i + 1}' data-score='{r['score_quantile']:.6g}'>"
+        cards.append(f"<div class='card' data-rank='{i + 1}' data-score='{r[IMAGE_SCORE]:.6g}'>"
                      f"<a href='{name}.png'><img src='{name}-thumb.png' "
                      f"alt='overlay of {html.escape(r['source'])}'></a>"
                      f"<p>{i + 1}. <code>{html.escape(r['source'])}</code>{page_note}<br>score "
-                     f"{r['score_quantile']:.4g} (max {r['score_max']:.4g}), {r['regions_count']} region(s), "
+                     f"{r[IMAGE_SCORE]:.4g} (99th percentile {r['score_quantile']:.4g}), {r['regions_count']} region(s), "
                      f"{r['regions_area']} px</p></div>")
     failed_rows = "".join(
         f"<tr><td><code>{html.escape(e['source'])}</code></td><td>{'file' if e['page'] < 0 else e['page']}</td>"

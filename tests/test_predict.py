@@ -30,7 +30,7 @@ def test_the_python_api_scores_like_bulk_scoring(untrained_run, synth_data):
     expected = image_record(score_image(run.detector, image, run.stride), FALLBACK_SCORE, 32, run.stride,
                             run.cfg.eval.smoothing_px, run.thresholds[FALLBACK_SCORE])
     np.testing.assert_allclose(p.map.ravel(), expected["map"], rtol=1e-6)
-    assert p.regions == expected["regions"] and p.score == expected["score_quantile"]
+    assert p.regions == expected["regions"] and p.score == expected["score_max"]
     assert p.defective == bool(expected["regions_count"]) and p.threshold == run.thresholds[FALLBACK_SCORE]
     assert run.predict(image).score == p.score  # an array works as well as a path
     assert run.overlay(p).size == (image.shape[1], image.shape[0])
