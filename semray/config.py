@@ -51,6 +51,9 @@ class ModelConfig:
     # Windows of the normal training images whose encoder features are kept for the knn score
     # (semray.models.memory; a random subset beyond this many); 0 = no bank, knn scores 0.
     memory_bank: int = 4096
+    # Components of the Gaussian mixture over normal pixels' filter-bank features, the texture part
+    # of the fused per-pixel map (semray.texture); 0 = none, and the fused map falls back.
+    texture_components: int = 8
 
 
 @dataclass
@@ -242,6 +245,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "model.width": (_positive, "a positive number"), "model.latent_dim": (_positive, "a positive number"),
     "model.init_std": (_positive, "a positive number"), "model.dae_sigma": (_at_least(0), "a number >= 0"),
     "model.cvae_beta": (_at_least(0), "a number >= 0"), "model.memory_bank": (_at_least(0), "a number >= 0"),
+    "model.texture_components": (_at_least(0), "a number >= 0"),
     "denoiser.depth": (_at_least(2), "at least 2"), "denoiser.width": (_at_least(2), "at least 2"),
     "denoiser.input_noise": (_at_least(0), "a number >= 0"),
     **{f"train.{k}": (_positive, "a positive number") for k in

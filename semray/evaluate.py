@@ -198,8 +198,9 @@ def calibrate_pixel_maps(detector: AnomalyDetector, images: list[np.ndarray], cf
     """The per-pixel maps' thresholds, as the windows' are: the (1 - fpr) quantile of each map's
     pixels over the defect-free images, so that about a fraction fpr of normal pixels is flagged
     (what `semray score --map-scale` and the overlays colour against)."""
-    fused = "knn" in detector.available_scores  # the fused map's knn component needs the memory bank
-    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE) + (("knn",) if fused else ())
+    # the fused map's components need the memory bank (knn) and the texture model
+    fused = "knn" in detector.available_scores and detector.texture is not None
+    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE) + (("knn", "texture") if fused else ())
     per_image = []
     for image in images:
         outputs = stitched_outputs(detector, image, cfg.eval.pixel_stride, cfg.eval.batch_size,

@@ -46,9 +46,9 @@ class _Stitcher:
 
 def outputs_for(names) -> tuple[str, ...]:
     """The stitched outputs the per-pixel maps `names` compare the image with (the fused map: the
-    knn score too, spread over each window's pixels)."""
+    knn score too, spread over each window's pixels, and the texture map)."""
     base = OUTPUTS if needs_denoiser(names) else ("reconstruction",)
-    return (*base, "knn") if FUSED_SCORE in names else base
+    return (*base, "knn", "texture") if FUSED_SCORE in names else base
 
 
 @torch.no_grad()
@@ -61,9 +61,16 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
     image intensities. rows=(r0, r1): only those rows (from every window that overlaps them), so a
     huge image can be done in strips (see strip_pixel_maps). outputs=("reconstruction",) (what the
     default maps need, outputs_for) skips the denoiser; "knn" in outputs adds the knn score of each
-    window spread over its pixels (averaged where windows overlap), for the fused map."""
+    window spread over its pixels (averaged where windows overlap), and "texture" the run's texture
+    map (semray.texture), both for the fused map."""
     denoise = any(k in ("smooth", "feature_mask") for k in outputs)
     knn = "knn" in outputs
+    texture = None
+    if "texture" in outputs:
+        if detector.texture is None:
+            raise ConfigError("the fused pixel map needs the run's texture model, which runs trained before it "
+                              "(or with model.texture_components: 0) lack; use another --pixel-map")
+        texture = detector.texture.score_map(image, rows=rows)
     outputs = (*(OUTPUTS if denoise else ("reconstruction",)), *(("knn",) if knn else ()))
     device = next(detector.parameters()).device
     edges = detector.cover_edges if cover_edges is None else cover_edges
@@ -88,7 +95,8 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
             smooth = denormalize_patches(out["smooth"], raw, mode, mean, std)[:, 0]
             stitchers["smooth"].add(smooth.cpu().numpy(), by, bx)
             stitchers["feature_mask"].add((smooth - reconstruction).cpu().numpy(), by, bx)
-    return {k: s.image()[r0 - top:r1 - top] for k, s in stitchers.items()}
+    stitched = {k: s.image()[r0 - top:r1 - top] for k, s in stitchers.items()}
+    return stitched if texture is None else {**stitched, "texture": texture}
 
 
 def strip_pixel_maps(detector, image: np.ndarray, stride: int, blur: float, scale: int = 1,
@@ -137,23 +145,24 @@ def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: fl
     """Per-pixel anomaly maps of one image from its stitched outputs, each blurred by blur_sigma:
     "ssim_reconstruction" and "ssim_smooth" (1 - SSIM against the reconstruction and the smooth
     output), "reconstruction" and "smooth" (squared residuals, in image intensities), "knn" (the
-    windows' knn scores spread over their pixels, a component of the fused map) and "fused" (the
+    windows' knn scores spread over their pixels) and "texture" (semray.texture), components of the
+    fused map, and "fused" (the
     weighted sum of PIXEL_FUSION_WEIGHTS' maps, each standardised by `stats`, their mean and std on
     normal images' pixels at this blur: pixel_map_stats). names=None: every map of PIXEL_MAPS the
     outputs and stats allow."""
     image = np.asarray(image, dtype=np.float32)
     if names is None:
-        names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or (stats is not None and "knn" in outputs))
+        names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or (stats is not None and _components(outputs)))
     wanted = [k for k in names if k != FUSED_SCORE]
     if FUSED_SCORE in names:
-        if stats is None or "knn" not in outputs:
-            raise ConfigError("the fused pixel map needs the run's memory bank and the maps' statistics on normal "
-                              "images (run `semray calibrate`)")
+        if stats is None or not _components(outputs):
+            raise ConfigError("the fused pixel map needs the run's memory bank and texture model and the maps' "
+                              "statistics on normal images (run `semray calibrate`)")
         wanted += [k for k in PIXEL_FUSION_WEIGHTS if k not in wanted]
     maps = {}
     for name in wanted:
-        if name == "knn":
-            maps[name] = np.nan_to_num(outputs["knn"], nan=0.0)
+        if name in ("knn", "texture"):
+            maps[name] = np.nan_to_num(outputs[name], nan=0.0)
             continue
         kind, _, output = name.rpartition("_") if name.startswith("ssim_") else ("", "", name)
         other = _fill(outputs[output], image)
@@ -163,6 +172,11 @@ def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: fl
     if FUSED_SCORE in names:
         maps[FUSED_SCORE] = fuse_pixel_maps(maps, stats)
     return {k: np.asarray(v, dtype=np.float32) for k, v in maps.items() if k in names}
+
+
+def _components(outputs: dict[str, np.ndarray]) -> bool:
+    """Whether the stitched outputs hold the fused map's components that are not comparisons."""
+    return "knn" in outputs and "texture" in outputs
 
 
 def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple[float, float]]) -> np.ndarray:

@@ -30,6 +30,8 @@ from semray.device import memory_format, resolve_precision
 from semray.errors import SemrayError
 from semray.files import atomic_path, atomic_write, is_uri, join_uri, to_json
 from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
+from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
+from semray.texture import TextureModel
 
 MODEL_FILE = "model.pt"
 AUTOENCODER_FILE = "autoencoder.pt"
@@ -110,11 +112,13 @@ def read_config(run_dir: str | Path) -> Config | None:
 
 def model_state(cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict,
                 training: dict[str, Any] | None = None, memory_bank: torch.Tensor | None = None,
-                score_stats: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+                score_stats: dict[str, tuple[float, float]] | None = None,
+                texture: TextureModel | None = None) -> dict[str, Any]:
     """What model.pt holds. training: per stage, what it ran in (precision, memory format, device,
     patches/s). memory_bank: the normal windows' encoder features for the knn score
     (semray.models.memory). score_stats: each score's mean and std on normal windows, for the fused
-    score (semray.models.fusion)."""
+    score (semray.models.fusion). texture: the normal pixels' texture model (semray.texture), for the
+    fused per-pixel map, as tensors (model.pt loads with weights_only)."""
     return {
         "format": 1,
         "semray_version": __version__,
@@ -125,6 +129,7 @@ def model_state(cfg: Config, normalization: dict[str, Any], autoencoder: dict, d
         "training": training or {},
         "memory_bank": torch.zeros(0, 0, dtype=torch.float16) if memory_bank is None else memory_bank,
         "score_stats": score_stats or {},
+        "texture": {k: torch.from_numpy(v) for k, v in texture.as_state().items()} if texture else {},
     }
 
 
@@ -161,9 +166,20 @@ def read_threshold(run_dir: str | Path) -> dict[str, Any] | None:
     if data is None:
         return None
     try:
-        return json.loads(data)
+        return _usable(json.loads(data))
     except ValueError as e:
         raise RunError(f"{path}: unreadable threshold file ({e}); run `semray calibrate` again") from e
+
+
+def _usable(calibration: dict[str, Any]) -> dict[str, Any]:
+    """A calibration made before the fused per-pixel map gained a component (its statistics lack
+    one) cannot compute today's fused map: drop its statistics and fused threshold, so every
+    command falls back to the other maps until `semray calibrate` runs again."""
+    pixel = calibration.get("pixel_maps") or {}
+    if "stats" in pixel and not set(PIXEL_FUSION_WEIGHTS) <= set(pixel["stats"]):
+        del pixel["stats"]
+        pixel.get("scores", {}).pop(FUSED_SCORE, None)
+    return calibration
 
 
 def calibrated_threshold(calibration: dict[str, Any], score: str, run_dir: str | Path) -> float:
@@ -202,4 +218,5 @@ def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu
                                memory_format=fmt, patch_size=cfg.patches.size, cover_edges=cfg.eval.cover_edges,
                                memory_bank=state.get("memory_bank"),  # absent from runs trained before it
                                score_stats=state.get("score_stats") or None)
+    detector.texture = TextureModel.from_state(state.get("texture"))  # absent from runs trained before it
     return detector.to(device, memory_format=fmt).eval(), cfg

@@ -32,12 +32,14 @@ SCORE_NAMES = STUDY_SCORES + STRUCTURAL_SCORES + FEATURE_SCORES + (FUSED_SCORE,)
 DEFAULT_SCORE = FUSED_SCORE
 FALLBACK_SCORE = "ssim_reconstruction"
 # The per-pixel maps (semray.pixelmaps) of the same comparisons, stitched over overlapping windows,
-# and their fusion: the ssim_reconstruction map and the knn score spread over each window's pixels,
-# each standardised on normal images' pixels (stored by `semray calibrate`), weighted as chosen on
-# the validation half (bench/map_variants.py: AUPRO 0.857 against 0.849 at 0.75 / 0.25 and 0.832 for
-# ssim_reconstruction alone, the default DAE, bench/RESULTS.md).
+# and their fusion: the ssim_reconstruction map, the knn score spread over each window's pixels and
+# the texture map (semray.texture: no network at all), each standardised on normal images' pixels
+# (stored by `semray calibrate`), weighted as chosen on the validation half: ssim_reconstruction and
+# knn 0.6 / 0.4 (bench/map_variants.py: AUPRO 0.857 against 0.849 at 0.75 / 0.25 and 0.832 for
+# ssim_reconstruction alone), then that pair and texture 0.8 / 0.2 (bench/texture_probe.py: AUPRO
+# 0.878 against 0.859 without it and 0.873 at 0.1 or 0.3; the default DAE, bench/RESULTS.md).
 PIXEL_MAPS = ("ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth", FUSED_SCORE)
-PIXEL_FUSION_WEIGHTS = {"ssim_reconstruction": 0.6, "knn": 0.4}
+PIXEL_FUSION_WEIGHTS = {"ssim_reconstruction": 0.48, "knn": 0.32, "texture": 0.2}
 # The per-pixel map `semray score --map-scale` and `semray predict` draw unless told otherwise: the
 # best on the validation half (above); neither it nor the fallback (a run calibrated before the
 # pixel statistics were stored, or without a memory bank) needs the denoiser.

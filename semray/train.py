@@ -59,6 +59,7 @@ from semray.runs import (
     save_training_record,
     write_model,
 )
+from semray.texture import TextureModel
 
 LOG = get_logger("train")
 
@@ -445,7 +446,10 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     encoder = create_autoencoder(cfg.model, cfg.patches.size)
     encoder.load_state_dict(autoencoder)
     bank = build_memory_bank(encoder, images, normalization, cfg.patches.size, cfg.model.memory_bank, cfg.train.seed)
-    model = model_state(cfg, normalization, autoencoder, _ema_or_model(state), training=record, memory_bank=bank)
+    texture = TextureModel.fit(images, cfg.model.texture_components, seed=cfg.train.seed) \
+        if cfg.model.texture_components else None
+    model = model_state(cfg, normalization, autoencoder, _ema_or_model(state), training=record, memory_bank=bank,
+                        texture=texture)
     detector, _ = detector_from_state(model, "cpu", warn=False)
     model["score_stats"] = score_statistics(detector, images, seed=cfg.train.seed)
     return write_model(run_dir, model)

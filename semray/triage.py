@@ -134,7 +134,8 @@ def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=L
                      f"<a href='{name}.png'><img src='{name}-thumb.png' "
                      f"alt='overlay of {html.escape(r['source'])}'></a>"
                      f"<p>{i + 1}. <code>{html.escape(r['source'])}</code>{page_note}<br>score "
-                     f"{r[IMAGE_SCORE]:.4g} (99th percentile {r['score_quantile']:.4g}), {r['regions_count']} region(s), "
+                     f"{r[IMAGE_SCORE]:.4g} (99th percentile {r['score_quantile']:.4g}), "
+                     f"{r['regions_count']} region(s), "
                      f"{r['regions_area']} px</p></div>")
     failed_rows = "".join(
         f"<tr><td><code>{html.escape(e['source'])}</code></td><td>{'file' if e['page'] < 0 else e['page']}</td>"

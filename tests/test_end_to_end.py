@@ -28,6 +28,8 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     # the fused score's standardisation, measured on normal windows at the end of training
     assert set(state["score_stats"]) == set(SCORE_NAMES) - {"fused"}
     assert all(std > 0 for _, std in state["score_stats"].values())
+    # the texture map's mixture over normal pixels' filter-bank features (semray.texture), as tensors
+    assert state["texture"]["means"].shape == (8, 20) and state["texture"]["covariances"].shape == (8, 20, 20)
 
     out = tmp_path / "eval.json"
     evaluation = run_cli("evaluate", "--run", run, "--data", synth_data, "--stride", 8, "--json", out)
@@ -45,11 +47,11 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     assert result["smoothing_px"] == 16  # neighbourhood pooling of scores is on by default
     # the per-pixel maps, stitched from windows every 8 px, are part of every evaluation
     assert result["pixel_maps"]["stride"] == 8 and "per-pixel maps" in evaluation.stdout
-    # ... and the fused map of ssim_reconstruction and knn, from the statistics calibration stored
+    # ... and the fused map of ssim_reconstruction, knn and texture, from the statistics calibration stored
     assert set(result["pixel_maps"]["maps"]) == {"ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth",
                                                  "fused"}
     pixel_calibration = json.loads((run / "threshold.json").read_text())["pixel_maps"]
-    assert set(pixel_calibration["stats"]) == {"ssim_reconstruction", "knn"}
+    assert set(pixel_calibration["stats"]) == {"ssim_reconstruction", "knn", "texture"}
     assert set(pixel_calibration["scores"]) == set(result["pixel_maps"]["maps"])
     for metrics in result["pixel_maps"]["maps"].values():
         assert all(0.0 <= metrics[k] <= 1.0 for k in ("pixel_auroc", "aupro", "patch_auroc"))

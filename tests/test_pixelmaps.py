@@ -149,13 +149,15 @@ def test_strips_give_the_whole_image_computation(scale):
 
 
 def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too():
-    """The fused per-pixel map: the ssim_reconstruction map and the windows' knn scores spread over
-    their pixels, each blurred and standardised by its mean and std on normal pixels, weighted as
-    PIXEL_FUSION_WEIGHTS; computed without the denoiser, in strips as on the whole image."""
+    """The fused per-pixel map: the ssim_reconstruction map, the windows' knn scores spread over
+    their pixels and the texture map, each blurred and standardised by its mean and std on normal
+    pixels, weighted as PIXEL_FUSION_WEIGHTS; computed without the denoiser, in strips as on the
+    whole image; a run without a texture model says so in one line."""
     from semray.maps import assemble_map, score_image
     from semray.models.memory import build_memory_bank
     from semray.pixelmaps import outputs_for, pixel_map_stats, strip_pixel_maps
     from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
+    from semray.texture import TextureModel
 
     cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
     torch.manual_seed(0)
@@ -164,15 +166,20 @@ def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too()
     normal = [rng.random((96, 80), dtype=np.float32) for _ in range(2)]
     bank = build_memory_bank(ae, normal, {"mode": "patch", "mean": 0.5, "std": 0.25}, 32, max_windows=500)
     detector = AnomalyDetector(ae, _NoDenoiser(), memory_bank=bank).eval()
-    assert outputs_for([FUSED_SCORE]) == ("reconstruction", "knn")
-    components = [pixel_maps(im, stitched_outputs(detector, im, 8, outputs=("reconstruction", "knn")), blur_sigma=2.0,
+    wanted = outputs_for([FUSED_SCORE])
+    assert wanted == ("reconstruction", "knn", "texture")
+    with pytest.raises(Exception, match="texture model"):
+        stitched_outputs(detector, normal[0], 8, outputs=wanted)
+    detector.texture = TextureModel.fit(normal, components=2, pixels=4000)
+    components = [pixel_maps(im, stitched_outputs(detector, im, 8, outputs=wanted), blur_sigma=2.0,
                              names=tuple(PIXEL_FUSION_WEIGHTS)) for im in normal]
     stats = pixel_map_stats(components)
     for k in PIXEL_FUSION_WEIGHTS:
         flat = np.concatenate([m[k].ravel() for m in components])
         assert stats[k] == pytest.approx((flat.mean(), flat.std()), rel=1e-5)
     image = rng.random((120, 72), dtype=np.float32)
-    outputs = stitched_outputs(detector, image, 8, outputs=("reconstruction", "knn"))
+    outputs = stitched_outputs(detector, image, 8, outputs=wanted)
+    np.testing.assert_allclose(outputs["texture"], detector.texture.score_map(image))
     windows = score_image(detector, image, 8, names=("knn",))  # the knn map: each window's score over its pixels
     np.testing.assert_allclose(outputs["knn"], assemble_map(windows["knn"], windows["ys"], windows["xs"], 32,
                                                              image.shape), rtol=1e-5, atol=1e-6)

@@ -39,6 +39,7 @@ class AnomalyDetector(nn.Module):
         self.normalization = normalization
         self.mean, self.std = mean, std
         self.precision = precision
+        self.texture = None  # the run's semray.texture.TextureModel, for the fused pixel map (runs.detector_from_state)
         self.memory_format = memory_format  # of the inputs; the caller converts the weights (runs.detector_from_state)
 
     def set_score_stats(self, score_stats: dict[str, tuple[float, float]] | None) -> None:
