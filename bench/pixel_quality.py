@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--blurs", default="4,8,12")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--fused", action="store_true", help="also the fused per-pixel map (add_fused_maps)")
+    p.add_argument("--save-maps", help="write every map (float16) to this .npz, keyed 'name blur i'")
     args = p.parse_args()
     blurs = [float(b) for b in args.blurs.split(",")]
 
@@ -79,6 +80,9 @@ def main() -> None:
     if args.fused:
         add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs)
     halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
+    if args.save_maps:
+        np.savez_compressed(args.save_maps, **{f"{name} {blur:g} {i}": m.astype(np.float16)
+                                               for (name, blur), ms in maps.items() for i, m in enumerate(ms)})
 
     def figures(pixel: list[np.ndarray], idx: list[int]) -> dict[str, float]:
         masks = [items[i].mask for i in idx]

@@ -1,0 +1,146 @@
+"""A per-pixel score with no neural network at all: how unlike the normal images' texture is each
+pixel's neighbourhood, measured by a multi-scale filter bank and one Gaussian fitted on the normal
+images' pixels (Mahalanobis distance), then blurred. Probe for the quality issue's non-residual score.
+
+    .venv/bin/python bench/texture_probe.py [--data ../shared/data/nanotwice] [--sigmas 1,2,4,8]
+        [--blurs 4,8] [--json out.json]
+
+Choices are read on Tune's validation half; the test half is only reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from semray.data.datasets import load_anomalous_images, load_normal_images
+from semray.data.patches import grid_coordinates, patch_labels
+from semray.metrics import aupro, auroc, pixel_auroc
+from semray.pixelmaps import window_means
+from semray.tune import split_validation_test
+
+HERE = Path(__file__).resolve().parent
+
+
+def filter_bank(image: np.ndarray, sigmas: list[float]) -> np.ndarray:
+    """(features, H, W): per scale the smoothed intensity, gradient magnitude, scale-normalised
+    Laplacian, local standard deviation and Hessian determinant, of the image standardised by its
+    own median and spread (SEM brightness and contrast differ from image to image)."""
+    x = np.asarray(image, dtype=np.float32)
+    med = np.median(x)
+    spread = np.quantile(x, 0.95) - np.quantile(x, 0.05) + 1e-6
+    x = (x - med) / spread
+    out = []
+    for s in sigmas:
+        g = ndimage.gaussian_filter(x, s)
+        out.append(g)
+        out.append(ndimage.gaussian_gradient_magnitude(x, s) * s)
+        out.append(ndimage.gaussian_laplace(x, s) * s * s)
+        local_var = ndimage.gaussian_filter(x * x, 2 * s) - ndimage.gaussian_filter(x, 2 * s) ** 2
+        out.append(np.sqrt(np.maximum(local_var, 0)))
+        hxx = ndimage.gaussian_filter(x, s, order=(0, 2))
+        hyy = ndimage.gaussian_filter(x, s, order=(2, 0))
+        hxy = ndimage.gaussian_filter(x, s, order=(1, 1))
+        out.append((hxx * hyy - hxy * hxy) * s ** 4)
+    return np.stack(out).astype(np.float32)
+
+
+class GaussianDensity:
+    """Mean and inverse covariance of normal pixels' features; score = Mahalanobis distance."""
+
+    def fit(self, feats: np.ndarray) -> GaussianDensity:
+        self.mean = feats.mean(0)
+        cov = np.cov(feats, rowvar=False) + 1e-4 * np.eye(feats.shape[1])
+        self.precision = np.linalg.inv(cov).astype(np.float32)
+        return self
+
+    def score(self, stack: np.ndarray) -> np.ndarray:
+        f, h, w = stack.shape
+        d = stack.reshape(f, -1).T - self.mean
+        return np.sqrt(np.einsum("ij,jk,ik->i", d, self.precision, d)).reshape(h, w).astype(np.float32)
+
+
+class Mixture:
+    """A Gaussian mixture (scikit-learn) on normal pixels' features: normal SEM texture is at least
+    two populations (fibre and background) that one Gaussian blurs together; score = -log density."""
+
+    def __init__(self, k: int):
+        from sklearn.mixture import GaussianMixture
+        self.model = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=0)
+
+    def fit(self, feats: np.ndarray) -> Mixture:
+        self.model.fit(feats)
+        return self
+
+    def score(self, stack: np.ndarray) -> np.ndarray:
+        f, h, w = stack.shape
+        return (-self.model.score_samples(stack.reshape(f, -1).T)).reshape(h, w).astype(np.float32)
+
+
+def evaluate(items, maps, halves) -> dict[str, dict[str, float]]:
+    rows = {}
+    for h, idx in halves.items():
+        labels, scores = [], []
+        for i in idx:
+            ys, xs = grid_coordinates(*items[i].image.shape, 32, 16)
+            labels.append(patch_labels(items[i].mask, ys, xs, 32, 1))
+            scores.append(window_means(maps[i], ys, xs, 32))
+        rows[h] = {"pixel_auroc": pixel_auroc([items[i].mask for i in idx], [maps[i] for i in idx]),
+                   "aupro": aupro([items[i].mask for i in idx], [maps[i] for i in idx]),
+                   "patch_auroc": auroc(np.concatenate(labels), np.concatenate(scores))}
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
+    p.add_argument("--sigmas", default="1,2,4,8")
+    p.add_argument("--blurs", default="2,4,8")
+    p.add_argument("--pixels", type=int, default=400_000, help="normal pixels sampled for the fit")
+    p.add_argument("--gmm", type=int, default=0, help="a K-component mixture instead of one Gaussian")
+    p.add_argument("--fuse-with", help="a bench/pixel_quality.py --save-maps .npz: also fuse with its map")
+    p.add_argument("--fuse-map", default="fused 8", help="which map of that file ('name blur')")
+    p.add_argument("--json")
+    args = p.parse_args()
+    sigmas = [float(s) for s in args.sigmas.split(",")]
+    blurs = [float(b) for b in args.blurs.split(",")]
+    rng = np.random.default_rng(0)
+    started = time.time()
+    normal = [filter_bank(img, sigmas) for _, img in load_normal_images(args.data)]
+    per = args.pixels // len(normal)
+    sample = np.concatenate([s.reshape(s.shape[0], -1).T[rng.choice(s[0].size, per, replace=False)] for s in normal])
+    density = (Mixture(args.gmm) if args.gmm else GaussianDensity()).fit(sample)
+    items = load_anomalous_images(args.data)
+    raw = [density.score(filter_bank(it.image, sigmas)) for it in items]
+    seconds = time.time() - started
+    halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
+    rows = {}
+    for blur in blurs:
+        maps = [ndimage.gaussian_filter(m, blur) for m in raw]
+        rows[f"texture blur {blur:g}"] = evaluate(items, maps, halves)
+    if args.fuse_with:
+        saved = np.load(args.fuse_with)
+        other = [saved[f"{args.fuse_map} {i}"].astype(np.float32) for i in range(len(items))]
+        best_blur = max(blurs, key=lambda b: rows[f"texture blur {b:g}"]["val"]["aupro"])
+        normal_maps = [ndimage.gaussian_filter(density.score(s), best_blur) for s in normal]
+        mu = float(np.mean([m.mean() for m in normal_maps]))
+        sd = float(np.sqrt(np.mean([m.var() for m in normal_maps])))
+        texture = [(ndimage.gaussian_filter(m, best_blur) - mu) / sd for m in raw]
+        for w in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
+            maps = [(1 - w) * o + w * t for o, t in zip(other, texture)]
+            rows[f"{args.fuse_map} + {w:g} texture"] = evaluate(items, maps, halves)
+    print(f"{len(items)} images, sigmas {sigmas}, {sample.shape[1]} features, {seconds:.0f} s")
+    for name, r in rows.items():
+        v, t = r["val"], r["test"]
+        print(f"{name:28s} val {v['pixel_auroc']:.3f} {v['aupro']:.3f} {v['patch_auroc']:.3f}   "
+              f"test {t['pixel_auroc']:.3f} {t['aupro']:.3f} {t['patch_auroc']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
