@@ -1,6 +1,7 @@
 """A per-pixel score with no neural network at all: how unlike the normal images' texture is each
-pixel's neighbourhood, measured by a multi-scale filter bank and one Gaussian fitted on the normal
-images' pixels (Mahalanobis distance), then blurred. Probe for the quality issue's non-residual score.
+pixel's neighbourhood, measured by semray.texture's multi-scale filter bank and one Gaussian
+(Mahalanobis distance) or a mixture fitted on the normal images' pixels, then blurred. The probe
+that chose semray.texture's settings and its weight in the fused per-pixel map.
 
     .venv/bin/python bench/texture_probe.py [--data ../shared/data/nanotwice] [--sigmas 1,2,4,8]
         [--blurs 4,8] [--json out.json]
@@ -21,32 +22,10 @@ from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.data.patches import grid_coordinates, patch_labels
 from semray.metrics import aupro, auroc, pixel_auroc
 from semray.pixelmaps import window_means
+from semray.texture import filter_bank
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
-
-
-def filter_bank(image: np.ndarray, sigmas: list[float]) -> np.ndarray:
-    """(features, H, W): per scale the smoothed intensity, gradient magnitude, scale-normalised
-    Laplacian, local standard deviation and Hessian determinant, of the image standardised by its
-    own median and spread (SEM brightness and contrast differ from image to image)."""
-    x = np.asarray(image, dtype=np.float32)
-    med = np.median(x)
-    spread = np.quantile(x, 0.95) - np.quantile(x, 0.05) + 1e-6
-    x = (x - med) / spread
-    out = []
-    for s in sigmas:
-        g = ndimage.gaussian_filter(x, s)
-        out.append(g)
-        out.append(ndimage.gaussian_gradient_magnitude(x, s) * s)
-        out.append(ndimage.gaussian_laplace(x, s) * s * s)
-        local_var = ndimage.gaussian_filter(x * x, 2 * s) - ndimage.gaussian_filter(x, 2 * s) ** 2
-        out.append(np.sqrt(np.maximum(local_var, 0)))
-        hxx = ndimage.gaussian_filter(x, s, order=(0, 2))
-        hyy = ndimage.gaussian_filter(x, s, order=(2, 0))
-        hxy = ndimage.gaussian_filter(x, s, order=(1, 1))
-        out.append((hxx * hyy - hxy * hxy) * s ** 4)
-    return np.stack(out).astype(np.float32)
 
 
 class GaussianDensity:
@@ -110,12 +89,12 @@ def main() -> None:
     blurs = [float(b) for b in args.blurs.split(",")]
     rng = np.random.default_rng(0)
     started = time.time()
-    normal = [filter_bank(img, sigmas) for _, img in load_normal_images(args.data)]
+    normal = [filter_bank(img, tuple(sigmas)) for _, img in load_normal_images(args.data)]
     per = args.pixels // len(normal)
     sample = np.concatenate([s.reshape(s.shape[0], -1).T[rng.choice(s[0].size, per, replace=False)] for s in normal])
     density = (Mixture(args.gmm) if args.gmm else GaussianDensity()).fit(sample)
     items = load_anomalous_images(args.data)
-    raw = [density.score(filter_bank(it.image, sigmas)) for it in items]
+    raw = [density.score(filter_bank(it.image, tuple(sigmas))) for it in items]
     seconds = time.time() - started
     halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
     rows = {}
