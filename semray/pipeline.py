@@ -421,8 +421,9 @@ def pixel_map_settings(job: ScoreJob, cfg, run_dir: str) -> dict[str, Any]:
     # the run's default: fused, or for a run calibrated before its statistics were stored, the fallback
     name = job.pixel_map or (DEFAULT_PIXEL_MAP if "stats" in calibrated else FALLBACK_PIXEL_MAP)
     if name == FUSED_SCORE and "stats" not in calibrated:
-        raise ConfigError(f"{run_dir}: --pixel-map fused needs the run's per-pixel statistics (and its memory bank); "
-                          f"run `semray calibrate --run {run_dir} --data DATA_DIR` first")
+        raise ConfigError(f"{run_dir}: --pixel-map fused needs the run's per-pixel statistics (and its memory bank "
+                          f"and texture model, which runs trained before them lack); run `semray calibrate --run "
+                          f"{run_dir} --data DATA_DIR` first, or train the run anew")
     return {"name": name, "scale": job.map_scale, "stride": stride, "blur": cfg.eval.pixel_blur,
             "threshold": calibrated.get("scores", {}).get(name), "stats": calibrated.get("stats"),
             "layout": "pixel_map[i * pixel_map_width + j] = mean of the map over the map_scale x map_scale "

@@ -84,3 +84,13 @@ def test_a_run_calibrated_before_the_texture_component_falls_back_from_the_fused
     assert "stats" not in pixel and FUSED_SCORE not in pixel["scores"]
     assert default_pixel_map(pixel["scores"]) == FALLBACK_PIXEL_MAP
     assert read_threshold(tmp_path)["scores"] == {"fused": 1.0}  # the window score's threshold is kept
+    # `semray score --map-scale N` draws the fallback; asking for the fused map is one clear line
+    from semray.config import Config
+    from semray.errors import ConfigError
+    from semray.pipeline import ScoreJob, pixel_map_settings
+
+    job = ScoreJob(inputs=[], run=str(tmp_path), out=str(tmp_path / "out"), map_scale=4)
+    assert pixel_map_settings(job, Config(), str(tmp_path))["name"] == FALLBACK_PIXEL_MAP
+    job.pixel_map = FUSED_SCORE
+    with pytest.raises(ConfigError, match="texture model"):
+        pixel_map_settings(job, Config(), str(tmp_path))
