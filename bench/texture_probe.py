@@ -83,18 +83,23 @@ def main() -> None:
     p.add_argument("--gmm", type=int, default=0, help="a K-component mixture instead of one Gaussian")
     p.add_argument("--fuse-with", help="a bench/pixel_quality.py --save-maps .npz: also fuse with its map")
     p.add_argument("--fuse-map", default="fused 8", help="which map of that file ('name blur')")
+    p.add_argument("--coherence", default="2,4,8", help="the structure tensor's coherence at these sigmas ('': none)")
     p.add_argument("--json")
     args = p.parse_args()
     sigmas = [float(s) for s in args.sigmas.split(",")]
     blurs = [float(b) for b in args.blurs.split(",")]
     rng = np.random.default_rng(0)
     started = time.time()
-    normal = [filter_bank(img, tuple(sigmas)) for _, img in load_normal_images(args.data)]
+    extra = [float(c) for c in args.coherence.split(",") if c]
+
+    def features(image: np.ndarray) -> np.ndarray:
+        return filter_bank(image, tuple(sigmas), coherence_sigmas=tuple(extra))
+    normal = [features(img) for _, img in load_normal_images(args.data)]
     per = args.pixels // len(normal)
     sample = np.concatenate([s.reshape(s.shape[0], -1).T[rng.choice(s[0].size, per, replace=False)] for s in normal])
     density = (Mixture(args.gmm) if args.gmm else GaussianDensity()).fit(sample)
     items = load_anomalous_images(args.data)
-    raw = [density.score(filter_bank(it.image, tuple(sigmas))) for it in items]
+    raw = [density.score(features(it.image)) for it in items]
     seconds = time.time() - started
     halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
     rows = {}

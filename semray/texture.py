@@ -2,7 +2,8 @@
 pixel's neighbourhood looks.
 
 Every pixel is described by a small filter bank at a few scales (smoothed intensity, gradient
-magnitude, Laplacian, local contrast, Hessian determinant: blob, edge and flatness detectors), of
+magnitude, Laplacian, local contrast, Hessian determinant: blob, edge and flatness detectors; and
+the structure tensor's coherence: whether the neighbourhood has one orientation, as a fibre has), of
 the image standardised by its own median and spread, since SEM brightness and contrast vary from
 image to image. A Gaussian mixture fitted on the normal images' pixels (scikit-learn) models what
 normal texture is (fibres, their edges, the background between them: several populations one
@@ -21,16 +22,20 @@ import numpy as np
 from scipy import ndimage
 
 SIGMAS = (1.0, 2.0, 4.0, 8.0)
+# Scales of the structure tensor's coherence: near 1 along a fibre (one orientation), near 0 in a
+# bead or a flat film (none); the feature that lifted the map most (bench/texture_probe.py).
+COHERENCE_SIGMAS = (2.0, 4.0, 8.0)
 # Rows of context a pixel's features read on each side (the widest filter: the local contrast's
 # Gaussian of 2 x the largest sigma, truncated at 4 sigma): what a strip needs as margin.
 REACH = int(4 * 2 * max(SIGMAS)) + 1
 
 
 def filter_bank(image: np.ndarray, sigmas: tuple[float, ...] = SIGMAS,
-                level: tuple[float, float] | None = None) -> np.ndarray:
-    """(5 x len(sigmas), H, W) float32 features of each pixel. level=(median, spread) standardises
-    the image; None measures them on this image (a strip of a larger one passes the whole image's,
-    so strips agree with the whole)."""
+                level: tuple[float, float] | None = None,
+                coherence_sigmas: tuple[float, ...] = COHERENCE_SIGMAS) -> np.ndarray:
+    """(5 x len(sigmas) + len(coherence_sigmas), H, W) float32 features of each pixel.
+    level=(median, spread) standardises the image; None measures them on this image (a strip of a
+    larger one passes the whole image's, so strips agree with the whole)."""
     x = np.asarray(image, dtype=np.float32)
     median, spread = level or image_level(x)
     x = (x - median) / spread
@@ -45,6 +50,11 @@ def filter_bank(image: np.ndarray, sigmas: tuple[float, ...] = SIGMAS,
         hyy = ndimage.gaussian_filter(x, s, order=(2, 0))
         hxy = ndimage.gaussian_filter(x, s, order=(1, 1))
         out.append((hxx * hyy - hxy * hxy) * s ** 4)
+    if coherence_sigmas:
+        gy, gx = ndimage.sobel(x, 0), ndimage.sobel(x, 1)
+        for s in coherence_sigmas:
+            jxx, jyy, jxy = (ndimage.gaussian_filter(a, s) for a in (gx * gx, gy * gy, gx * gy))
+            out.append(np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-6))
     return np.stack(out).astype(np.float32)
 
 
