@@ -74,6 +74,41 @@ def evaluate(items, maps, halves) -> dict[str, dict[str, float]]:
     return rows
 
 
+def window_fusion(args, items, halves, normal, raw, density) -> dict[str, dict[str, dict[str, float]]]:
+    """Patch AUROC of the run's window score (the default, fused, pooled as semray pools it) plus w x
+    the texture map's mean over each window, both standardised on the normal images' windows."""
+    from semray.device import pick_device
+    from semray.maps import neighbourhood_mean, score_image
+    from semray.runs import load_detector
+    from semray.scores import DEFAULT_SCORE
+
+    detector, cfg = load_detector(args.grid_run, pick_device())
+    blur, pool = cfg.eval.pixel_blur, cfg.eval.smoothing_px
+
+    def windows(image, texture):
+        r = score_image(detector, image, 16, cfg.eval.batch_size, names=(DEFAULT_SCORE,))
+        tex = window_means(ndimage.gaussian_filter(texture, blur), r["ys"], r["xs"], cfg.patches.size)
+        return (neighbourhood_mean(r[DEFAULT_SCORE], r["ys"], r["xs"], pool),
+                neighbourhood_mean(tex, r["ys"], r["xs"], pool), r["ys"], r["xs"])
+    normal_images = [img for _, img in load_normal_images(args.data)]
+    base = [windows(img, density.score(f)) for img, f in zip(normal_images, normal)]
+    stats = [(np.concatenate(v).mean(), np.concatenate(v).std()) for v in zip(*[(b[0], b[1]) for b in base])]
+    scored = [windows(it.image, m) for it, m in zip(items, raw)]
+    rows = {}
+    for w in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
+        rows[f"grid {DEFAULT_SCORE} + {w:g} texture"] = {}
+        for h, idx in halves.items():
+            labels, scores = [], []
+            for i in idx:
+                f, t, ys, xs = scored[i]
+                labels.append(patch_labels(items[i].mask, ys, xs, cfg.patches.size, 1))
+                scores.append((1 - w) * (f - stats[0][0]) / stats[0][1] + w * (t - stats[1][0]) / stats[1][1])
+            rows[f"grid {DEFAULT_SCORE} + {w:g} texture"][h] = {
+                "pixel_auroc": float("nan"), "aupro": float("nan"),
+                "patch_auroc": auroc(np.concatenate(labels), np.concatenate(scores))}
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
@@ -84,6 +119,7 @@ def main() -> None:
     p.add_argument("--fuse-with", help="a bench/pixel_quality.py --save-maps .npz: also fuse with its map")
     p.add_argument("--fuse-map", default="fused 8", help="which map of that file ('name blur')")
     p.add_argument("--coherence", default="2,4,8", help="the structure tensor's coherence at these sigmas ('': none)")
+    p.add_argument("--grid-run", help="also fuse the texture map's window means into this run's fused window score")
     p.add_argument("--json")
     args = p.parse_args()
     sigmas = [float(s) for s in args.sigmas.split(",")]
@@ -117,6 +153,8 @@ def main() -> None:
         for w in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
             maps = [(1 - w) * o + w * t for o, t in zip(other, texture)]
             rows[f"{args.fuse_map} + {w:g} texture"] = evaluate(items, maps, halves)
+    if args.grid_run:
+        rows.update(window_fusion(args, items, halves, normal, raw, density))
     print(f"{len(items)} images, sigmas {sigmas}, {sample.shape[1]} features, {seconds:.0f} s")
     for name, r in rows.items():
         v, t = r["val"], r["test"]
