@@ -144,12 +144,11 @@ def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: fl
                stats: dict[str, tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
     """Per-pixel anomaly maps of one image from its stitched outputs, each blurred by blur_sigma:
     "ssim_reconstruction" and "ssim_smooth" (1 - SSIM against the reconstruction and the smooth
-    output), "reconstruction" and "smooth" (squared residuals, in image intensities), "knn" (the
-    windows' knn scores spread over their pixels) and "texture" (semray.texture), components of the
-    fused map, and "fused" (the
-    weighted sum of PIXEL_FUSION_WEIGHTS' maps, each standardised by `stats`, their mean and std on
-    normal images' pixels at this blur: pixel_map_stats). names=None: every map of PIXEL_MAPS the
-    outputs and stats allow."""
+    output), "reconstruction" and "smooth" (squared residuals, in image intensities), the fused map's
+    two other components "knn" (the windows' knn scores spread over their pixels) and "texture"
+    (semray.texture), and "fused" (the weighted sum of PIXEL_FUSION_WEIGHTS' maps, each standardised
+    by `stats`, their mean and std on normal images' pixels at this blur: pixel_map_stats).
+    names=None: every map of PIXEL_MAPS the outputs and stats allow."""
     image = np.asarray(image, dtype=np.float32)
     if names is None:
         names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or (stats is not None and _components(outputs)))
