@@ -16,6 +16,7 @@ Pure numpy/scipy/scikit-learn, no torch: testable without a model.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,7 @@ class TextureModel:
     def fit(cls, images: list[np.ndarray], components: int = 8, pixels: int = 100_000,
             seed: int = 0) -> TextureModel:
         """Fitted on `pixels` pixels drawn evenly from the images (a few seconds on a laptop)."""
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.mixture import GaussianMixture
 
         rng = np.random.default_rng(seed)
@@ -98,7 +100,11 @@ class TextureModel:
             flat = feats.reshape(feats.shape[0], -1)
             rows.append(flat[:, rng.choice(flat.shape[1], min(per, flat.shape[1]), replace=False)].T)
         gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed)
-        gmm.fit(np.concatenate(rows).astype(np.float64))
+        with warnings.catch_warnings():
+            # EM stopped at its iteration limit still leaves a usable density: not worth a console
+            # warning in the middle of a successful `semray train`
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gmm.fit(np.concatenate(rows).astype(np.float64))
         return cls(gmm.weights_, gmm.means_, gmm.covariances_)
 
     def score_map(self, image: np.ndarray, rows: tuple[int, int] | None = None,
