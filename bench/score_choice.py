@@ -12,6 +12,12 @@ them in model.pt; computed the same way for runs trained before it), and weighte
 pair and triple of scores over a grid of weights. One weighting is chosen for every model: the
 best mean validation AUROC over the runs given. It is what semray.scores.FUSION_WEIGHTS should
 hold; the shipped `fused` is printed beside it.
+
+--texture: the weight of the fused score's texture component instead (semray.maps.fused_texture):
+FUSION_WEIGHTS' sum plus w x the standardised texture window mean, for w on a grid, chosen the same
+way: what semray.scores.TEXTURE_FUSION_WEIGHT should hold. Runs trained before the texture window
+statistics existed get them measured as training measures them (and, with --refit-texture, a
+texture model fitted as `semray train` fits it, for runs whose model predates today's features).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from semray.data.datasets import load_normal_images
 from semray.device import pick_device
@@ -28,7 +35,8 @@ from semray.evaluate import pooled_scores, score_dataset, window_labels
 from semray.metrics import at_threshold, auroc
 from semray.models.fusion import score_statistics
 from semray.runs import load_detector, load_state, read_threshold, write_model
-from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES
+from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES, TEXTURE, TEXTURE_FUSION_WEIGHT
+from semray.texture import TextureModel
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
@@ -47,6 +55,11 @@ def weightings() -> list[dict[str, float]]:
     return out
 
 
+def texture_weightings() -> list[dict[str, float]]:
+    """FUSION_WEIGHTS as shipped plus the texture component at weights 0 .. 1.5."""
+    return [{**FUSION_WEIGHTS, TEXTURE: round(float(w), 2)} for w in np.arange(0.0, 1.51, 0.1)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", action="append", required=True)
@@ -55,20 +68,28 @@ def main() -> None:
     p.add_argument("--save-stats", action="store_true", help="write the statistics measured for a run trained "
                    "before they existed into its model.pt (what training now does), so that `semray calibrate` "
                    "and `semray evaluate` give it the fused score too")
+    p.add_argument("--texture", action="store_true", help="choose the texture component's weight instead")
+    p.add_argument("--refit-texture", action="store_true", help="with --texture: fit each run's texture model "
+                   "anew, as `semray train` does (for runs whose texture model predates today's features)")
     args = p.parse_args()
-    candidates = weightings()
+    candidates = texture_weightings() if args.texture else weightings()
+    components = [*FUSION_WEIGHTS, TEXTURE] if args.texture else COMPONENTS
     per_run = {}
     for run in args.run:
         detector, cfg = load_detector(run, pick_device())
-        stats = load_state(Path(run) / "model.pt").get("score_stats")
+        state = load_state(Path(run) / "model.pt")
+        stats = state.get("score_stats")
         source = "model.pt"
-        if not stats:  # trained before the statistics were saved: measured as training measures them
-            stats = score_statistics(detector, [im for _, im in load_normal_images(args.data, cfg.patches.size)],
-                                     seed=cfg.train.seed)
+        normal = [im for _, im in load_normal_images(args.data, cfg.patches.size)]
+        if args.texture and args.refit_texture:
+            detector.texture = TextureModel.fit(normal, cfg.model.texture_components or 8, seed=cfg.train.seed)
+            state["texture"] = {k: torch.from_numpy(v) for k, v in detector.texture.as_state().items()}
+            stats = None
+        if not stats or (args.texture and TEXTURE not in stats):  # measured as training measures them
+            stats = score_statistics(detector, normal, seed=cfg.train.seed)
             detector.set_score_stats(stats)
             source = "measured now"
             if args.save_stats:
-                state = load_state(Path(run) / "model.pt")
                 write_model(Path(run), {**state, "score_stats": stats})
                 source += ", saved in model.pt"
         scored = score_dataset(detector, cfg, args.data, STRIDE, progress=False)
@@ -84,7 +105,7 @@ def main() -> None:
                 figures.setdefault(k, {})[half] = auroc(y, raw[k])
                 if k in thresholds:
                     figures[k][f"{half}_calibrated"] = at_threshold(y, raw[k], thresholds[k])
-            z = {k: (raw[k] - stats[k][0]) / stats[k][1] for k in COMPONENTS}
+            z = {k: (np.concatenate([q[k] for q in pooled]) - stats[k][0]) / stats[k][1] for k in components}
             for i, w in enumerate(candidates):
                 fused[i][half] = auroc(y, sum(v * z[k] for k, v in w.items()))
         per_run[run] = {"model": cfg.model.kind, "stats": source, "figures": figures, "fused": fused}
@@ -105,7 +126,8 @@ def main() -> None:
     best = candidates[int(order[0])]
     single = max(SCORE_NAMES, key=lambda k: np.mean([r["figures"][k]["val"] for r in per_run.values()]))
     print(f"\nchosen on validation: weights {best}; best single score by mean validation: {single}")
-    print(f"shipped (semray.scores.FUSION_WEIGHTS): {FUSION_WEIGHTS}: "
+    shipped = {**FUSION_WEIGHTS, TEXTURE: TEXTURE_FUSION_WEIGHT} if args.texture else FUSION_WEIGHTS
+    print(f"shipped (semray.scores.FUSION_WEIGHTS, TEXTURE_FUSION_WEIGHT): {shipped}: "
           + "  ".join(f"{r['model']} {r['figures'][FUSED_SCORE]['val']:.3f} / {r['figures'][FUSED_SCORE]['test']:.3f}"
                       for r in per_run.values()))
     if args.json:

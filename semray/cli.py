@@ -165,7 +165,8 @@ def cmd_export(args) -> int:
 
     path = export_onnx(args.run, args.out, stride=args.stride)
     print(f"wrote {path}: input 'image' (1, 1, H, W) in [0, 1] -> 'scores' ({len(SCORE_NAMES)}, ny, nx): "
-          f"the {', '.join(SCORE_NAMES)} score of each window (see semray/export.py)")
+          f"the {', '.join(SCORE_NAMES)} score of each window (fused: its windows' part, without the texture "
+          f"component semray adds from the whole image; see semray/export.py)")
     return 0
 
 

@@ -108,7 +108,8 @@ def window_labels(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], siz
 def pooled_scores(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]],
                   smoothing_px: int) -> list[dict[str, np.ndarray]]:
     """Per image, each score's windows averaged with their neighbours' (see neighbourhood_mean)."""
-    return [{k: neighbourhood_mean(r[k], r["ys"], r["xs"], smoothing_px) for k in SCORE_NAMES} for _, r in scored]
+    return [{k: neighbourhood_mean(v, r["ys"], r["xs"], smoothing_px) for k, v in r.items() if k not in ("ys", "xs")}
+            for _, r in scored]
 
 
 def _metrics(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, float]:

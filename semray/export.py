@@ -10,7 +10,10 @@ autoencoder, the denoiser and the scores. Input "image": float32 (1, 1, H, W) in
 H and W free. Output "scores": float32 (len(SCORE_NAMES), ny, nx), the scores in semray.scores.SCORE_NAMES
 order (reconstruction, smooth, feature, ssim_reconstruction, ssim_smooth, knn, fused) of the window whose
 top-left corner is (i * stride, j * stride). Neighbourhood pooling, thresholds
-and regions stay with the caller (semray.maps has them in a few lines of numpy).
+and regions stay with the caller (semray.maps has them in a few lines of numpy). So does the fused
+score's texture component (semray.maps.fused_texture: a filter bank and a Gaussian mixture over the
+whole image, not a window's forward pass): the exported "fused" is its windows' part,
+semray.scores.FUSION_WEIGHTS' sum, which is the whole fused score only for runs without a texture model.
 """
 from __future__ import annotations
 

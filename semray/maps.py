@@ -19,6 +19,7 @@ import torch
 from semray.data.patches import iter_patch_batches
 from semray.errors import ConfigError, SemrayError
 from semray.regions import find_regions
+from semray.scores import FUSED_SCORE, TEXTURE, TEXTURE_FUSION_WEIGHT
 
 if TYPE_CHECKING:
     from semray.models import AnomalyDetector
@@ -83,7 +84,8 @@ def score_image(detector: AnomalyDetector, image: np.ndarray, stride: int, batch
     edge policy.
 
     Windows are cut one batch at a time (strided views of the image), so a very large image never
-    has all its patches in memory at once.
+    has all its patches in memory at once. The fused score gains its texture component here, from
+    the whole image (fused_texture), where the run has one; its value is under "texture" too.
     """
     device = next(detector.parameters()).device
     edges = detector.cover_edges if cover_edges is None else cover_edges
@@ -94,7 +96,28 @@ def score_image(detector: AnomalyDetector, image: np.ndarray, stride: int, batch
             out.setdefault(name, []).append(value.float().cpu().numpy())
         out["ys"].append(ys)
         out["xs"].append(xs)
-    return {k: np.concatenate(v) for k, v in out.items()}
+    result = {k: np.concatenate(v) for k, v in out.items()}
+    if FUSED_SCORE in result:
+        if names is None or FUSED_SCORE in names:
+            fused_texture(detector, image, result)
+        else:  # not asked for, and without its texture component it would not be the fused score
+            del result[FUSED_SCORE]
+    return result
+
+
+def fused_texture(detector: AnomalyDetector, image: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+    """Adds the texture map's window means to an image's window scores (as "texture") and, standardised
+    on normal windows, to its fused score with TEXTURE_FUSION_WEIGHT, for a run that has both a texture
+    model and their statistics (runs trained before either keep the fused score of FUSION_WEIGHTS).
+    The forward pass cannot: the texture map reads REACH rows of context around each window."""
+    if detector.texture is None or detector.texture_stats is None:
+        return
+    from semray.texture import window_scores
+
+    texture = window_scores(detector.texture, image, scores["ys"], scores["xs"], detector.patch_size)
+    mean, std = detector.texture_stats
+    scores[TEXTURE] = texture
+    scores[FUSED_SCORE] = (scores[FUSED_SCORE] + TEXTURE_FUSION_WEIGHT * (texture - mean) / std).astype(np.float32)
 
 
 def anomaly_grid(scores: np.ndarray, ys: np.ndarray, xs: np.ndarray, smoothing_px: int

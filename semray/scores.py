@@ -23,6 +23,14 @@ FEATURE_SCORES = ("knn",)
 # (bench/score_choice.py, bench/RESULTS.md).
 FUSED_SCORE = "fused"
 FUSION_WEIGHTS = {"ssim_reconstruction": 0.75, "knn": 0.25}
+# The fused window score's one component a window's forward pass cannot give: the mean over the
+# window of the run's texture map (semray.texture.window_scores), which reads rows of context around
+# it. semray.maps.score_image adds it, standardised on normal windows like the others, with this
+# weight beside FUSION_WEIGHTS' (which sum to 1), to runs that have a texture model and its window
+# statistics; to other runs (and an ONNX export, which sees windows only) `fused` is FUSION_WEIGHTS'
+# sum alone. Chosen on the validation half (bench/score_choice.py --texture, bench/RESULTS.md).
+TEXTURE_FUSION_WEIGHT = 0.4
+TEXTURE = "texture"
 SCORE_NAMES = STUDY_SCORES + STRUCTURAL_SCORES + FEATURE_SCORES + (FUSED_SCORE,)
 # What `semray score` and `semray predict` map and threshold unless told otherwise: on the validation
 # half of NanoTWICE it ranked windows best for the default model (the default DAE on the AMX laptop:

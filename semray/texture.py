@@ -29,6 +29,10 @@ COHERENCE_SIGMAS = (2.0, 4.0, 8.0)
 # Rows of context a pixel's features read on each side (the widest filter: the local contrast's
 # Gaussian of 2 x the largest sigma, truncated at 4 sigma): what a strip needs as margin.
 REACH = int(4 * 2 * max(SIGMAS)) + 1
+# The blur of the texture map before its mean over a window is taken for the fused window score
+# (semray.maps.score_image): the per-pixel maps' default blur, eval.pixel_blur, at which the texture
+# map's window means were measured to help (bench/texture_probe.py --grid-run, bench/RESULTS.md).
+WINDOW_BLUR = 8.0
 
 
 def filter_bank(image: np.ndarray, sigmas: tuple[float, ...] = SIGMAS,
@@ -68,6 +72,37 @@ def image_level(image: np.ndarray) -> tuple[float, float]:
     sample = x[::step, ::step].astype(np.float32)
     lo, median, hi = np.quantile(sample, [0.05, 0.5, 0.95])
     return float(median), float(hi - lo) + 1e-6
+
+
+def window_scores(model: TextureModel, image: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int,
+                  blur: float = WINDOW_BLUR, pixels_per_strip: int = 1 << 22) -> np.ndarray:
+    """Each window's mean of the image's texture map blurred by `blur`: (len(ys),) float32, for
+    windows of `size` pixels with top-left corners (ys, xs). Computed in horizontal strips of about
+    pixels_per_strip pixels, each with margins as wide as the blur reaches, so a 20000 x 20000 scan
+    costs a strip's memory and every window's value equals the whole-image computation's."""
+    from scipy.ndimage import gaussian_filter
+
+    from semray.pixelmaps import window_means
+
+    ys, xs = np.asarray(ys), np.asarray(xs)
+    h, w = image.shape
+    out = np.zeros(len(ys), dtype=np.float32)
+    if not len(ys):
+        return out
+    level = image_level(image)
+    margin = int(4.0 * blur + 0.5) + 1  # gaussian_filter's reach at its default truncate of 4 sigma
+    rows = max(1, pixels_per_strip // w)
+    for r0 in range(int(ys.min()), int(ys.max()) + 1, rows):
+        sel = (ys >= r0) & (ys < r0 + rows)
+        if not sel.any():
+            continue
+        top, bottom = int(ys[sel].min()), int(ys[sel].max()) + size
+        e0, e1 = max(0, top - margin), min(h, bottom + margin)
+        strip = model.score_map(image, rows=(e0, e1), level=level).astype(np.float64)
+        if blur > 0:
+            strip = gaussian_filter(strip, blur, mode="reflect")
+        out[sel] = window_means(strip[top - e0:bottom - e0], ys[sel] - top, xs[sel], size)
+    return out
 
 
 class TextureModel:

@@ -10,7 +10,7 @@ import torch
 
 from semray.data.synth import SynthConfig, generate_image
 from semray.metrics import pixel_auroc
-from semray.texture import REACH, TextureModel, filter_bank
+from semray.texture import REACH, WINDOW_BLUR, TextureModel, filter_bank, window_scores
 
 
 def _images(n: int, defects: bool, seed: int = 0):
@@ -47,6 +47,24 @@ def test_strips_give_the_whole_images_map_and_the_state_survives_model_pt(model)
     again = TextureModel.from_state(torch.load(buffer, weights_only=True))
     np.testing.assert_allclose(again.score_map(image), whole, rtol=1e-5, atol=1e-4)
     assert TextureModel.from_state({}) is None  # a run trained before it
+
+
+def test_window_means_of_the_blurred_map_in_strips_equal_the_whole_images(model):
+    """window_scores: each window's mean of the texture map blurred by WINDOW_BLUR, the same whether
+    the image is done whole or in strips a few rows high (a huge scan)."""
+    from scipy.ndimage import gaussian_filter
+
+    from semray.data.patches import grid_coordinates
+    from semray.pixelmaps import window_means
+
+    image, _ = _images(1, True, seed=4)[0]
+    ys, xs = grid_coordinates(*image.shape, 32, 16)
+    whole = window_scores(model, image, ys, xs, 32)
+    blurred = gaussian_filter(model.score_map(image).astype(np.float64), WINDOW_BLUR, mode="reflect")
+    np.testing.assert_allclose(whole, window_means(blurred, ys, xs, 32), rtol=1e-5, atol=1e-4)
+    strips = window_scores(model, image, ys, xs, 32, pixels_per_strip=image.shape[1] * 20)
+    np.testing.assert_allclose(strips, whole, rtol=1e-5, atol=1e-4)
+    assert window_scores(model, image, ys[:0], xs[:0], 32).shape == (0,)
 
 
 def test_a_bead_and_a_film_look_unlike_normal_texture(model):

@@ -14,7 +14,7 @@ from torch import nn
 from semray.data.patches import denormalize_patches, normalize_patches
 from semray.device import Precision
 from semray.models.memory import feature_vectors
-from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES, all_scores, fused_score, needs_denoiser
+from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES, TEXTURE, all_scores, fused_score, needs_denoiser
 
 FP32 = Precision("fp32", "default")
 
@@ -39,12 +39,16 @@ class AnomalyDetector(nn.Module):
         self.normalization = normalization
         self.mean, self.std = mean, std
         self.precision = precision
-        self.texture = None  # the run's semray.texture.TextureModel, for the fused pixel map (runs.detector_from_state)
+        # the run's semray.texture.TextureModel (runs.detector_from_state), for the fused pixel map and
+        # the fused window score's texture component
+        self.texture = None
         self.memory_format = memory_format  # of the inputs; the caller converts the weights (runs.detector_from_state)
 
     def set_score_stats(self, score_stats: dict[str, tuple[float, float]] | None) -> None:
         """The scores' mean and std on normal windows (semray.models.fusion), for the fused score;
         None (a run trained before it): the fused score is 0 everywhere and ranks nothing."""
+        # the texture component's (semray.scores.TEXTURE_FUSION_WEIGHT), used by semray.maps.score_image
+        self.texture_stats = tuple(score_stats[TEXTURE]) if score_stats and TEXTURE in score_stats else None
         known = score_stats is not None and all(k in score_stats for k in FUSION_WEIGHTS)
         stats = [score_stats[k] for k in FUSION_WEIGHTS] if known else []
         device = self.memory_bank.device

@@ -5,7 +5,8 @@ can only be added once standardised: `fused` (semray.scores.fused_score) is a we
 (score - mean) / std, with the weights chosen on validation images (bench/score_choice.py). The
 mean and std are a property of the trained model, like its normalisation, so they are measured
 once, at the end of training, and saved in model.pt: every consumer (evaluation, the Ray Data
-actors, Tune's validators, an ONNX export) then computes the same fused score.
+actors, Tune's validators) then computes the same fused score, and an ONNX export its windows' part
+(the texture component reads context around each window: semray.maps.fused_texture).
 
 They are measured on windows of the training images at the grid half a bank stride off the memory
 bank's (so no window is one the bank holds, whose knn distance is exactly 0), a random
@@ -20,7 +21,7 @@ import torch
 
 from semray.data.patches import iter_patch_batches
 from semray.models.memory import BANK_STRIDE
-from semray.scores import FUSED_SCORE
+from semray.scores import FUSED_SCORE, TEXTURE
 
 STATS_WINDOWS = 4096
 
@@ -29,16 +30,30 @@ STATS_WINDOWS = 4096
 def score_statistics(detector, images: Sequence[np.ndarray], max_windows: int = STATS_WINDOWS,
                      seed: int = 0, batch_size: int = 512) -> dict[str, tuple[float, float]]:
     """{score: (mean, std)} of every window score over normal images' windows (see the module's
-    docstring for which). A score that does not vary (an empty memory bank's knn) gets std 1."""
+    docstring for which), and of the texture map's window means ("texture") where the detector has
+    a texture model. A score that does not vary (an empty memory bank's knn) gets std 1."""
+    from semray.texture import window_scores
+
     offset = BANK_STRIDE // 2
     size = detector.patch_size
-    patches = np.concatenate([p for image in images if min(image.shape) >= size + offset
-                              for p, _, _ in iter_patch_batches(image[offset:, offset:], size, BANK_STRIDE,
-                                                                batch_size, cover_edges=False)])
-    if len(patches) > max_windows:
-        patches = patches[np.sort(np.random.default_rng(seed).choice(len(patches), max_windows, replace=False))]
-    device = detector.memory_bank.device
+    patches, texture = [], []
+    for image in images:
+        if min(image.shape) < size + offset:
+            continue
+        cut = list(iter_patch_batches(image[offset:, offset:], size, BANK_STRIDE, batch_size, cover_edges=False))
+        patches.append(np.concatenate([p for p, _, _ in cut]))
+        if detector.texture is not None:  # the same windows, in the whole image's coordinates
+            ys, xs = (np.concatenate([c[i] for c in cut]) + offset for i in (1, 2))
+            texture.append(window_scores(detector.texture, image, ys, xs, size))
+    patches = np.concatenate(patches)
     pooled: dict[str, list[torch.Tensor]] = {}
+    keep = np.arange(len(patches))
+    if len(patches) > max_windows:
+        keep = np.sort(np.random.default_rng(seed).choice(len(patches), max_windows, replace=False))
+    if texture:
+        pooled[TEXTURE] = [torch.from_numpy(np.concatenate(texture)[keep])]
+    patches = patches[keep]
+    device = detector.memory_bank.device
     for start in range(0, len(patches), batch_size):
         raw = torch.from_numpy(patches[start:start + batch_size]).unsqueeze(1).to(device)
         for k, v in detector.scores(raw).items():
