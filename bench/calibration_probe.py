@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from semray.data.datasets import load_normal_images
-from semray.data.patches import iter_patch_batches
 from semray.device import pick_device
 from semray.evaluate import pooled_scores, score_dataset, window_labels
 from semray.maps import calibrate_threshold, neighbourhood_mean, score_image
 from semray.metrics import at_threshold
-from semray.models.memory import BANK_STRIDE
-from semray.runs import load_detector
+from semray.models import create_autoencoder
+from semray.models.memory import bank_without, build_memory_bank, image_fingerprint
+from semray.runs import MODEL_FILE, load_detector, load_state, write_model
 from semray.scores import FUSED_SCORE
 from semray.tune import split_validation_test
 
@@ -35,37 +35,39 @@ HERE = Path(__file__).resolve().parent
 SCORES = ("ssim_reconstruction", "knn", FUSED_SCORE)
 
 
-def bank_sources(images, size: int, max_windows: int, seed: int) -> np.ndarray:
-    """Which training image each memory-bank row came from, replaying build_memory_bank's choice."""
-    source = np.concatenate([np.full(sum(len(ys) for _, ys, _ in iter_patch_batches(im, size, BANK_STRIDE, 1024)), i)
-                             for i, im in enumerate(images)])
-    if len(source) > max_windows:
-        keep = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))[:max_windows]
-        source = source[keep.sort().values.numpy()]
-    return source
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
     p.add_argument("--fpr", type=float, default=0.01)
+    p.add_argument("--save-sources", action="store_true", help="write which training image each bank row came "
+                   "from into the run's model.pt (what training now does), for a run trained before it")
     p.add_argument("--json")
     args = p.parse_args()
     detector, cfg = load_detector(args.run, pick_device())
     normal = [im for _, im in load_normal_images(args.data, cfg.patches.size)]
     bank = detector.memory_bank.clone()
-    source = bank_sources(normal, cfg.patches.size, cfg.model.memory_bank, cfg.train.seed)
-    assert len(source) == len(bank)
+    if not detector.bank_images:  # trained before the sources were kept: the bank built again, as training does
+        state = load_state(Path(args.run) / MODEL_FILE)
+        encoder = create_autoencoder(cfg.model, cfg.patches.size)
+        encoder.load_state_dict(state["autoencoder"])
+        again, source = build_memory_bank(encoder, normal, state["normalization"], cfg.patches.size,
+                                          cfg.model.memory_bank, cfg.train.seed, with_sources=True)
+        assert torch.equal(again.float(), bank), "the bank built again differs from the run's"
+        detector.bank_source, detector.bank_images = source, [image_fingerprint(im) for im in normal]
+        if args.save_sources:
+            write_model(Path(args.run), {**state, "memory_bank_source": source,
+                                         "memory_bank_images": detector.bank_images})
+    images = detector.bank_images
 
     def calibrate(leave_out: bool) -> dict[str, float]:
         pooled: dict[str, list[np.ndarray]] = {k: [] for k in SCORES}
-        for i, image in enumerate(normal):
-            detector.memory_bank = bank[torch.from_numpy(source != i)] if leave_out else bank
-            r = score_image(detector, image, cfg.eval.stride, cfg.eval.batch_size, names=SCORES)
+        detector.bank_images = images if leave_out else []
+        for image in normal:
+            with bank_without(detector, image):
+                r = score_image(detector, image, cfg.eval.stride, cfg.eval.batch_size, names=SCORES)
             for k in SCORES:
                 pooled[k].append(neighbourhood_mean(r[k], r["ys"], r["xs"], cfg.eval.smoothing_px))
-        detector.memory_bank = bank
         return {k: calibrate_threshold(v, args.fpr) for k, v in pooled.items()}
 
     thresholds = {"training images, whole bank": calibrate(False), "each image left out of the bank": calibrate(True)}

@@ -68,6 +68,8 @@ def main() -> None:
     p.add_argument("--save-stats", action="store_true", help="write the statistics measured for a run trained "
                    "before they existed into its model.pt (what training now does), so that `semray calibrate` "
                    "and `semray evaluate` give it the fused score too")
+    p.add_argument("--pooling", default="", help="also the shipped fused score pooled at these radii "
+                   "(eval.smoothing_px), e.g. 0,8,16,24,32")
     p.add_argument("--texture", action="store_true", help="choose the texture component's weight instead")
     p.add_argument("--refit-texture", action="store_true", help="with --texture: fit each run's texture model "
                    "anew, as `semray train` does (for runs whose texture model predates today's features)")
@@ -109,6 +111,10 @@ def main() -> None:
             for i, w in enumerate(candidates):
                 fused[i][half] = auroc(y, sum(v * z[k] for k, v in w.items()))
         per_run[run] = {"model": cfg.model.kind, "stats": source, "figures": figures, "fused": fused}
+        for radius in (int(r) for r in args.pooling.split(",") if r):  # the shipped fused, pooled otherwise
+            per_run[run].setdefault("pooling", {})[radius] = {half: auroc(
+                window_labels(part, cfg.patches.size, cfg.eval.min_defect_pixels),
+                np.concatenate([q[FUSED_SCORE] for q in pooled_scores(part, radius)])) for half, part in halves.items()}
         print(f"\n{run} ({cfg.model.kind}; statistics {source}): patch AUROC, stride {STRIDE}, pooled "
               f"{cfg.eval.smoothing_px} px; val / test")
         for k in SCORE_NAMES:
@@ -116,6 +122,12 @@ def main() -> None:
             print(f"  {k:22s} {figures[k]['val']:.3f} / {figures[k]['test']:.3f}" + (
                 f"   at the calibrated threshold, test half: precision {cal['precision']:.3f}, recall "
                 f"{cal['recall']:.3f}, F1 {cal['f1']:.3f}" if cal else ""))
+    if args.pooling:
+        print("\nthe shipped fused score, pooled over the windows within R px (eval.smoothing_px), val / test per run:")
+        for radius in next(iter(per_run.values()))["pooling"]:
+            print(f"  R {radius:3d}: mean val {np.mean([r['pooling'][radius]['val'] for r in per_run.values()]):.4f}  "
+                  + "  ".join(f"{r['model']} {r['pooling'][radius]['val']:.3f} / {r['pooling'][radius]['test']:.3f}"
+                              for r in per_run.values()))
     mean_val = [np.mean([r["fused"][i]["val"] for r in per_run.values()]) for i in range(len(candidates))]
     order = np.argsort(mean_val)[::-1]
     print("\nfused weightings by mean validation AUROC over the runs (val / test per run):")

@@ -24,6 +24,7 @@ from semray.log import get_logger
 from semray.maps import assemble_map, calibrate_threshold, neighbourhood_mean, score_image
 from semray.metrics import at_threshold, aupro, auroc, held_out_f1, image_auroc, patch_metrics, pixel_auroc
 from semray.models import AnomalyDetector
+from semray.models.memory import bank_without, image_fingerprint
 from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector, read_threshold, save_threshold
 from semray.scores import FUSED_SCORE, PIXEL_MAPS, SCORE_NAMES
@@ -172,19 +173,23 @@ def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fp
                   ) -> dict[str, Any]:
     """Thresholds from defect-free images only, one per score, written to RUN_DIR/threshold.json
     for the scoring pipeline: the (1 - fpr) quantile of the pooled window scores, so that about a
-    fraction fpr of normal windows is flagged."""
+    fraction fpr of normal windows is flagged. A training image among them is scored without its own
+    windows in the memory bank (semray.models.memory.bank_without), as a new normal image would be."""
     detector, cfg = load_detector(run_dir, pick_device(use_gpu), precision)
     stride = stride or cfg.eval.stride
     fpr = cfg.eval.threshold_fpr if fpr is None else fpr
     pooled: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_NAMES}
     windows = 0
     for image in images:
-        r = score_image(detector, image, stride, cfg.eval.batch_size)
+        with bank_without(detector, image):  # a training image meets the bank as a new one would
+            r = score_image(detector, image, stride, cfg.eval.batch_size)
         windows += r["ys"].size
         for k in SCORE_NAMES:
             pooled[k].append(neighbourhood_mean(r[k], r["ys"], r["xs"], cfg.eval.smoothing_px))
     calibration = {"fpr": fpr, "stride": stride, "smoothing_px": cfg.eval.smoothing_px, "windows": windows,
                    "images": len(images), "source": source, "precision": detector.precision.name,
+                   # how many of them the memory bank was built from: scored without their own windows
+                   "training_images": sum(image_fingerprint(im) in detector.bank_images for im in images),
                    # only the scores this run computes for real: a 0-everywhere score has no threshold
                    "scores": {k: calibrate_threshold(v, fpr) for k, v in pooled.items()
                               if k in detector.available_scores}}
@@ -204,8 +209,9 @@ def calibrate_pixel_maps(detector: AnomalyDetector, images: list[np.ndarray], cf
     names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE) + (("knn", "texture") if fused else ())
     per_image = []
     for image in images:
-        outputs = stitched_outputs(detector, image, cfg.eval.pixel_stride, cfg.eval.batch_size,
-                                   outputs=outputs_for(PIXEL_MAPS if fused else names))
+        with bank_without(detector, image):  # the knn component as calibrate_run's window scores
+            outputs = stitched_outputs(detector, image, cfg.eval.pixel_stride, cfg.eval.batch_size,
+                                       outputs=outputs_for(PIXEL_MAPS if fused else names))
         per_image.append(pixel_maps(image, outputs, blur_sigma=cfg.eval.pixel_blur, names=names))
     result = {"stride": cfg.eval.pixel_stride, "blur": cfg.eval.pixel_blur}
     if fused:  # the components' statistics on these normal pixels, then the fused map like the others

@@ -113,12 +113,15 @@ def read_config(run_dir: str | Path) -> Config | None:
 def model_state(cfg: Config, normalization: dict[str, Any], autoencoder: dict, denoiser: dict,
                 training: dict[str, Any] | None = None, memory_bank: torch.Tensor | None = None,
                 score_stats: dict[str, tuple[float, float]] | None = None,
-                texture: TextureModel | None = None) -> dict[str, Any]:
+                texture: TextureModel | None = None, bank_source: torch.Tensor | None = None,
+                bank_images: list[str] | None = None) -> dict[str, Any]:
     """What model.pt holds. training: per stage, what it ran in (precision, memory format, device,
     patches/s). memory_bank: the normal windows' encoder features for the knn score
     (semray.models.memory). score_stats: each score's mean and std on normal windows, for the fused
     score (semray.models.fusion). texture: the normal pixels' texture model (semray.texture), for the
-    fused per-pixel map, as tensors (model.pt loads with weights_only)."""
+    fused per-pixel map, as tensors (model.pt loads with weights_only). bank_source, bank_images:
+    which training image each bank row came from, and those images' fingerprints (for calibration
+    on them: semray.models.memory.bank_without)."""
     return {
         "format": 1,
         "semray_version": __version__,
@@ -129,6 +132,8 @@ def model_state(cfg: Config, normalization: dict[str, Any], autoencoder: dict, d
         "training": training or {},
         "memory_bank": torch.zeros(0, 0, dtype=torch.float16) if memory_bank is None else memory_bank,
         "score_stats": score_stats or {},
+        "memory_bank_source": torch.zeros(0, dtype=torch.int16) if bank_source is None else bank_source,
+        "memory_bank_images": list(bank_images or []),
         "texture": {k: torch.from_numpy(v) for k, v in texture.as_state().items()} if texture else {},
     }
 
@@ -219,4 +224,7 @@ def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu
                                memory_bank=state.get("memory_bank"),  # absent from runs trained before it
                                score_stats=state.get("score_stats") or None)
     detector.texture = TextureModel.from_state(state.get("texture"))  # absent from runs trained before it
+    if len(state.get("memory_bank_source", ())) == len(detector.memory_bank):  # absent from runs before it
+        detector.bank_source = state["memory_bank_source"].to(torch.int16)
+        detector.bank_images = list(state.get("memory_bank_images", []))
     return detector.to(device, memory_format=fmt).eval(), cfg

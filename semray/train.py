@@ -36,7 +36,7 @@ from semray.log import duration, get_logger
 from semray.loop import AutoencoderObjective, DenoiserObjective, adam, epoch_seed, make_ema, run_epoch
 from semray.models import create_autoencoder, create_denoiser
 from semray.models.fusion import score_statistics
-from semray.models.memory import build_memory_bank
+from semray.models.memory import build_memory_bank, image_fingerprint
 from semray.ray_env import (
     check_private_gpus,
     cluster_address,
@@ -339,7 +339,7 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     if held_out:
         source = "held-out normal image(s) " + ", ".join(str(name) for name, _ in held_out)
         calibration_images = [image for _, image in held_out]
-    else:  # optimistic: training images score lower than unseen normal ones
+    else:  # optimistic (the autoencoder saw them; the bank leaves each one's own windows out): held-out is better
         source, calibration_images = f"the training images in {Path(data_dir).resolve() / 'Normal'}", images
     c = calibrate_run(run_dir, calibration_images, source, use_gpu=cfg.train.use_gpu or None)
     log.info(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
@@ -445,11 +445,12 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     save_training_record(run_dir, record)
     encoder = create_autoencoder(cfg.model, cfg.patches.size)
     encoder.load_state_dict(autoencoder)
-    bank = build_memory_bank(encoder, images, normalization, cfg.patches.size, cfg.model.memory_bank, cfg.train.seed)
+    bank, source = build_memory_bank(encoder, images, normalization, cfg.patches.size, cfg.model.memory_bank,
+                                     cfg.train.seed, with_sources=True)
     texture = TextureModel.fit(images, cfg.model.texture_components, seed=cfg.train.seed) \
         if cfg.model.texture_components else None
     model = model_state(cfg, normalization, autoencoder, _ema_or_model(state), training=record, memory_bank=bank,
-                        texture=texture)
+                        texture=texture, bank_source=source, bank_images=[image_fingerprint(im) for im in images])
     detector, _ = detector_from_state(model, "cpu", warn=False)
     model["score_stats"] = score_statistics(detector, images, seed=cfg.train.seed)
     return write_model(run_dir, model)

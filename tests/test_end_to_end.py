@@ -25,6 +25,8 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     bank = state["memory_bank"].float()
     assert bank.dtype == torch.float32 and 0 < len(bank) <= 4096 and bank.shape[1] == 4 * 8 * 4 * 4
     torch.testing.assert_close(bank.norm(dim=1), torch.ones(len(bank)), atol=1e-2, rtol=0)
+    # which training image each row came from, so calibration on them leaves each one's own out
+    assert len(state["memory_bank_source"]) == len(bank) and len(state["memory_bank_images"]) == 2
     # the fused score's standardisation, measured on normal windows at the end of training
     assert set(state["score_stats"]) == set(SCORE_NAMES) - {"fused"} | {"texture"}  # the fused score's parts
     assert all(std > 0 for _, std in state["score_stats"].values())
@@ -51,6 +53,7 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     assert set(result["pixel_maps"]["maps"]) == {"ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth",
                                                  "fused"}
     pixel_calibration = json.loads((run / "threshold.json").read_text())["pixel_maps"]
+    assert json.loads((run / "threshold.json").read_text())["training_images"] == 0  # the held-out image
     assert set(pixel_calibration["stats"]) == {"ssim_reconstruction", "knn", "texture"}
     assert set(pixel_calibration["scores"]) == set(result["pixel_maps"]["maps"])
     for metrics in result["pixel_maps"]["maps"].values():

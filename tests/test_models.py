@@ -475,6 +475,33 @@ def test_the_memory_bank_holds_normal_windows_and_knn_finds_them():
     assert knn[0] < 1e-2 < knn[1]  # a window the bank holds is at distance ~0 (float16 storage)
 
 
+def test_calibration_scores_a_training_image_without_its_own_windows_in_the_bank():
+    """bank_without: a training image (recognised by its pixels' fingerprint) meets the bank of the
+    other training images' windows, as a new normal image would; any other image, the whole bank.
+    Its own windows would otherwise be at knn distance ~0 from themselves."""
+    from semray.models.memory import bank_without, build_memory_bank, image_fingerprint
+
+    det, with_bank, images, bank, norm, rng = _with_memory_bank((64, 96), (48, 48))
+    again, source = build_memory_bank(det.autoencoder, images, norm, 32, max_windows=1000, with_sources=True)
+    assert torch.equal(again, bank) and source.dtype == torch.int16 and source.tolist() == sorted(source.tolist())
+    assert set(source.tolist()) == {0, 1}
+    subset, sub_source = build_memory_bank(det.autoencoder, images, norm, 32, max_windows=5, with_sources=True)
+    assert torch.equal(subset, build_memory_bank(det.autoencoder, images, norm, 32, max_windows=5))
+    assert len(sub_source) == 5
+    with_bank.bank_source, with_bank.bank_images = source, [image_fingerprint(im) for im in images]
+    first = torch.from_numpy(images[0][:32, :32].copy())[None, None]  # a window the bank holds
+    assert with_bank.scores(first)["knn"] < 1e-2
+    with bank_without(with_bank, images[0]):
+        assert len(with_bank.memory_bank) == int((source == 1).sum())
+        assert with_bank.scores(first)["knn"] > 1e-2
+    assert torch.equal(with_bank.memory_bank, bank.float())  # put back
+    with bank_without(with_bank, rng.random((40, 40), dtype=np.float32)):  # not a training image
+        assert torch.equal(with_bank.memory_bank, bank.float())
+    with_bank.bank_source = torch.zeros_like(source)  # a bank of one image's windows: nothing to leave out
+    with bank_without(with_bank, images[0]):
+        assert len(with_bank.memory_bank) == len(bank)
+
+
 def test_the_fused_score_is_the_weighted_sum_of_scores_standardised_on_normal_windows():
     from semray.models.fusion import score_statistics
     from semray.scores import FUSED_SCORE, FUSION_WEIGHTS

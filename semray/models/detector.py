@@ -32,6 +32,10 @@ class AnomalyDetector(nn.Module):
         super().__init__()
         # the normal windows' encoder features (semray.models.memory), fp32 for the knn score
         self.register_buffer("memory_bank", torch.zeros(0, 0) if memory_bank is None else memory_bank.float())
+        # which training image each bank row came from, and those images' fingerprints: calibration
+        # leaves an image's own windows out when it scores it (semray.models.memory.bank_without)
+        self.register_buffer("bank_source", torch.zeros(0, dtype=torch.int16))
+        self.bank_images: list[str] = []
         self.set_score_stats(score_stats)
         self.patch_size, self.cover_edges = patch_size, cover_edges
         self.autoencoder = autoencoder
