@@ -23,8 +23,9 @@ from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.data.patches import grid_coordinates, patch_labels
 from semray.device import pick_device
 from semray.evaluate import summarize
-from semray.maps import score_image
+from semray.maps import assemble_map, neighbourhood_mean, score_image
 from semray.metrics import aupro, auroc, pixel_auroc
+from semray.models.memory import bank_without
 from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector
 from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS, PIXEL_MAPS
@@ -35,17 +36,46 @@ HERE = Path(__file__).resolve().parent
 
 def add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs) -> None:
     """semray's fused per-pixel map at every blur: its components' statistics measured on the 5
-    normal images' pixels at that blur (what `semray calibrate` stores for eval.pixel_blur), then
+    normal images' pixels at that blur (what `semray calibrate` stores for eval.pixel_blur: each
+    training image without its own windows in the memory bank, unless --whole-bank), then
     semray.pixelmaps.fuse_pixel_maps on each anomalous image's components."""
     components = tuple(PIXEL_FUSION_WEIGHTS)
-    normals = [(image, stitched_outputs(detector, image, args.stride, cfg.eval.batch_size,
-                                        outputs=outputs_for(components + (FUSED_SCORE,))))
-               for _, image in load_normal_images(args.data, min_size=cfg.patches.size)]
+    normals = []
+    bank_images, detector.bank_images = detector.bank_images, [] if args.whole_bank else detector.bank_images
+    for _, image in load_normal_images(args.data, min_size=cfg.patches.size):
+        with bank_without(detector, image):  # as `semray calibrate` scores a training image
+            normals.append((image, stitched_outputs(detector, image, args.stride, cfg.eval.batch_size,
+                                                    outputs=outputs_for(components + (FUSED_SCORE,)))))
+    detector.bank_images = bank_images
+    normal_fused = {}
     for blur in blurs:
         stats = pixel_map_stats([pixel_maps(image, out, blur_sigma=blur, names=components) for image, out in normals])
         maps[FUSED_SCORE, blur] = [
             fuse_pixel_maps(pixel_maps(image, out, blur_sigma=blur, names=components), stats).astype(np.float32)
             for image, out in outputs_per_image]
+        normal_fused[blur] = [fuse_pixel_maps(pixel_maps(image, out, blur_sigma=blur, names=components), stats)
+                              for image, out in normals]
+    return normal_fused
+
+
+def add_grid_fusion(maps, normal_fused, grid_scored, detector, cfg, args, blur: float) -> None:
+    """The fused per-pixel map plus w x the window grid's `fused` map (pooled, spread over each
+    window's pixels), each standardised by its mean and spread over the normal images' pixels."""
+    def grid_map(image, r):
+        pooled = neighbourhood_mean(r[FUSED_SCORE], r["ys"], r["xs"], cfg.eval.smoothing_px)
+        return assemble_map(pooled, r["ys"], r["xs"], cfg.patches.size, image.shape)
+
+    normal_grid = []
+    for _, image in load_normal_images(args.data, min_size=cfg.patches.size):
+        with bank_without(detector, image):
+            normal_grid.append(grid_map(image, score_image(detector, image, 16, cfg.eval.batch_size)))
+    zs = []
+    for normal, anomalous in ((normal_fused[blur], maps[FUSED_SCORE, blur]),
+                              (normal_grid, [grid_map(item.image, r) for item, r in grid_scored])):
+        flat = np.concatenate([m.ravel() for m in normal])
+        zs.append([(m - flat.mean()) / flat.std() for m in anomalous])
+    for w in (float(x) for x in args.grid_fusion.split(",")):
+        maps[f"fused + {w:g} grid", blur] = [((1 - w) * a + w * b).astype(np.float32) for a, b in zip(*zs)]
 
 
 def main() -> None:
@@ -56,6 +86,10 @@ def main() -> None:
     p.add_argument("--blurs", default="4,8,12")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--fused", action="store_true", help="also the fused per-pixel map (add_fused_maps)")
+    p.add_argument("--grid-fusion", default="", help="with --fused: also (1 - w) x the fused map + w x the grid's "
+                   "fused map, both standardised on the normal images' pixels, for these w (e.g. 0.2,0.4)")
+    p.add_argument("--whole-bank", action="store_true", help="the fused map's statistics with the training images' "
+                   "knn against the whole memory bank (as calibration did before bank_without)")
     p.add_argument("--save-maps", help="write every map (float16) to this .npz, keyed 'name blur i'")
     args = p.parse_args()
     blurs = [float(b) for b in args.blurs.split(",")]
@@ -78,7 +112,9 @@ def main() -> None:
         outputs_per_image.append((item.image, outputs))
     seconds = time.time() - started
     if args.fused:
-        add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs)
+        normal_fused = add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs)
+        if args.grid_fusion:
+            add_grid_fusion(maps, normal_fused, grid_scored, detector, cfg, args, blurs[0])
     halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
     if args.save_maps:
         np.savez_compressed(args.save_maps, **{f"{name} {blur:g} {i}": m.astype(np.float16)
