@@ -26,9 +26,15 @@ SIGMAS = (1.0, 2.0, 4.0, 8.0)
 # Scales of the structure tensor's coherence: near 1 along a fibre (one orientation), near 0 in a
 # bead or a flat film (none); the feature that lifted the map most (bench/texture_probe.py).
 COHERENCE_SIGMAS = (2.0, 4.0, 8.0)
+# The scales of texture models saved before a model recorded its own (told apart by their feature
+# count: 20 features, none; 23, these three).
+FIRST_COHERENCE_SIGMAS = (2.0, 4.0, 8.0)
 # Rows of context a pixel's features read on each side (the widest filter: the local contrast's
 # Gaussian of 2 x the largest sigma, truncated at 4 sigma): what a strip needs as margin.
 REACH = int(4 * 2 * max(SIGMAS)) + 1
+# Side of the squares a large image's features are computed in (plus REACH of context each side):
+# ~120 MB of features each, so a 20000 x 20000 scan stays within the scoring's memory bound.
+TILE = 1024
 # The blur of the texture map before its mean over a window is taken for the fused window score
 # (semray.maps.score_image): the per-pixel maps' default blur, eval.pixel_blur, at which the texture
 # map's window means were measured to help (bench/texture_probe.py --grid-run, bench/RESULTS.md).
@@ -44,23 +50,26 @@ def filter_bank(image: np.ndarray, sigmas: tuple[float, ...] = SIGMAS,
     x = np.asarray(image, dtype=np.float32)
     median, spread = level or image_level(x)
     x = (x - median) / spread
-    out = []
+    out = np.empty((5 * len(sigmas) + len(coherence_sigmas), *x.shape), dtype=np.float32)  # filled in place
+    i = 0
     for s in sigmas:
-        out.append(ndimage.gaussian_filter(x, s))
-        out.append(ndimage.gaussian_gradient_magnitude(x, s) * s)
-        out.append(ndimage.gaussian_laplace(x, s) * s * s)
+        out[i] = ndimage.gaussian_filter(x, s)
+        out[i + 1] = ndimage.gaussian_gradient_magnitude(x, s) * s
+        out[i + 2] = ndimage.gaussian_laplace(x, s) * s * s
         local_var = ndimage.gaussian_filter(x * x, 2 * s) - ndimage.gaussian_filter(x, 2 * s) ** 2
-        out.append(np.sqrt(np.maximum(local_var, 0)))
+        out[i + 3] = np.sqrt(np.maximum(local_var, 0))
         hxx = ndimage.gaussian_filter(x, s, order=(0, 2))
         hyy = ndimage.gaussian_filter(x, s, order=(2, 0))
         hxy = ndimage.gaussian_filter(x, s, order=(1, 1))
-        out.append((hxx * hyy - hxy * hxy) * s ** 4)
+        out[i + 4] = (hxx * hyy - hxy * hxy) * s ** 4
+        i += 5
     if coherence_sigmas:
         gy, gx = ndimage.sobel(x, 0), ndimage.sobel(x, 1)
         for s in coherence_sigmas:
             jxx, jyy, jxy = (ndimage.gaussian_filter(a, s) for a in (gx * gx, gy * gy, gx * gy))
-            out.append(np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-6))
-    return np.stack(out).astype(np.float32)
+            out[i] = np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-6)
+            i += 1
+    return out
 
 
 def image_level(image: np.ndarray) -> tuple[float, float]:
@@ -109,7 +118,10 @@ class TextureModel:
     """A Gaussian mixture over normal pixels' filter-bank features; as_state() / from_state() keep
     it in a run's model.pt as plain arrays."""
 
-    def __init__(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray):
+    def __init__(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray,
+                 coherence_sigmas: tuple[float, ...] = COHERENCE_SIGMAS):
+        # the filter bank it was fitted on: scored with the same one, whatever the defaults become
+        self.coherence_sigmas = tuple(float(c) for c in coherence_sigmas)
         from scipy.linalg import solve_triangular
         from sklearn.mixture import GaussianMixture
 
@@ -122,7 +134,7 @@ class TextureModel:
 
     @classmethod
     def fit(cls, images: list[np.ndarray], components: int = 8, pixels: int = 100_000,
-            seed: int = 0) -> TextureModel:
+            seed: int = 0, coherence_sigmas: tuple[float, ...] = COHERENCE_SIGMAS) -> TextureModel:
         """Fitted on `pixels` pixels drawn evenly from the images (a few seconds on a laptop)."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.mixture import GaussianMixture
@@ -131,7 +143,7 @@ class TextureModel:
         per = max(1, pixels // len(images))
         rows = []
         for image in images:
-            feats = filter_bank(image)
+            feats = filter_bank(image, coherence_sigmas=coherence_sigmas)
             flat = feats.reshape(feats.shape[0], -1)
             rows.append(flat[:, rng.choice(flat.shape[1], min(per, flat.shape[1]), replace=False)].T)
         gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed)
@@ -140,19 +152,40 @@ class TextureModel:
             # warning in the middle of a successful `semray train`
             warnings.simplefilter("ignore", ConvergenceWarning)
             gmm.fit(np.concatenate(rows).astype(np.float64))
-        return cls(gmm.weights_, gmm.means_, gmm.covariances_)
+        return cls(gmm.weights_, gmm.means_, gmm.covariances_, coherence_sigmas)
 
     def score_map(self, image: np.ndarray, rows: tuple[int, int] | None = None,
-                  level: tuple[float, float] | None = None) -> np.ndarray:
-        """-log density of each pixel's features: (H, W) float32, or only rows (r0, r1), computed
-        from those rows and REACH rows either side, equal to the whole image's."""
-        h = image.shape[0]
+                  level: tuple[float, float] | None = None, tile: int = TILE) -> np.ndarray:
+        """-log density of each pixel's features: (H, W) float32, or only rows (r0, r1). Computed in
+        blocks (one for an image up to 2 tiles' worth of pixels; else tile x tile squares), each
+        from its pixels and REACH pixels of context on every side, so any block equals the whole
+        image's computation and memory follows the block: 23 features of a 20000-pixel-wide strip
+        would be 1.8 MB a row."""
+        h, w = image.shape
         r0, r1 = rows or (0, h)
-        e0, e1 = max(0, r0 - REACH), min(h, r1 + REACH)
         level = level or image_level(image)
-        feats = filter_bank(image[e0:e1], level=level)[:, r0 - e0:r1 - e0]
-        f, n, w = feats.shape
-        return -self.log_density(feats.reshape(f, -1).T).reshape(n, w)
+        whole = (r1 - r0) * w <= 2 * tile * tile
+        step_y, step_x = (r1 - r0, w) if whole else (tile, tile)
+        out = np.empty((r1 - r0, w), dtype=np.float32)
+        for y0 in range(r0, r1, max(1, step_y)):
+            y1 = min(r1, y0 + step_y)
+            for x0 in range(0, w, step_x):
+                x1 = min(w, x0 + step_x)
+                e0, e1, f0, f1 = max(0, y0 - REACH), min(h, y1 + REACH), max(0, x0 - REACH), min(w, x1 + REACH)
+                feats = filter_bank(image[e0:e1, f0:f1], level=level, coherence_sigmas=self.coherence_sigmas
+                                    )[:, y0 - e0:y1 - e0, x0 - f0:x1 - f0]
+                out[y0 - r0:y1 - r0, x0:x1] = -self.feature_log_density(feats)
+        return out
+
+    def feature_log_density(self, feats: np.ndarray) -> np.ndarray:
+        """log_density of a (features, H, W) stack -> (H, W), a few rows at a time (no copy of the stack)."""
+        f, h, w = feats.shape
+        out = np.empty((h, w), dtype=np.float32)
+        step = max(1, (1 << 18) // max(w, 1))
+        for y in range(0, h, step):
+            rows = feats[:, y:y + step]
+            out[y:y + step] = self.log_density(rows.reshape(f, -1).T).reshape(rows.shape[1], w)
+        return out
 
     def log_density(self, x: np.ndarray) -> np.ndarray:
         """scikit-learn's score_samples (a test holds them equal), in float32 matrix products over
@@ -174,10 +207,17 @@ class TextureModel:
         return out
 
     def as_state(self) -> dict[str, Any]:
-        return {"weights": self.gmm.weights_, "means": self.gmm.means_, "covariances": self.gmm.covariances_}
+        return {"weights": self.gmm.weights_, "means": self.gmm.means_, "covariances": self.gmm.covariances_,
+                "coherence_sigmas": np.asarray(self.coherence_sigmas, dtype=np.float64)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> TextureModel | None:
         if not state:
             return None
-        return cls(*(np.asarray(state[k], dtype=np.float64) for k in ("weights", "means", "covariances")))
+        weights, means, covariances = (np.asarray(state[k], dtype=np.float64)
+                                       for k in ("weights", "means", "covariances"))
+        if "coherence_sigmas" in state:
+            coherence = tuple(np.asarray(state["coherence_sigmas"], dtype=np.float64).tolist())
+        else:  # a run trained before the bank was recorded: the coherence it had, told by the features' count
+            coherence = FIRST_COHERENCE_SIGMAS[:means.shape[1] - 5 * len(SIGMAS)]
+        return cls(weights, means, covariances, coherence)

@@ -33,7 +33,7 @@ def test_its_float32_density_is_scikit_learns(model):
 
 
 def test_strips_give_the_whole_images_map_and_the_state_survives_model_pt(model):
-    """score_map of a few rows reads REACH rows of context either side and equals the whole image's;
+    """score_map of a few rows (or in tiles) reads REACH pixels of context and equals the whole image's;
     the state as model.pt keeps it (tensors, loaded with weights_only) gives the same map."""
     image, _ = _images(1, True, seed=2)[0]
     whole = model.score_map(image)
@@ -41,6 +41,9 @@ def test_strips_give_the_whole_images_map_and_the_state_survives_model_pt(model)
     cut = [0, 50, 50 + REACH // 2, image.shape[0]]
     strips = np.concatenate([model.score_map(image, rows=(a, b)) for a, b in zip(cut, cut[1:])])
     np.testing.assert_allclose(strips, whole, rtol=1e-5, atol=1e-4)
+    # a large image's features are computed in squares with context on every side: the same map
+    np.testing.assert_allclose(model.score_map(image, tile=40), whole, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(model.score_map(image, rows=(30, 120), tile=24), whole[30:120], rtol=1e-5, atol=1e-4)
     buffer = io.BytesIO()
     torch.save({k: torch.from_numpy(v) for k, v in model.as_state().items()}, buffer)
     buffer.seek(0)
