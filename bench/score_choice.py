@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from semray.config import ModelConfig
 from semray.data.datasets import load_normal_images
 from semray.device import pick_device
 from semray.evaluate import pooled_scores, score_dataset, window_labels
@@ -84,8 +85,10 @@ def main() -> None:
         source = "model.pt"
         normal = [im for _, im in load_normal_images(args.data, cfg.patches.size)]
         if args.texture and args.refit_texture:
-            detector.texture = TextureModel.fit(normal, cfg.model.texture_components or 8, seed=cfg.train.seed)
+            mixture = ModelConfig().texture_components  # today's default, as a new `semray train` fits it
+            detector.texture = TextureModel.fit(normal, mixture, seed=cfg.train.seed)
             state["texture"] = {k: torch.from_numpy(v) for k, v in detector.texture.as_state().items()}
+            state["config"]["model"]["texture_components"] = mixture
             stats = None
         if not stats or (args.texture and TEXTURE not in stats):  # measured as training measures them
             stats = score_statistics(detector, normal, seed=cfg.train.seed)

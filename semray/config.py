@@ -52,8 +52,9 @@ class ModelConfig:
     # (semray.models.memory; a random subset beyond this many); 0 = no bank, knn scores 0.
     memory_bank: int = 4096
     # Components of the Gaussian mixture over normal pixels' filter-bank features, the texture part
-    # of the fused per-pixel map (semray.texture); 0 = none, and the fused map falls back.
-    texture_components: int = 8
+    # of the fused per-pixel map and window score (semray.texture); 0 = none, and the fused map falls
+    # back. 16 against 8: the texture map alone, validation AUPRO 0.873 against 0.853 (a fit of ~30 s).
+    texture_components: int = 16
 
 
 @dataclass

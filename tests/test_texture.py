@@ -10,7 +10,7 @@ import torch
 
 from semray.data.synth import SynthConfig, generate_image
 from semray.metrics import pixel_auroc
-from semray.texture import REACH, WINDOW_BLUR, TextureModel, filter_bank, window_scores
+from semray.texture import FIRST_COHERENCE_SIGMAS, REACH, WINDOW_BLUR, TextureModel, filter_bank, window_scores
 
 
 def _images(n: int, defects: bool, seed: int = 0):
@@ -50,6 +50,20 @@ def test_strips_give_the_whole_images_map_and_the_state_survives_model_pt(model)
     again = TextureModel.from_state(torch.load(buffer, weights_only=True))
     np.testing.assert_allclose(again.score_map(image), whole, rtol=1e-5, atol=1e-4)
     assert TextureModel.from_state({}) is None  # a run trained before it
+    # the filter bank it was fitted on travels with it, so a changed default never breaks a saved run
+    other = TextureModel.fit([im for im, _ in _images(2, False)], components=2, pixels=5000, coherence_sigmas=(1.0,))
+    assert other.gmm.means_.shape[1] == 21
+    again = TextureModel.from_state({k: torch.from_numpy(v) for k, v in other.as_state().items()})
+    assert again.coherence_sigmas == (1.0,)
+    np.testing.assert_allclose(again.score_map(image), other.score_map(image), rtol=1e-5, atol=1e-4)
+    # a model saved before it recorded its bank (23 features: coherence at 2, 4, 8): told by its
+    # feature count, scored with the bank it was fitted on
+    first = TextureModel.fit([im for im, _ in _images(2, False)], components=2, pixels=5000,
+                             coherence_sigmas=FIRST_COHERENCE_SIGMAS)
+    old = {k: torch.from_numpy(v) for k, v in first.as_state().items() if k != "coherence_sigmas"}
+    assert old["means"].shape[1] == 23
+    np.testing.assert_allclose(TextureModel.from_state(old).score_map(image), first.score_map(image),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_window_means_of_the_blurred_map_in_strips_equal_the_whole_images(model):
