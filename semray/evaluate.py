@@ -24,7 +24,7 @@ from semray.log import get_logger
 from semray.maps import assemble_map, calibrate_threshold, neighbourhood_mean, score_image
 from semray.metrics import at_threshold, aupro, auroc, held_out_f1, image_auroc, patch_metrics, pixel_auroc
 from semray.models import AnomalyDetector
-from semray.models.memory import bank_without, image_fingerprint
+from semray.models.memory import bank_without
 from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector, read_threshold, save_threshold
 from semray.scores import FUSED_SCORE, PIXEL_MAPS, SCORE_NAMES
@@ -179,17 +179,18 @@ def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fp
     stride = stride or cfg.eval.stride
     fpr = cfg.eval.threshold_fpr if fpr is None else fpr
     pooled: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_NAMES}
-    windows = 0
+    windows = training = 0
     for image in images:
-        with bank_without(detector, image):  # a training image meets the bank as a new one would
+        with bank_without(detector, image) as held_out:  # a training image meets the bank as a new one would
             r = score_image(detector, image, stride, cfg.eval.batch_size)
+        training += held_out
         windows += r["ys"].size
         for k in SCORE_NAMES:
             pooled[k].append(neighbourhood_mean(r[k], r["ys"], r["xs"], cfg.eval.smoothing_px))
     calibration = {"fpr": fpr, "stride": stride, "smoothing_px": cfg.eval.smoothing_px, "windows": windows,
                    "images": len(images), "source": source, "precision": detector.precision.name,
                    # how many of them the memory bank was built from: scored without their own windows
-                   "training_images": sum(image_fingerprint(im) in detector.bank_images for im in images),
+                   "training_images": training,
                    # only the scores this run computes for real: a 0-everywhere score has no threshold
                    "scores": {k: calibrate_threshold(v, fpr) for k, v in pooled.items()
                               if k in detector.available_scores}}

@@ -76,19 +76,20 @@ def bank_without(detector, image: np.ndarray):
     training images that way flagged 14% of the new images' normal windows instead of 1%, and the
     fused score's 4.9% (bench/calibration_probe.py, bench/RESULTS.md). Without the image's own
     windows, its knn distances are what an unseen normal image meets: the other images' windows.
+    Yields whether the image's windows were left out.
     """
     names = getattr(detector, "bank_images", None) or []
     fingerprint = image_fingerprint(image) if names and detector.memory_bank.numel() else None
     if fingerprint not in names:
-        yield detector
+        yield False
         return
     full = detector.memory_bank
     others = detector.bank_source != names.index(fingerprint)
     if not others.any():  # a bank of one image's windows: nothing else to compare with
-        yield detector
+        yield False
         return
     detector.memory_bank = full[others]
     try:
-        yield detector
+        yield True
     finally:
         detector.memory_bank = full
