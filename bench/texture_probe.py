@@ -47,12 +47,13 @@ class Mixture:
     """A Gaussian mixture (scikit-learn) on normal pixels' features: normal SEM texture is at least
     two populations (fibre and background) that one Gaussian blurs together; score = -log density."""
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, dtype=np.float64):
         from sklearn.mixture import GaussianMixture
         self.model = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=0)
+        self.dtype = dtype
 
     def fit(self, feats: np.ndarray) -> Mixture:
-        self.model.fit(feats)
+        self.model.fit(feats.astype(self.dtype))  # EM in float32 is what semray.texture ships
         return self
 
     def score(self, stack: np.ndarray) -> np.ndarray:
@@ -120,6 +121,7 @@ def main() -> None:
     p.add_argument("--fuse-map", default="fused 8", help="which map of that file ('name blur')")
     p.add_argument("--coherence", default="2,4,8", help="the structure tensor's coherence at these sigmas ('': none)")
     p.add_argument("--grid-run", help="also fuse the texture map's window means into this run's fused window score")
+    p.add_argument("--em-float32", action="store_true", help="the mixture's EM in float32 (as semray.texture fits it)")
     p.add_argument("--json")
     args = p.parse_args()
     sigmas = [float(s) for s in args.sigmas.split(",")]
@@ -133,7 +135,8 @@ def main() -> None:
     normal = [features(img) for _, img in load_normal_images(args.data)]
     per = args.pixels // len(normal)
     sample = np.concatenate([s.reshape(s.shape[0], -1).T[rng.choice(s[0].size, per, replace=False)] for s in normal])
-    density = (Mixture(args.gmm) if args.gmm else GaussianDensity()).fit(sample)
+    density = (Mixture(args.gmm, np.float32 if args.em_float32 else np.float64) if args.gmm
+               else GaussianDensity()).fit(sample)
     items = load_anomalous_images(args.data)
     raw = [density.score(features(it.image)) for it in items]
     seconds = time.time() - started

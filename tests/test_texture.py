@@ -32,6 +32,51 @@ def test_its_float32_density_is_scikit_learns(model):
                                rtol=1e-4, atol=1e-3)
 
 
+def test_the_filter_bank_is_scipys_filters(model):
+    """filter_bank shares the separable passes ndimage's filters repeat: the same float32 values as
+    calling them one by one."""
+    from scipy import ndimage
+
+    from semray.texture import COHERENCE_SIGMAS, SIGMAS, image_level
+
+    image, _ = _images(1, True, seed=3)[0]
+    median, spread = image_level(image)
+    x = (np.asarray(image, dtype=np.float32) - median) / spread
+    expected = []
+    for s in SIGMAS:
+        hxx, hyy, hxy = (ndimage.gaussian_filter(x, s, order=o) for o in ((0, 2), (2, 0), (1, 1)))
+        local_var = ndimage.gaussian_filter(x * x, 2 * s) - ndimage.gaussian_filter(x, 2 * s) ** 2
+        expected += [ndimage.gaussian_filter(x, s), ndimage.gaussian_gradient_magnitude(x, s) * s,
+                     ndimage.gaussian_laplace(x, s) * s * s, np.sqrt(np.maximum(local_var, 0)),
+                     (hxx * hyy - hxy * hxy) * s ** 4]
+    gy, gx = ndimage.sobel(x, 0), ndimage.sobel(x, 1)
+    for s in COHERENCE_SIGMAS:
+        jxx, jyy, jxy = (ndimage.gaussian_filter(a, s) for a in (gx * gx, gy * gy, gx * gy))
+        expected.append(np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-6))
+    np.testing.assert_array_equal(filter_bank(image), np.stack(expected))
+
+
+def test_an_images_map_is_computed_once_while_the_image_lives(model, monkeypatch):
+    """The window score and the pixel map both ask for an image's texture map: the second call is
+    served from the first, read-only, and the kept map goes when the image does."""
+    import gc
+    import pickle
+
+    image, _ = _images(1, True, seed=4)[0]
+    calls = []
+    blocks = TextureModel._blocks
+    monkeypatch.setattr(TextureModel, "_blocks", lambda self, *a: calls.append(a[1:3]) or blocks(self, *a))
+    whole = model.score_map(image)
+    np.testing.assert_array_equal(model.score_map(image, rows=(10, 90)), whole[10:90])
+    assert len(calls) == 1 and not whole.flags.writeable
+    assert len(pickle.loads(pickle.dumps(model))._maps) == 0  # shipped to a Ray worker without it
+    model.score_map(image.copy())  # another array: computed for itself
+    assert len(calls) == 2
+    del image
+    gc.collect()
+    assert len(model._maps) == 0
+
+
 def test_strips_give_the_whole_images_map_and_the_state_survives_model_pt(model):
     """score_map of a few rows (or in tiles) reads REACH pixels of context and equals the whole image's;
     the state as model.pt keeps it (tensors, loaded with weights_only) gives the same map."""
@@ -39,7 +84,8 @@ def test_strips_give_the_whole_images_map_and_the_state_survives_model_pt(model)
     whole = model.score_map(image)
     assert whole.shape == image.shape and whole.dtype == np.float32 and np.isfinite(whole).all()
     cut = [0, 50, 50 + REACH // 2, image.shape[0]]
-    strips = np.concatenate([model.score_map(image, rows=(a, b)) for a, b in zip(cut, cut[1:])])
+    # tile=100: the image is more than one block, so each strip is computed from its own rows
+    strips = np.concatenate([model.score_map(image, rows=(a, b), tile=100) for a, b in zip(cut, cut[1:])])
     np.testing.assert_allclose(strips, whole, rtol=1e-5, atol=1e-4)
     # a large image's features are computed in squares with context on every side: the same map
     np.testing.assert_allclose(model.score_map(image, tile=40), whole, rtol=1e-5, atol=1e-4)

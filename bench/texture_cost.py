@@ -1,0 +1,93 @@
+"""What the texture model (semray.texture) costs, before and after its speed-ups, in one run.
+
+    .venv/bin/python bench/texture_cost.py [--data ../shared/data/nanotwice] [--rounds 3]
+
+On NanoTWICE's 5 normal images, best of --rounds each: the filter bank of one image as ndimage's
+filters called one by one (what it was) against the shipped filter_bank (shared separable passes, the
+same values), and the Gaussian mixture's EM in float64 (what it was) against float32 (shipped), with
+the held-out log-likelihood of each (pixels not fitted on), then one image's whole texture map.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from sklearn.mixture import GaussianMixture
+
+from semray.data.datasets import load_normal_images
+from semray.texture import COHERENCE_SIGMAS, SIGMAS, TextureModel, filter_bank, image_level
+
+HERE = Path(__file__).resolve().parent
+
+
+def filters_one_by_one(image: np.ndarray) -> np.ndarray:
+    """The filter bank as it was: each ndimage filter called for itself."""
+    median, spread = image_level(image)
+    x = (np.asarray(image, dtype=np.float32) - median) / spread
+    out = []
+    for s in SIGMAS:
+        hxx, hyy, hxy = (ndimage.gaussian_filter(x, s, order=o) for o in ((0, 2), (2, 0), (1, 1)))
+        local_var = ndimage.gaussian_filter(x * x, 2 * s) - ndimage.gaussian_filter(x, 2 * s) ** 2
+        out += [ndimage.gaussian_filter(x, s), ndimage.gaussian_gradient_magnitude(x, s) * s,
+                ndimage.gaussian_laplace(x, s) * s * s, np.sqrt(np.maximum(local_var, 0)),
+                (hxx * hyy - hxy * hxy) * s ** 4]
+    gy, gx = ndimage.sobel(x, 0), ndimage.sobel(x, 1)
+    for s in COHERENCE_SIGMAS:
+        jxx, jyy, jxy = (ndimage.gaussian_filter(a, s) for a in (gx * gx, gy * gy, gx * gy))
+        out.append(np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-6))
+    return np.stack(out)
+
+
+def best_of(rounds: int, fn):
+    best, value = float("inf"), None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, value
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--components", type=int, default=16)
+    args = p.parse_args()
+    images = [im for _, im in load_normal_images(args.data)]
+    image = images[0]
+    old, a = best_of(args.rounds, lambda: filters_one_by_one(image))
+    new, b = best_of(args.rounds, lambda: filter_bank(image))
+    print(f"filter bank, one {image.shape[1]} x {image.shape[0]} image: one by one {old:.2f} s, shared passes "
+          f"{new:.2f} s ({old / new:.2f}x), equal: {np.array_equal(a, b)}")
+
+    rng = np.random.default_rng(0)
+    fit, held = [], []
+    for im in images:  # as TextureModel.fit draws them: 100,000 pixels in all, and as many others held out
+        f = filter_bank(im)
+        f = f.reshape(f.shape[0], -1)
+        idx = rng.permutation(f.shape[1])
+        fit.append(f[:, idx[:20_000]].T)
+        held.append(f[:, idx[20_000:40_000]].T)
+    x, h = np.concatenate(fit), np.concatenate(held).astype(np.float64)
+    for dtype in (np.float64, np.float32):
+        def em(dtype=dtype):
+            gmm = GaussianMixture(args.components, covariance_type="full", reg_covar=1e-4, random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return gmm.fit(x.astype(dtype))
+        seconds, gmm = best_of(args.rounds, em)
+        print(f"EM, {args.components} components, {len(x):,} pixels, {np.dtype(dtype).name}: {seconds:.1f} s, "
+              f"{gmm.n_iter_} iterations, held-out log-likelihood {gmm.score(h):.4f} per pixel", flush=True)
+
+    seconds, model = best_of(1, lambda: TextureModel.fit(images, args.components))
+    print(f"TextureModel.fit, as `semray train` runs it: {seconds:.1f} s")
+    seconds, _ = best_of(args.rounds, lambda: model.score_map(image.copy()))
+    print(f"one image's texture map: {seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
