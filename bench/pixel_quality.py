@@ -78,6 +78,18 @@ def add_grid_fusion(maps, normal_fused, grid_scored, detector, cfg, args, blur: 
         maps[f"fused + {w:g} grid", blur] = [((1 - w) * a + w * b).astype(np.float32) for a, b in zip(*zs)]
 
 
+def add_wide_blur(maps, spec: str, blur: float) -> None:
+    """(1 - w) x the fused per-pixel map + w x the same map blurred again by sigma: a wider kernel's
+    tail that fills the inside of a large defect, where the narrow map dips (spec 'w:sigma,...')."""
+    from scipy.ndimage import gaussian_filter
+
+    for part in spec.split(","):
+        w, sigma = (float(v) for v in part.split(":"))
+        maps[f"fused + {w:g} wide {sigma:g}", blur] = [
+            ((1 - w) * m + w * gaussian_filter(m.astype(np.float64), sigma, mode="reflect")).astype(np.float32)
+            for m in maps[FUSED_SCORE, blur]]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
@@ -88,6 +100,8 @@ def main() -> None:
     p.add_argument("--fused", action="store_true", help="also the fused per-pixel map (add_fused_maps)")
     p.add_argument("--grid-fusion", default="", help="with --fused: also (1 - w) x the fused map + w x the grid's "
                    "fused map, both standardised on the normal images' pixels, for these w (e.g. 0.2,0.4)")
+    p.add_argument("--wide-blur", default="", help="with --fused: also (1 - w) x the fused map + w x the same map "
+                   "blurred by sigma, for these 'w:sigma' (e.g. 0.3:16,0.3:32)")
     p.add_argument("--whole-bank", action="store_true", help="the fused map's statistics with the training images' "
                    "knn against the whole memory bank (as calibration did before bank_without)")
     p.add_argument("--save-maps", help="write every map (float16) to this .npz, keyed 'name blur i'")
@@ -115,6 +129,8 @@ def main() -> None:
         normal_fused = add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs)
         if args.grid_fusion:
             add_grid_fusion(maps, normal_fused, grid_scored, detector, cfg, args, blurs[0])
+        if args.wide_blur:
+            add_wide_blur(maps, args.wide_blur, blurs[0])
     halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
     if args.save_maps:
         np.savez_compressed(args.save_maps, **{f"{name} {blur:g} {i}": m.astype(np.float16)
