@@ -45,11 +45,11 @@ FALLBACK_SCORE = "ssim_reconstruction"
 # the texture map (semray.texture: no network at all), each standardised on normal images' pixels
 # (stored by `semray calibrate`), weighted as chosen on the validation half: ssim_reconstruction and
 # knn 0.6 / 0.4 (bench/map_variants.py: AUPRO 0.857 against 0.849 at 0.75 / 0.25 and 0.832 for
-# ssim_reconstruction alone), then that pair and texture 0.6 / 0.4 (bench/texture_probe.py, the
-# texture model of 16 components with coherence from sigma 1: AUPRO 0.915 against 0.859 without it,
-# 0.911 at 0.3 and 0.915 at 0.5; the default DAE, bench/RESULTS.md).
+# ssim_reconstruction alone), then that pair and texture 0.5 / 0.5 (bench/texture_probe.py, the
+# texture model of 16 components with coherence from sigma 0.5: AUPRO 0.921 against 0.859 without
+# it, 0.914 at 0.3 and 0.919 at 0.4; the default DAE, bench/RESULTS.md).
 PIXEL_MAPS = ("ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth", FUSED_SCORE)
-PIXEL_FUSION_WEIGHTS = {"ssim_reconstruction": 0.36, "knn": 0.24, "texture": 0.4}
+PIXEL_FUSION_WEIGHTS = {"ssim_reconstruction": 0.3, "knn": 0.2, "texture": 0.5}
 # The per-pixel map `semray score --map-scale` and `semray predict` draw unless told otherwise: the
 # best on the validation half (above); neither it nor the fallback (a run calibrated before the
 # pixel statistics were stored, or without a memory bank) needs the denoiser.

@@ -25,9 +25,10 @@ from scipy import ndimage
 
 SIGMAS = (1.0, 2.0, 4.0, 8.0)
 # Scales of the structure tensor's coherence: near 1 along a fibre (one orientation), near 0 in a
-# bead or a flat film (none); the feature that lifted the map most, at sigma 1 most of all (the
-# texture map alone: validation AUPRO 0.796 at 2, 4, 8; 0.853 with 1 added; bench/texture_probe.py).
-COHERENCE_SIGMAS = (1.0, 2.0, 4.0, 8.0)
+# bead or a flat film (none); the feature that lifted the map most, the finest scales most of all
+# (the texture map alone, 16 components, validation AUPRO: 0.824 at 2, 4, 8; 0.873 with 1 added;
+# 0.893 with 0.5 too; bench/texture_probe.py, bench/RESULTS.md).
+COHERENCE_SIGMAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # The scales of texture models saved before a model recorded its own (told apart by their feature
 # count: 20 features, none; 23, these three).
 FIRST_COHERENCE_SIGMAS = (2.0, 4.0, 8.0)

@@ -31,7 +31,7 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     assert set(state["score_stats"]) == set(SCORE_NAMES) - {"fused"} | {"texture"}  # the fused score's parts
     assert all(std > 0 for _, std in state["score_stats"].values())
     # the texture map's mixture over normal pixels' filter-bank features (semray.texture), as tensors
-    assert state["texture"]["means"].shape == (8, 24) and state["texture"]["covariances"].shape == (8, 24, 24)
+    assert state["texture"]["means"].shape == (8, 25) and state["texture"]["covariances"].shape == (8, 25, 25)
 
     out = tmp_path / "eval.json"
     evaluation = run_cli("evaluate", "--run", run, "--data", synth_data, "--stride", 8, "--json", out)
