@@ -148,20 +148,29 @@ def trained_run(cluster, tmp_path_factory, synth_data, train_config) -> Path:
     return run
 
 
+def _registered_checkpoint(snapshot: Path) -> bool:
+    """Whether Ray Train's checkpoint manager has registered a checkpoint of the stage."""
+    try:
+        return bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
+    except (OSError, ValueError):  # not written yet, or being written
+        return False
+
+
 def test_training_survives_a_killed_worker_with_the_same_metrics(cluster, trained_run, tmp_path, synth_data,
                                                                  train_config):
     from semray.evaluate import evaluate_run
 
     run, storage = tmp_path / "killed", tmp_path / "checkpoints"
     sid = cluster.submit("train", *_train_args(synth_data, run, train_config, storage), sid="train-killed")
-    # Kill one DDP worker (SIGKILL: no clean-up) mid-stage. A second checkpoint directory means the
-    # first one has been registered: the restart has something to resume from. The workers are
-    # looked up while the stage runs, not after: on a CPU with fast bf16 an epoch takes a fraction
-    # of a second, less than one call to the state API, and a kill that lands after the last epoch
-    # tests nothing. Ten short epochs leave eight to interrupt.
-    checkpoints = storage / "killed" / "autoencoder"
+    # Kill one DDP worker (SIGKILL: no clean-up) mid-stage, once Ray Train has registered a checkpoint
+    # (its snapshot names one: the restart has something to resume from; a checkpoint directory can
+    # be written before the controller registers it). The workers are looked up while the stage
+    # runs, not after: on a CPU with fast bf16 an epoch takes a fraction of a second, less than one
+    # call to the state API, and a kill that lands after the last epoch tests nothing. Ten short
+    # epochs leave most of the stage to interrupt.
+    snapshot = storage / "killed" / "autoencoder" / "checkpoint_manager_snapshot.json"
     deadline, victims = time.time() + 300, []
-    while len(list(checkpoints.glob("checkpoint_*"))) < 2:
+    while not _registered_checkpoint(snapshot):
         assert time.time() < deadline and cluster.status(sid) in ("PENDING", "RUNNING"), cluster.logs(sid)[-4000:]
         if len(victims) < 2:
             victims = cluster.alive_actors("RayTrainWorker")
