@@ -36,7 +36,7 @@ def main() -> None:
     from semray.data.synth import SynthConfig, write_dataset
     from semray.loop import plain_autoencoder_loop
     from semray.ray_env import init_ray
-    from semray.train import _fit, autoencoder_loop, worker_threads
+    from semray.train import _fit, training_loop, worker_threads
 
     data = Path(args.data)
     if not (data / "Normal").is_dir():
@@ -58,10 +58,11 @@ def main() -> None:
     init_ray(quiet=True)
     mean, std = image_statistics(images)
     loop_cfg = {"config": cfg.to_dict(), "images": ray.put(images), "threads": worker_threads(cfg),
-                "normalization": {"mode": cfg.patches.normalization, "mean": mean, "std": std}}
+                "normalization": {"mode": cfg.patches.normalization, "mean": mean, "std": std},
+                "stages": ["autoencoder"]}
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.perf_counter()
-        _fit(autoencoder_loop, loop_cfg, cfg, Path(run_dir), "throughput")
+        _fit(training_loop, loop_cfg, cfg, Path(run_dir), "throughput")
         ray_wall = n * args.epochs / (time.perf_counter() - t0)
         ray_rates = _epoch_rates(Path(run_dir) / "ray" / "throughput")
     ray_steady = statistics.median(ray_rates[1:] or ray_rates)

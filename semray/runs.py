@@ -1,8 +1,8 @@
 """A run directory: where one trained model lives, and the only format other commands read.
 
     RUN_DIR/config.yaml      the full config the run was trained with
-    RUN_DIR/ray/             Ray Train's own storage: per-epoch checkpoints of both stages
-    RUN_DIR/autoencoder.pt   stage 1 result (EMA weights), written when stage 1 ends
+    RUN_DIR/ray/train/       Ray Train's own storage: per-epoch checkpoints of both stages (one Ray run)
+    RUN_DIR/autoencoder.pt   stage 1 result (EMA weights), written when training ends
     RUN_DIR/model.pt         the trained detector: config, normalisation, both state dicts
     RUN_DIR/threshold.json   per-score thresholds calibrated on normal images (semray calibrate)
     RUN_DIR/training.json    per stage: the precision, memory format and device it trained in

@@ -1,13 +1,14 @@
 """Training on Ray Train: stage 1 the autoencoder, stage 2 the denoiser on the frozen autoencoder.
 
-Both stages share one loop (`_train_stage`); what differs is the objective module, whose forward
+Both stages run in one Ray Train run (`training_loop`: one worker group, started once) and share
+one loop (`_train_stage`); what differs is the objective module, whose forward
 returns the loss, so DDP sees every forward pass and synchronises gradients. Each worker draws its
 own fresh random crops every epoch from the normal images (seeded by seed, rank and epoch), which
 keeps the input pipeline free and makes a resumed run draw exactly the patches it would have drawn.
 
-Every epoch ends with a checkpoint (model, EMA weights, optimizer); running `semray train` again on
-the same run directory resumes from the last one (Ray Train resumes a run with the same name and
-storage path).
+Every epoch ends with a checkpoint (model, EMA weights, optimizer; in stage 2 the frozen autoencoder
+too); running `semray train` again on the same run directory resumes from the last one, in either
+stage (Ray Train resumes a run with the same name and storage path).
 """
 from __future__ import annotations
 
@@ -64,20 +65,24 @@ from semray.texture import TextureModel
 LOG = get_logger("train")
 
 STATE_FILE = "state.pt"
+TRAIN_NAME = "train"  # Ray Train's run (both stages): its checkpoints are under STORAGE/train
 
 
 # ---------------------------------------------------------------- the shared loop
 def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr: float, epochs: int,
-                 patches_per_epoch: int) -> None:
-    """Runs inside each Ray Train worker; `run_epoch` is the part without Ray."""
+                 patches_per_epoch: int, state: dict[str, Any] | None, carry: dict[str, Any]) -> dict[str, Any]:
+    """One stage inside each Ray Train worker; `run_epoch` is the part without Ray.
+
+    state: this stage's last checkpoint (resume from it), or None. carry: what every checkpoint of
+    the stage also holds, so a resume needs nothing else (the denoiser's carry the frozen
+    autoencoder). -> the stage's last state, as its last checkpoint holds it.
+    """
     import ray.train
     import ray.train.torch
 
     cfg = Config.from_dict(loop_cfg["config"])
-    _quiet_report_logger()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(loop_cfg["threads"])))
     device = ray.train.torch.get_device()
     use = "denoiser" if isinstance(objective, DenoiserObjective) else "autoencoder"
     precision = resolve_precision(cfg.train.precision, device, use=use)
@@ -86,16 +91,15 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
 
     trainable = objective.model
     optimizer = adam(trainable.parameters(), lr, cfg.train.adam_beta1, device)
-    start_epoch, state = 0, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    start_epoch = 0
+    if state is not None:
         trainable.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
         if rank == 0:
             print(f"[{stage}] resuming from the checkpoint of epoch {start_epoch}/{epochs}", flush=True)
+        if start_epoch >= epochs:  # the stage had finished: the next one starts from here
+            return state
 
     wrapped = ray.train.torch.prepare_model(objective)  # to device; DDP when world > 1
     _move_optimizer_state(optimizer, device)
@@ -121,18 +125,61 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
         validate = loop_cfg.get("validate")
         if validate is not None and rank == 0:
             metrics.update(_validate(validate, objective, ema, precision, fmt))
+        # every rank holds the same weights (DDP), so every rank knows the stage's last state
+        state = {**carry, "stage": use, "epoch": epoch, "model": trainable.state_dict(),
+                 "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+                 "loss": mean_loss, "patches_per_s": metrics["patches_per_s"], "precision": precision.name,
+                 "memory_format": memory_format_name(fmt), "device": _device_name(device)}
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                torch.save({"epoch": epoch, "model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
-                            "ema": ema.state_dict() if ema is not None else {}, "loss": mean_loss,
-                            "patches_per_s": metrics["patches_per_s"], "precision": precision.name,
-                            "memory_format": memory_format_name(fmt), "device": _device_name(device)},
-                           Path(tmp) / STATE_FILE)
+                torch.save(state, Path(tmp) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 left = spent / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
                 print(progress_line(stage, epoch + 1, epochs, mean_loss, metrics["patches_per_s"], left), flush=True)
             ray.train.report(metrics, checkpoint=ckpt)
+    return state
+
+
+def training_loop(loop_cfg: dict[str, Any]) -> None:
+    """Both stages in one Ray Train run: one worker group, started once (a group costs seconds of
+    process start-up and DDP set-up; two of them were most of a small training's wall time).
+
+    A restart (a lost worker, or `semray train` again) resumes from the last checkpoint, whichever
+    stage wrote it: the denoiser's checkpoints carry the frozen autoencoder. loop_cfg["autoencoder"]
+    (weights) skips stage 1; loop_cfg["stages"] = ["autoencoder"] stops after it (benchmarks).
+    """
+    import ray.train
+
+    cfg = Config.from_dict(loop_cfg["config"])
+    _quiet_report_logger()
+    torch.set_num_threads(max(1, int(loop_cfg["threads"])))
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+
+    autoencoder, ae_record = loop_cfg.get("autoencoder"), None
+    if state is not None and state.get("stage") == "denoiser":
+        autoencoder, ae_record = state["autoencoder"], state["autoencoder_record"]
+    if autoencoder is None:
+        torch.manual_seed(cfg.train.seed)
+        objective = AutoencoderObjective(create_autoencoder(cfg.model, cfg.patches.size))
+        ae_state = _train_stage(loop_cfg, f"autoencoder {cfg.model.kind}", objective, cfg.train.lr,
+                                cfg.train.epochs, cfg.train.patches_per_epoch, state, {})
+        autoencoder, ae_record, state = _ema_or_model(ae_state), _stage_record(ae_state), None
+    if "denoiser" not in loop_cfg.get("stages", ("autoencoder", "denoiser")):
+        return
+
+    torch.manual_seed(cfg.train.seed + 1)
+    frozen = create_autoencoder(cfg.model, cfg.patches.size)
+    frozen.load_state_dict(autoencoder)
+    objective = DenoiserObjective(frozen, create_denoiser(cfg.denoiser, cfg.model.init_std),
+                                  cfg.denoiser.input_noise, cfg.model.loss)
+    _train_stage(loop_cfg, f"denoiser {cfg.model.kind}", objective, cfg.train.denoiser_lr, cfg.train.denoiser_epochs,
+                 cfg.train.denoiser_patches_per_epoch, state,
+                 {"autoencoder": autoencoder, "autoencoder_record": ae_record})
 
 
 def _device_name(device: torch.device) -> str:
@@ -184,25 +231,6 @@ def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device
         for k, v in s.items():
             if torch.is_tensor(v) and k != "step":
                 s[k] = v.to(device)
-
-
-def autoencoder_loop(loop_cfg: dict[str, Any]) -> None:
-    cfg = Config.from_dict(loop_cfg["config"])
-    torch.manual_seed(cfg.train.seed)
-    objective = AutoencoderObjective(create_autoencoder(cfg.model, cfg.patches.size))
-    _train_stage(loop_cfg, f"autoencoder {cfg.model.kind}", objective, cfg.train.lr,
-                 cfg.train.epochs, cfg.train.patches_per_epoch)
-
-
-def denoiser_loop(loop_cfg: dict[str, Any]) -> None:
-    cfg = Config.from_dict(loop_cfg["config"])
-    torch.manual_seed(cfg.train.seed + 1)
-    autoencoder = create_autoencoder(cfg.model, cfg.patches.size)
-    autoencoder.load_state_dict(loop_cfg["autoencoder"])
-    objective = DenoiserObjective(autoencoder, create_denoiser(cfg.denoiser, cfg.model.init_std),
-                                  cfg.denoiser.input_noise, cfg.model.loss)
-    _train_stage(loop_cfg, f"denoiser {cfg.model.kind}", objective, cfg.train.denoiser_lr,
-                 cfg.train.denoiser_epochs, cfg.train.denoiser_patches_per_epoch)
 
 
 # ---------------------------------------------------------------- driver side
@@ -432,17 +460,14 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
                 "threads": worker_threads(cfg), "validate": validate}
     ae_path = run_dir / AUTOENCODER_FILE
     record = {**read_training_record(run_dir), **(provenance or {})}
-    if ae_path.exists():
-        autoencoder = load_state(ae_path)
-    else:
-        state = _fit(autoencoder_loop, loop_cfg, cfg, storage, "autoencoder", callbacks)
-        autoencoder = _ema_or_model(state)
-        record["autoencoder"] = _stage_record(state)
-        save_training_record(run_dir, record)
-        atomic_torch_save(autoencoder, ae_path)
-    state = _fit(denoiser_loop, {**loop_cfg, "autoencoder": autoencoder}, cfg, storage, "denoiser", callbacks)
+    if ae_path.exists():  # stage 1 finished by a version of semray that ran the stages apart
+        loop_cfg["autoencoder"] = load_state(ae_path)
+    state = _fit(training_loop, loop_cfg, cfg, storage, TRAIN_NAME, callbacks)
+    autoencoder = state["autoencoder"]
+    record["autoencoder"] = state["autoencoder_record"] or record.get("autoencoder")
     record["denoiser"] = _stage_record(state)
     save_training_record(run_dir, record)
+    atomic_torch_save(autoencoder, ae_path)
     encoder = create_autoencoder(cfg.model, cfg.patches.size)
     encoder.load_state_dict(autoencoder)
     bank, source = build_memory_bank(encoder, images, normalization, cfg.patches.size, cfg.model.memory_bank,

@@ -168,7 +168,7 @@ def test_training_survives_a_killed_worker_with_the_same_metrics(cluster, traine
     # runs, not after: on a CPU with fast bf16 an epoch takes a fraction of a second, less than one
     # call to the state API, and a kill that lands after the last epoch tests nothing. Ten short
     # epochs leave most of the stage to interrupt.
-    snapshot = storage / "killed" / "autoencoder" / "checkpoint_manager_snapshot.json"
+    snapshot = storage / "killed" / "train" / "checkpoint_manager_snapshot.json"
     deadline, victims = time.time() + 300, []
     while not _registered_checkpoint(snapshot):
         assert time.time() < deadline and cluster.status(sid) in ("PENDING", "RUNNING"), cluster.logs(sid)[-4000:]

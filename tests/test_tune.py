@@ -51,7 +51,7 @@ def test_what_semray_hands_to_ray_pickles_after_ray_patches_print(monkeypatch, s
 
     from semray.data.datasets import load_anomalous_images
     from semray.pipeline import ScoreImages, read_batch, write_part
-    from semray.train import autoencoder_loop, denoiser_loop
+    from semray.train import training_loop
 
     original = builtins.print
     monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
@@ -60,7 +60,7 @@ def test_what_semray_hands_to_ray_pickles_after_ray_patches_print(monkeypatch, s
     # every trial ships a validator in its Train loop config
     validator = EpochValidator(load_anomalous_images(synth_data), 32, 16,
                                {"mode": "patch", "mean": 0.5, "std": 0.25}, 1, "best")
-    shipped = (trainable, callbacks, autoencoder_loop, denoiser_loop, validator, ScoreImages, read_batch, write_part)
+    shipped = (trainable, callbacks, training_loop, validator, ScoreImages, read_batch, write_part)
     assert len(cloudpickle.loads(cloudpickle.dumps(shipped))) == len(shipped)
     # the check can fail: a trial log holding the patched-away builtin does not pickle
     with pytest.raises(pickle.PicklingError, match="print"):
