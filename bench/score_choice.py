@@ -13,6 +13,9 @@ pair and triple of scores over a grid of weights. One weighting is chosen for ev
 best mean validation AUROC over the runs given. It is what semray.scores.FUSION_WEIGHTS should
 hold; the shipped `fused` is printed beside it.
 
+--texture-max: the same for the window *maximum* of the blurred texture map in place of its mean
+(semray.scores.TEXTURE_MAX_FUSION_WEIGHT; statistics measured where a run lacks them).
+
 --texture: the weight of the fused score's texture component instead (semray.maps.fused_texture):
 FUSION_WEIGHTS' sum plus w x the standardised texture window mean, for w on a grid, chosen the same
 way: what semray.scores.TEXTURE_FUSION_WEIGHT should hold. Runs trained before the texture window
@@ -36,7 +39,15 @@ from semray.evaluate import pooled_scores, score_dataset, window_labels
 from semray.metrics import at_threshold, auroc
 from semray.models.fusion import score_statistics
 from semray.runs import load_detector, load_state, read_threshold, write_model
-from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES, TEXTURE, TEXTURE_FUSION_WEIGHT
+from semray.scores import (
+    FUSED_SCORE,
+    FUSION_WEIGHTS,
+    SCORE_NAMES,
+    TEXTURE,
+    TEXTURE_FUSION_WEIGHT,
+    TEXTURE_MAX,
+    TEXTURE_MAX_FUSION_WEIGHT,
+)
 from semray.texture import TextureModel
 from semray.tune import split_validation_test
 
@@ -56,9 +67,11 @@ def weightings() -> list[dict[str, float]]:
     return out
 
 
-def texture_weightings() -> list[dict[str, float]]:
-    """FUSION_WEIGHTS as shipped plus the texture component at weights 0 .. 1.5."""
-    return [{**FUSION_WEIGHTS, TEXTURE: round(float(w), 2)} for w in np.arange(0.0, 1.51, 0.1)]
+def texture_weightings(component: str = TEXTURE) -> list[dict[str, float]]:
+    """FUSION_WEIGHTS as shipped plus a texture component at weights 0 .. 1.5 (the mean), 0 .. 3 (the
+    maximum, whose spread on normal windows is narrower)."""
+    top = 1.51 if component == TEXTURE else 3.01
+    return [{**FUSION_WEIGHTS, component: round(float(w), 2)} for w in np.arange(0.0, top, 0.1 if top < 2 else 0.2)]
 
 
 def main() -> None:
@@ -72,11 +85,14 @@ def main() -> None:
     p.add_argument("--pooling", default="", help="also the shipped fused score pooled at these radii "
                    "(eval.smoothing_px), e.g. 0,8,16,24,32")
     p.add_argument("--texture", action="store_true", help="choose the texture component's weight instead")
+    p.add_argument("--texture-max", action="store_true", help="with --texture: the component is the window maximum "
+                   "of the texture map, not its mean")
     p.add_argument("--refit-texture", action="store_true", help="with --texture: fit each run's texture model "
                    "anew, as `semray train` does (for runs whose texture model predates today's features)")
     args = p.parse_args()
-    candidates = texture_weightings() if args.texture else weightings()
-    components = [*FUSION_WEIGHTS, TEXTURE] if args.texture else COMPONENTS
+    component = TEXTURE_MAX if args.texture_max else TEXTURE
+    candidates = texture_weightings(component) if args.texture else weightings()
+    components = [*FUSION_WEIGHTS, component] if args.texture else COMPONENTS
     per_run = {}
     for run in args.run:
         detector, cfg = load_detector(run, pick_device())
@@ -90,7 +106,7 @@ def main() -> None:
             state["texture"] = {k: torch.from_numpy(v) for k, v in detector.texture.as_state().items()}
             state["config"]["model"]["texture_components"] = mixture
             stats = None
-        if not stats or (args.texture and TEXTURE not in stats):  # measured as training measures them
+        if not stats or (args.texture and component not in stats):  # measured as training measures them
             stats = score_statistics(detector, normal, seed=cfg.train.seed)
             detector.set_score_stats(stats)
             source = "measured now"
@@ -141,8 +157,9 @@ def main() -> None:
     best = candidates[int(order[0])]
     single = max(SCORE_NAMES, key=lambda k: np.mean([r["figures"][k]["val"] for r in per_run.values()]))
     print(f"\nchosen on validation: weights {best}; best single score by mean validation: {single}")
-    shipped = {**FUSION_WEIGHTS, TEXTURE: TEXTURE_FUSION_WEIGHT} if args.texture else FUSION_WEIGHTS
-    print(f"shipped (semray.scores.FUSION_WEIGHTS, TEXTURE_FUSION_WEIGHT): {shipped}: "
+    weight = TEXTURE_MAX_FUSION_WEIGHT if args.texture_max else TEXTURE_FUSION_WEIGHT
+    shipped = {**FUSION_WEIGHTS, component: weight} if args.texture else FUSION_WEIGHTS
+    print(f"shipped (semray.scores.FUSION_WEIGHTS and the texture weight): {shipped}: "
           + "  ".join(f"{r['model']} {r['figures'][FUSED_SCORE]['val']:.3f} / {r['figures'][FUSED_SCORE]['test']:.3f}"
                       for r in per_run.values()))
     if args.json:

@@ -19,7 +19,7 @@ import torch
 from semray.data.patches import iter_patch_batches
 from semray.errors import ConfigError, SemrayError
 from semray.regions import find_regions
-from semray.scores import FUSED_SCORE, TEXTURE, TEXTURE_FUSION_WEIGHT
+from semray.scores import FUSED_SCORE, TEXTURE, TEXTURE_MAX
 
 if TYPE_CHECKING:
     from semray.models import AnomalyDetector
@@ -106,18 +106,20 @@ def score_image(detector: AnomalyDetector, image: np.ndarray, stride: int, batch
 
 
 def fused_texture(detector: AnomalyDetector, image: np.ndarray, scores: dict[str, np.ndarray]) -> None:
-    """Adds the texture map's window means to an image's window scores (as "texture") and, standardised
-    on normal windows, to its fused score with TEXTURE_FUSION_WEIGHT, for a run that has both a texture
-    model and their statistics (runs trained before either keep the fused score of FUSION_WEIGHTS).
-    The forward pass cannot: the texture map reads REACH rows of context around each window."""
-    if detector.texture is None or detector.texture_stats is None:
+    """Adds the texture map's window means and maxima to an image's window scores ("texture",
+    "texture_max") and the run's texture component, standardised on normal windows, to its fused
+    score (the window maxima with TEXTURE_MAX_FUSION_WEIGHT; the means with TEXTURE_FUSION_WEIGHT for
+    runs measured before), for a run that has both a texture model and their statistics (runs
+    trained before either keep the fused score of FUSION_WEIGHTS). The forward pass cannot: the
+    texture map reads REACH rows of context around each window."""
+    if detector.texture is None or detector.texture_component is None:
         return
-    from semray.texture import window_scores
+    from semray.texture import window_statistics
 
-    texture = window_scores(detector.texture, image, scores["ys"], scores["xs"], detector.patch_size)
-    mean, std = detector.texture_stats
-    scores[TEXTURE] = texture
-    scores[FUSED_SCORE] = (scores[FUSED_SCORE] + TEXTURE_FUSION_WEIGHT * (texture - mean) / std).astype(np.float32)
+    stats = window_statistics(detector.texture, image, scores["ys"], scores["xs"], detector.patch_size)
+    statistic, weight, mean, std = detector.texture_component
+    scores[TEXTURE], scores[TEXTURE_MAX] = stats["mean"], stats["max"]
+    scores[FUSED_SCORE] = (scores[FUSED_SCORE] + weight * (stats[statistic] - mean) / std).astype(np.float32)
 
 
 def anomaly_grid(scores: np.ndarray, ys: np.ndarray, xs: np.ndarray, smoothing_px: int

@@ -99,17 +99,25 @@ def image_level(image: np.ndarray) -> tuple[float, float]:
 
 def window_scores(model: TextureModel, image: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int,
                   blur: float = WINDOW_BLUR, pixels_per_strip: int = 1 << 22) -> np.ndarray:
-    """Each window's mean of the image's texture map blurred by `blur`: (len(ys),) float32, for
-    windows of `size` pixels with top-left corners (ys, xs). Computed in horizontal strips of about
-    pixels_per_strip pixels, each with margins as wide as the blur reaches, so a 20000 x 20000 scan
-    costs a strip's memory and every window's value equals the whole-image computation's."""
+    """Each window's mean of the image's texture map blurred by `blur` (see window_statistics)."""
+    return window_statistics(model, image, ys, xs, size, blur, pixels_per_strip)["mean"]
+
+
+def window_statistics(model: TextureModel, image: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int,
+                      blur: float = WINDOW_BLUR, pixels_per_strip: int = 1 << 22) -> dict[str, np.ndarray]:
+    """Each window's mean and maximum of the image's texture map blurred by `blur`: {"mean", "max"},
+    each (len(ys),) float32, for windows of `size` pixels with top-left corners (ys, xs). The maximum
+    sees a defect that covers a corner of a window, which the mean dilutes (a window is anomalous when
+    any of its pixels is). Computed in horizontal strips of about pixels_per_strip pixels, each with
+    margins as wide as the blur reaches, so a 20000 x 20000 scan costs a strip's memory and every
+    window's values equal the whole-image computation's."""
     from scipy.ndimage import gaussian_filter
 
-    from semray.pixelmaps import window_means
+    from semray.pixelmaps import window_maxes, window_means
 
     ys, xs = np.asarray(ys), np.asarray(xs)
     h, w = image.shape
-    out = np.zeros(len(ys), dtype=np.float32)
+    out = {"mean": np.zeros(len(ys), dtype=np.float32), "max": np.zeros(len(ys), dtype=np.float32)}
     if not len(ys):
         return out
     level = image_level(image)
@@ -124,7 +132,9 @@ def window_scores(model: TextureModel, image: np.ndarray, ys: np.ndarray, xs: np
         strip = model.score_map(image, rows=(e0, e1), level=level).astype(np.float64)
         if blur > 0:
             strip = gaussian_filter(strip, blur, mode="reflect")
-        out[sel] = window_means(strip[top - e0:bottom - e0], ys[sel] - top, xs[sel], size)
+        strip = strip[top - e0:bottom - e0]
+        out["mean"][sel] = window_means(strip, ys[sel] - top, xs[sel], size)
+        out["max"][sel] = window_maxes(strip, ys[sel] - top, xs[sel], size)
     return out
 
 

@@ -530,34 +530,43 @@ def test_the_fused_score_is_the_weighted_sum_of_scores_standardised_on_normal_wi
     assert abs(float(fused_normal.mean())) < 1e-3
 
 
-def test_the_fused_window_score_gains_the_texture_maps_window_means_standardised_on_normal_windows():
-    """A run with a texture model: its statistics hold the texture map's window means on normal
-    windows, and score_image adds them, standardised, to the forward pass's fused score with
-    TEXTURE_FUSION_WEIGHT; a score_image asked for another score computes neither."""
+def test_the_fused_window_score_gains_the_texture_maps_window_maxima_standardised_on_normal_windows():
+    """A run with a texture model: its statistics hold the texture map's window means and maxima on
+    normal windows, and score_image adds the maxima, standardised, to the forward pass's fused score
+    with TEXTURE_MAX_FUSION_WEIGHT; a run whose statistics predate the maxima keeps the means with
+    TEXTURE_FUSION_WEIGHT (it scores as it always did); a score_image asked for another score
+    computes neither."""
     from semray.maps import score_image
     from semray.models.fusion import score_statistics
-    from semray.scores import FUSED_SCORE, TEXTURE, TEXTURE_FUSION_WEIGHT
-    from semray.texture import TextureModel, window_scores
+    from semray.scores import FUSED_SCORE, TEXTURE, TEXTURE_FUSION_WEIGHT, TEXTURE_MAX, TEXTURE_MAX_FUSION_WEIGHT
+    from semray.texture import TextureModel, window_statistics
 
     _, det, images, _, _, _ = _with_memory_bank((96, 128), (80, 96))
     plain = score_statistics(det, images, seed=0)
     det.texture = TextureModel.fit(images, components=2, pixels=4000)
     stats = score_statistics(det, images, seed=0)
-    assert set(stats) == set(plain) | {TEXTURE} and stats[TEXTURE][1] > 0
-    assert {k: v for k, v in stats.items() if k != TEXTURE} == plain  # the other scores' are as before
+    assert set(stats) == set(plain) | {TEXTURE, TEXTURE_MAX} and stats[TEXTURE][1] > 0 and stats[TEXTURE_MAX][1] > 0
+    assert stats[TEXTURE_MAX][0] > stats[TEXTURE][0]  # a window's maximum is at least its mean
+    assert {k: v for k, v in stats.items() if k not in (TEXTURE, TEXTURE_MAX)} == plain  # the others' as before
     det.set_score_stats(stats)
     image = np.random.default_rng(5).random((72, 100), dtype=np.float32)
     scored = score_image(det, image, 16)
-    texture = window_scores(det.texture, image, scored["ys"], scored["xs"], 32)
-    np.testing.assert_allclose(scored[TEXTURE], texture)
+    texture = window_statistics(det.texture, image, scored["ys"], scored["xs"], 32)
+    np.testing.assert_allclose(scored[TEXTURE], texture["mean"])
+    np.testing.assert_allclose(scored[TEXTURE_MAX], texture["max"])
     windows = det.scores(torch.from_numpy(np.stack([image[y:y + 32, x:x + 32] for y, x in zip(scored["ys"],
                                                                                              scored["xs"])]))[:, None])
-    mean, std = stats[TEXTURE]
-    np.testing.assert_allclose(scored[FUSED_SCORE], windows[FUSED_SCORE].numpy() + TEXTURE_FUSION_WEIGHT
-                               * (texture - mean) / std, rtol=1e-5, atol=1e-5)
+    mean, std = stats[TEXTURE_MAX]
+    np.testing.assert_allclose(scored[FUSED_SCORE], windows[FUSED_SCORE].numpy() + TEXTURE_MAX_FUSION_WEIGHT
+                               * (texture["max"] - mean) / std, rtol=1e-5, atol=1e-5)
     assert score_image(det, image, 16, names=[FUSED_SCORE])[FUSED_SCORE].tolist() == scored[FUSED_SCORE].tolist()
     other = score_image(det, image, 16, names=["ssim_reconstruction"])
     assert FUSED_SCORE not in other and TEXTURE not in other
+    # a run measured before the maxima existed: the means, as it was calibrated
+    det.set_score_stats({k: v for k, v in stats.items() if k != TEXTURE_MAX})
+    mean, std = stats[TEXTURE]
+    np.testing.assert_allclose(score_image(det, image, 16)[FUSED_SCORE], windows[FUSED_SCORE].numpy()
+                               + TEXTURE_FUSION_WEIGHT * (texture["mean"] - mean) / std, rtol=1e-5, atol=1e-5)
     det.texture = None  # a run without a texture model (or trained before it): the windows' part alone
     np.testing.assert_allclose(score_image(det, image, 16)[FUSED_SCORE], windows[FUSED_SCORE].numpy(), rtol=1e-6)
 

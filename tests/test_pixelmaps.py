@@ -9,7 +9,7 @@ import torch
 from semray.config import Config
 from semray.data.patches import grid_coordinates
 from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
-from semray.pixelmaps import downsample, pixel_maps, ssim_map, stitched_outputs, window_means
+from semray.pixelmaps import downsample, pixel_maps, ssim_map, stitched_outputs, window_maxes, window_means
 
 
 class Identity(torch.nn.Module):
@@ -89,6 +89,16 @@ def test_window_means_of_a_pixel_map():
     ys, xs = grid_coordinates(50, 60, 16, 8)
     expected = [pixel_map[y:y + 16, x:x + 16].mean() for y, x in zip(ys, xs)]
     np.testing.assert_allclose(window_means(pixel_map, ys, xs, 16), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [16, 15, 32])
+def test_window_maxes_of_a_pixel_map(size):
+    """Each window's own maximum, windows at the edges included (an odd size too)."""
+    rng = np.random.default_rng(5)
+    pixel_map = rng.random((50, 60)).astype(np.float32)
+    ys, xs = grid_coordinates(50, 60, size, 7)
+    expected = [pixel_map[y:y + size, x:x + size].max() for y, x in zip(ys, xs)]
+    assert window_maxes(pixel_map, ys, xs, size).tolist() == expected
 
 
 def test_downsample_keeps_means_and_edges():

@@ -10,7 +10,15 @@ import torch
 
 from semray.data.synth import SynthConfig, generate_image
 from semray.metrics import pixel_auroc
-from semray.texture import FIRST_COHERENCE_SIGMAS, REACH, WINDOW_BLUR, TextureModel, filter_bank, window_scores
+from semray.texture import (
+    FIRST_COHERENCE_SIGMAS,
+    REACH,
+    WINDOW_BLUR,
+    TextureModel,
+    filter_bank,
+    window_scores,
+    window_statistics,
+)
 
 
 def _images(n: int, defects: bool, seed: int = 0):
@@ -112,21 +120,25 @@ def test_strips_give_the_whole_images_map_and_the_state_survives_model_pt(model)
                                rtol=1e-5, atol=1e-4)
 
 
-def test_window_means_of_the_blurred_map_in_strips_equal_the_whole_images(model):
-    """window_scores: each window's mean of the texture map blurred by WINDOW_BLUR, the same whether
-    the image is done whole or in strips a few rows high (a huge scan)."""
+def test_window_means_and_maxima_of_the_blurred_map_in_strips_equal_the_whole_images(model):
+    """window_statistics: each window's mean and maximum of the texture map blurred by WINDOW_BLUR,
+    the same whether the image is done whole or in strips a few rows high (a huge scan)."""
     from scipy.ndimage import gaussian_filter
 
     from semray.data.patches import grid_coordinates
-    from semray.pixelmaps import window_means
+    from semray.pixelmaps import window_maxes, window_means
 
     image, _ = _images(1, True, seed=4)[0]
     ys, xs = grid_coordinates(*image.shape, 32, 16)
-    whole = window_scores(model, image, ys, xs, 32)
+    whole = window_statistics(model, image, ys, xs, 32)
+    np.testing.assert_array_equal(window_scores(model, image, ys, xs, 32), whole["mean"])
     blurred = gaussian_filter(model.score_map(image).astype(np.float64), WINDOW_BLUR, mode="reflect")
-    np.testing.assert_allclose(whole, window_means(blurred, ys, xs, 32), rtol=1e-5, atol=1e-4)
-    strips = window_scores(model, image, ys, xs, 32, pixels_per_strip=image.shape[1] * 20)
-    np.testing.assert_allclose(strips, whole, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(whole["mean"], window_means(blurred, ys, xs, 32), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(whole["max"], window_maxes(blurred, ys, xs, 32), rtol=1e-5, atol=1e-4)
+    assert (whole["max"] >= whole["mean"]).all()
+    strips = window_statistics(model, image, ys, xs, 32, pixels_per_strip=image.shape[1] * 20)
+    for k in ("mean", "max"):
+        np.testing.assert_allclose(strips[k], whole[k], rtol=1e-5, atol=1e-4)
     assert window_scores(model, image, ys[:0], xs[:0], 32).shape == (0,)
 
 

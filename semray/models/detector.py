@@ -14,7 +14,18 @@ from torch import nn
 from semray.data.patches import denormalize_patches, normalize_patches
 from semray.device import Precision
 from semray.models.memory import feature_vectors
-from semray.scores import FUSED_SCORE, FUSION_WEIGHTS, SCORE_NAMES, TEXTURE, all_scores, fused_score, needs_denoiser
+from semray.scores import (
+    FUSED_SCORE,
+    FUSION_WEIGHTS,
+    SCORE_NAMES,
+    TEXTURE,
+    TEXTURE_FUSION_WEIGHT,
+    TEXTURE_MAX,
+    TEXTURE_MAX_FUSION_WEIGHT,
+    all_scores,
+    fused_score,
+    needs_denoiser,
+)
 
 FP32 = Precision("fp32", "default")
 
@@ -51,8 +62,13 @@ class AnomalyDetector(nn.Module):
     def set_score_stats(self, score_stats: dict[str, tuple[float, float]] | None) -> None:
         """The scores' mean and std on normal windows (semray.models.fusion), for the fused score;
         None (a run trained before it): the fused score is 0 everywhere and ranks nothing."""
-        # the texture component's (semray.scores.TEXTURE_FUSION_WEIGHT), used by semray.maps.score_image
-        self.texture_stats = tuple(score_stats[TEXTURE]) if score_stats and TEXTURE in score_stats else None
+        # the fused score's texture component, added by semray.maps.score_image: (statistic, weight,
+        # mean, std), the window maximum where the run measured it, else the mean (runs trained before)
+        self.texture_component = None
+        if score_stats and TEXTURE_MAX in score_stats:
+            self.texture_component = ("max", TEXTURE_MAX_FUSION_WEIGHT, *score_stats[TEXTURE_MAX])
+        elif score_stats and TEXTURE in score_stats:
+            self.texture_component = ("mean", TEXTURE_FUSION_WEIGHT, *score_stats[TEXTURE])
         known = score_stats is not None and all(k in score_stats for k in FUSION_WEIGHTS)
         stats = [score_stats[k] for k in FUSION_WEIGHTS] if known else []
         device = self.memory_bank.device

@@ -21,7 +21,7 @@ import torch
 
 from semray.data.patches import iter_patch_batches
 from semray.models.memory import BANK_STRIDE
-from semray.scores import FUSED_SCORE, TEXTURE
+from semray.scores import FUSED_SCORE, TEXTURE, TEXTURE_MAX
 
 STATS_WINDOWS = 4096
 
@@ -30,13 +30,14 @@ STATS_WINDOWS = 4096
 def score_statistics(detector, images: Sequence[np.ndarray], max_windows: int = STATS_WINDOWS,
                      seed: int = 0, batch_size: int = 512) -> dict[str, tuple[float, float]]:
     """{score: (mean, std)} of every window score over normal images' windows (see the module's
-    docstring for which), and of the texture map's window means ("texture") where the detector has
-    a texture model. A score that does not vary (an empty memory bank's knn) gets std 1."""
-    from semray.texture import window_scores
+    docstring for which), and of the texture map's window means ("texture") and maxima
+    ("texture_max") where the detector has a texture model. A score that does not vary (an empty
+    memory bank's knn) gets std 1."""
+    from semray.texture import window_statistics
 
     offset = BANK_STRIDE // 2
     size = detector.patch_size
-    patches, texture = [], []
+    patches, texture = [], {TEXTURE: [], TEXTURE_MAX: []}
     for image in images:
         if min(image.shape) < size + offset:
             continue
@@ -44,14 +45,17 @@ def score_statistics(detector, images: Sequence[np.ndarray], max_windows: int = 
         patches.append(np.concatenate([p for p, _, _ in cut]))
         if detector.texture is not None:  # the same windows, in the whole image's coordinates
             ys, xs = (np.concatenate([c[i] for c in cut]) + offset for i in (1, 2))
-            texture.append(window_scores(detector.texture, image, ys, xs, size))
+            stats = window_statistics(detector.texture, image, ys, xs, size)
+            texture[TEXTURE].append(stats["mean"])
+            texture[TEXTURE_MAX].append(stats["max"])
     patches = np.concatenate(patches)
     pooled: dict[str, list[torch.Tensor]] = {}
     keep = np.arange(len(patches))
     if len(patches) > max_windows:
         keep = np.sort(np.random.default_rng(seed).choice(len(patches), max_windows, replace=False))
-    if texture:
-        pooled[TEXTURE] = [torch.from_numpy(np.concatenate(texture)[keep])]
+    for k, v in texture.items():
+        if v:
+            pooled[k] = [torch.from_numpy(np.concatenate(v)[keep])]
     patches = patches[keep]
     device = detector.memory_bank.device
     for start in range(0, len(patches), batch_size):
