@@ -31,7 +31,8 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     # which training image each row came from, so calibration on them leaves each one's own out
     assert len(state["memory_bank_source"]) == len(bank) and len(state["memory_bank_images"]) == 2
     # the fused score's standardisation, measured on normal windows at the end of training
-    assert set(state["score_stats"]) == set(SCORE_NAMES) - {"fused"} | {"texture"}  # the fused score's parts
+    # the fused score's parts: every window score, and the texture map's window means and maxima
+    assert set(state["score_stats"]) == set(SCORE_NAMES) - {"fused"} | {"texture", "texture_max"}
     assert all(std > 0 for _, std in state["score_stats"].values())
     # the texture map's mixture over normal pixels' filter-bank features (semray.texture), as tensors
     assert state["texture"]["means"].shape == (8, 25) and state["texture"]["covariances"].shape == (8, 25, 25)
