@@ -70,8 +70,8 @@ def weightings() -> list[dict[str, float]]:
 def texture_weightings(component: str = TEXTURE) -> list[dict[str, float]]:
     """FUSION_WEIGHTS as shipped plus a texture component at weights 0 .. 1.5 (the mean), 0 .. 3 (the
     maximum, whose spread on normal windows is narrower)."""
-    top = 1.51 if component == TEXTURE else 3.01
-    return [{**FUSION_WEIGHTS, component: round(float(w), 2)} for w in np.arange(0.0, top, 0.1 if top < 2 else 0.2)]
+    top, step = (1.5, 0.1) if component == TEXTURE else (3.0, 0.2)
+    return [{**FUSION_WEIGHTS, component: round(float(w), 2)} for w in np.arange(0.0, top + step / 2, step)]
 
 
 def main() -> None:
@@ -85,11 +85,12 @@ def main() -> None:
     p.add_argument("--pooling", default="", help="also the shipped fused score pooled at these radii "
                    "(eval.smoothing_px), e.g. 0,8,16,24,32")
     p.add_argument("--texture", action="store_true", help="choose the texture component's weight instead")
-    p.add_argument("--texture-max", action="store_true", help="with --texture: the component is the window maximum "
-                   "of the texture map, not its mean")
+    p.add_argument("--texture-max", action="store_true", help="--texture with the window maximum of the texture map "
+                   "as the component, not its mean")
     p.add_argument("--refit-texture", action="store_true", help="with --texture: fit each run's texture model "
                    "anew, as `semray train` does (for runs whose texture model predates today's features)")
     args = p.parse_args()
+    args.texture = args.texture or args.texture_max
     component = TEXTURE_MAX if args.texture_max else TEXTURE
     candidates = texture_weightings(component) if args.texture else weightings()
     components = [*FUSION_WEIGHTS, component] if args.texture else COMPONENTS

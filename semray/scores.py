@@ -24,7 +24,7 @@ FEATURE_SCORES = ("knn",)
 FUSED_SCORE = "fused"
 FUSION_WEIGHTS = {"ssim_reconstruction": 0.75, "knn": 0.25}
 # The fused window score's one component a window's forward pass cannot give: the mean over the
-# window of the run's texture map (semray.texture.window_scores), which reads rows of context around
+# window of the run's texture map (semray.texture.window_statistics), which reads rows of context around
 # it. semray.maps.score_image adds it, standardised on normal windows like the others, with this
 # weight beside FUSION_WEIGHTS' (which sum to 1), to runs that have a texture model and its window
 # statistics; to other runs (and an ONNX export, which sees windows only) `fused` is FUSION_WEIGHTS'

@@ -97,12 +97,6 @@ def image_level(image: np.ndarray) -> tuple[float, float]:
     return float(median), float(hi - lo) + 1e-6
 
 
-def window_scores(model: TextureModel, image: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int,
-                  blur: float = WINDOW_BLUR, pixels_per_strip: int = 1 << 22) -> np.ndarray:
-    """Each window's mean of the image's texture map blurred by `blur` (see window_statistics)."""
-    return window_statistics(model, image, ys, xs, size, blur, pixels_per_strip)["mean"]
-
-
 def window_statistics(model: TextureModel, image: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int,
                       blur: float = WINDOW_BLUR, pixels_per_strip: int = 1 << 22) -> dict[str, np.ndarray]:
     """Each window's mean and maximum of the image's texture map blurred by `blur`: {"mean", "max"},
