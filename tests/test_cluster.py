@@ -34,7 +34,7 @@ SCORE_ACTOR = "MapWorker(MapBatches(ScoreImages))"
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 
 TRAIN_CONFIG = """\
-model: {width: 8, latent_dim: 16, texture_components: 8}
+model: {width: 8, latent_dim: 16, texture_components: 8, texture_pixels: 10000}
 denoiser: {depth: 3, width: 8}
 train: {epochs: 10, denoiser_epochs: 2, patches_per_epoch: 1024, denoiser_patches_per_epoch: 1024,
         batch_size: 64, ema_decay: 0}
@@ -160,7 +160,11 @@ def test_training_survives_a_killed_worker_with_the_same_metrics(cluster, traine
     from semray.evaluate import evaluate_run
 
     run, storage = tmp_path / "killed", tmp_path / "checkpoints"
-    sid = cluster.submit("train", *_train_args(synth_data, run, train_config, storage), sid="train-killed")
+    # The same sizes as the baseline's, without its throughput probe (a Ray task on a worker node,
+    # ~10 s): the baseline's `auto` budget already ran it, and it can only keep these sizes.
+    config = tmp_path / "train.yaml"
+    config.write_text(train_config.read_text().replace("train: {", "train: {budget: full, "))
+    sid = cluster.submit("train", *_train_args(synth_data, run, config, storage), sid="train-killed")
     # Kill one DDP worker (SIGKILL: no clean-up) mid-stage, once Ray Train has registered a checkpoint
     # (its snapshot names one: the restart has something to resume from; a checkpoint directory can
     # be written before the controller registers it). The workers are looked up while the stage

@@ -212,6 +212,7 @@ def test_yaml_numeric_strings_become_numbers(tmp_path):
     ("eval: {stride: 0}", "eval.stride"),
     ("patches: {size: 30}", "patches.size: expected a power of two"),
     ("denoiser: {depth: 1}", "denoiser.depth: expected at least 2"),
+    ("model: {texture_pixels: 0}", "model.texture_pixels: expected a positive number"),
     ("train: {ema_decay: 1.0}", "train.ema_decay"),
     ("train: {budget: soon}", "train.budget"),
     ("train: {resolved_budget: 3}", "train.resolved_budget: expected a mapping"),

@@ -65,7 +65,9 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, synth_data, tiny_
     run, config = tmp_path / "run", tmp_path / "short-epochs.yaml"
     # One short autoencoder epoch, then 16 denoiser epochs, each a checkpoint, and still seconds of
     # training left after the first
-    config.write_text(tiny_config.read_text().replace("patches_per_epoch: 1024", "patches_per_epoch: 256"))
+    # (budget: full: the sizes are set here, so no throughput probe before the run)
+    config.write_text(tiny_config.read_text().replace("patches_per_epoch: 1024", "patches_per_epoch: 256")
+                      .replace("train: {", "train: {budget: full, "))
     args = ["train", "--data", synth_data, "--model", "ae", "--run", run, "--config", config,
             "--epochs", 1, "--denoiser-epochs", 16]
     proc = subprocess.Popen([sys.executable, "-m", "semray", *map(str, args)], stdout=subprocess.DEVNULL,

@@ -26,7 +26,7 @@ from conftest import run_cli
 # Tiny models, one epoch per stage, and a denser validation grid than the default (the synthetic
 # images are small).
 TUNE_YAML = """\
-model: {width: 8, latent_dim: 16, texture_components: 8}
+model: {width: 8, latent_dim: 16, texture_components: 8, texture_pixels: 10000}
 denoiser: {depth: 3, width: 8}
 train: {epochs: 1, denoiser_epochs: 1, patches_per_epoch: 512, denoiser_patches_per_epoch: 256}
 eval: {batch_size: 256}
