@@ -339,14 +339,6 @@ def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive, capsys):
     assert code == 2 and "another scoring job" in err and f"score: '{DEFAULT_SCORE}'" in err
 
 
-@pytest.mark.ray
-def test_nothing_scorable_is_a_failure(tmp_path, run_dir, archive):
-    proc = run_cli("score", archive / "empty.tif", archive / "text.tif", "--run", run_dir, "--out", tmp_path / "o",
-                   check=False, timeout=400)
-    assert proc.returncode == 4  # "nothing could be done" in the exit-code table
-    assert "no image could be scored" in proc.stderr and "2 failure(s)" in proc.stdout
-
-
 def test_gpus_asked_of_a_machine_without_them_is_a_clear_error(tmp_path, untrained_run, archive, capsys):
     """A private local Ray cannot grow: refused before it starts (so checked in this process), one
     line naming the shortfall, nothing written."""
@@ -399,15 +391,17 @@ def test_summary_counts_the_whole_output_by_reason_and_flags_too_many_failures(t
 
 
 @pytest.mark.ray
-def test_the_scoring_job_entrypoint_fails_above_the_allowed_fraction(tmp_path, run_dir, archive):
+def test_the_scoring_job_entrypoint_fails_when_nothing_is_scorable(tmp_path, run_dir, archive):
     """jobs/score.py is what `ray job submit` runs: its exit status is what `ray job status` and a
-    KubeRay RayJob report, so a night where too many files failed must end FAILED."""
+    KubeRay RayJob report, so a night that scored nothing must end FAILED, with semray score's exit
+    code (the same main; exit 3 above --max-failed-fraction is test_score_archive_end_to_end's)."""
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(repo / "jobs" / "score.py"), str(archive / "batch1"),
-                           str(archive / "empty.tif"), "--run", str(run_dir), "--out", str(tmp_path / "o")],
+    proc = subprocess.run([sys.executable, str(repo / "jobs" / "score.py"), str(archive / "empty.tif"),
+                           str(archive / "text.tif"), "--run", str(run_dir), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=400, env={**os.environ, "RAY_ADDRESS": ""})
-    assert proc.returncode == 3, proc.stdout + proc.stderr  # 1 of 4 failed: above the default 1%
-    assert json.loads((tmp_path / "o" / "summary.json").read_text())["archive"]["images"] == 3
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # "nothing could be done" in the exit-code table
+    assert "no image could be scored" in proc.stderr and "2 failure(s)" in proc.stdout
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["archive"]["failures"] == 2
