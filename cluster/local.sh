@@ -143,7 +143,10 @@ cmd_stop() {
   [ -d "$DIR" ] || { echo "local.sh: not running"; return 0; }
   local files; files=$(ls "$DIR"/worker-*.pid "$DIR"/head.pid 2>/dev/null || true)
   for f in $files; do kill_group "$f" TERM; done  # `ray start --block` stops its node on SIGTERM
-  for _ in $(seq 1 20); do
+  # ...but not promptly: its raylet exits in ~5 s, while its GCS, autoscaler monitor and runtime-env
+  # agents were still up after 10 s (Ray 2.60). Nothing they would still do matters to a cluster
+  # that goes away whole (its temp dir is cleared at the next start), so 3 s, then SIGKILL.
+  for _ in $(seq 1 6); do
     local left=0
     for f in $files; do pgrep -g "$(cat "$f")" >/dev/null 2>&1 && left=1; done
     [ $left = 0 ] && break
