@@ -39,6 +39,10 @@ def test_the_laptop_recipe_is_sized_for_two_cpu_cores(synth_data):
     cfg = trial_config(spec.base, {"model.kind": "ae", "denoiser.depth": 10})
     assert (cfg.denoiser.depth, cfg.denoiser.width) == (10, 32)
     assert spec.space["denoiser.depth"].values == [10]
+    # every trial reaches its fused score (the texture mixture is fit when training ends), and the
+    # mixture's size, seconds of fitting, is searched
+    assert spec.settings.scheduler == "fifo"
+    assert spec.space["model.texture_components"].values == [16, 32]
 
 
 def test_the_gpu_recipe_shares_gpus(synth_data):
