@@ -111,7 +111,11 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
                   seconds: float = 1.0) -> dict[str, float]:
     """patches/s of this device for a training step of each stage and for scoring, with the
     run's models, batch size, precision and memory formats (weights are random: speed does not
-    depend on them)."""
+    depend on them).
+
+    A stage's probe stops once it has stepped through as many patches as the stage's whole
+    training: measuring longer would cost more than the training it sizes, and a stage that small
+    fits any budget (a small config's probe took ~5 s before a training of under a second)."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
@@ -138,7 +142,9 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        rates[use] = _rate(step, batch, seconds, device)
+        whole = (cfg.train.epochs * cfg.train.patches_per_epoch if use == "autoencoder"
+                 else cfg.train.denoiser_epochs * cfg.train.denoiser_patches_per_epoch)
+        rates[use] = _rate(step, batch, seconds, device, enough=whole)
     fmt = memory_format(device, "score")
     precision = resolve_precision(cfg.eval.precision, device, warn=False)
     detector = AnomalyDetector(create_autoencoder(cfg.model, size), create_denoiser(cfg.denoiser),
@@ -148,16 +154,21 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
     return rates
 
 
-def _rate(step, batch: int, seconds: float, device: torch.device) -> float:
+def _rate(step, batch: int, seconds: float, device: torch.device, enough: int | None = None) -> float:
+    """patches/s of step() (BATCH patches), timed for about SECONDS after a warm-up; warm-up and
+    timing each stop early once they have stepped through ENOUGH patches."""
+    def more(calls: int, started: float, limit: float) -> bool:
+        return time.perf_counter() - started < limit and (enough is None or calls * batch < enough)
+
     # Warm-up: oneDNN picks and caches kernels (and bf16 weight layouts) over the first calls, not
     # only the first: after a single warm-up step the 10 x 32 denoiser measured 239 patches/s on a
     # Zen 4 CPU, against 330-369 once warm and in its real epochs.
     warm, started = 0, time.perf_counter()
-    while warm < 3 or time.perf_counter() - started < seconds / 4:
+    while warm < 3 or more(warm, started, seconds / 4):
         step()
         warm += 1
     n, started = 0, time.perf_counter()
-    while n < 1 or time.perf_counter() - started < seconds:
+    while n < 1 or more(n, started, seconds):
         step()
         n += 1
     if device.type == "cuda":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from semray.budget import (
@@ -120,6 +121,19 @@ def test_throughput_is_measured_with_the_runs_models():
                             "train": {"batch_size": 16, "precision": "fp32"}, "eval": {"batch_size": 32}})
     rates = measure_rates(cfg, "cpu", threads=1, seconds=0.2)
     assert set(rates) == {"autoencoder", "denoiser", "score"} and all(v > 0 for v in rates.values())
+
+
+def test_the_probe_of_a_stage_stops_after_as_many_patches_as_its_whole_training():
+    """A small config's stage trains in less time than a probe of fixed length: the probe stops
+    once it has stepped through the stage's patches, in warm-up and in timing alike."""
+    from semray.budget import _rate
+
+    calls = []
+    rate = _rate(lambda: calls.append(1), 16, 60.0, torch.device("cpu"), enough=64)
+    assert len(calls) == 4 + 4 and rate > 0  # 64 patches of 16 each way, not a minute of steps
+    calls.clear()
+    _rate(lambda: calls.append(1), 16, 0.05, torch.device("cpu"))  # no limit: timed as long as asked
+    assert len(calls) > 8
 
 
 def test_progress_line_has_a_bar_the_rate_and_the_time_left():
