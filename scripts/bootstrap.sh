@@ -46,13 +46,16 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "bootstrap: installing semray and its dependencies" >&2
-# uv installs what is left (Ray, pyarrow, scikit-learn, ... about 1 GB of wheels) in parallel: 5 s
-# against pip's 58 s on a 2-core machine, most of a fresh install. torch stays pip's (above): uv
-# reads no pip configuration, and the CPU build may only be in the local wheels pip.conf names.
-# pip does it all where uv cannot be had or fails (no route to PyPI, a proxy uv does not trust),
-# or with SEMRAY_NO_UV=1.
+# uv installs what is left (Ray, pyarrow, scikit-learn, ... about 1 GB of wheels) in parallel: 25 s
+# against pip's 58 s on a 2-core machine, most of a fresh install. --compile-bytecode, as pip does:
+# Ray starts its processes with `python -B`, and where PYTHONDONTWRITEBYTECODE is set (CI here)
+# nothing else writes .pyc files, so without them every Ray worker compiled Ray, numpy, pyarrow ...
+# from source at each start, and the suite took twice as long. torch stays pip's (above): uv reads
+# no pip configuration, and the CPU build may only be in the local wheels pip.conf names. pip does
+# it all where uv cannot be had or fails (no route to PyPI, a proxy uv does not trust), or with
+# SEMRAY_NO_UV=1.
 if [ -z "${SEMRAY_NO_UV:-}" ] && pip install uv && [ -x "$VENV/bin/uv" ] &&
-   "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -e ".[test,onnx]" -c constraints.txt; then
+   "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" -e ".[test,onnx]" -c constraints.txt; then
   :
 else
   pip install -e ".[test,onnx]" -c constraints.txt
