@@ -56,45 +56,48 @@ def bootstrap(tmp_path):
                               text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return [line for line in log.read_text().splitlines()
-                if line.startswith(("-m pip", "uv pip")) and " install " in f" {line} "]
+                if (line.startswith(("-m pip", "uv pip")) and " install " in f" {line} ")
+                or line.startswith("-m compileall")]
     return run
 
 
 def test_no_gpu_tries_the_cpu_index_first_with_a_short_timeout(bootstrap):
     """PyPI's torch for Linux is the CUDA build: a laptop must not download GBs of CUDA."""
     calls = bootstrap(gpu=False)
-    assert calls[0].endswith(f"install torch==2.13.0 --index-url {CPU_INDEX} --timeout 5 --retries 0")
-    assert calls[1].endswith("install uv")  # no uv binary appeared: pip installs the rest
-    assert calls[2].endswith("install -e .[test,onnx] -c constraints.txt") and len(calls) == 3
+    assert calls[0].endswith(f"install --no-compile torch==2.13.0 --index-url {CPU_INDEX} --timeout 5 --retries 0")
+    # pip's torch without .pyc files, then all of torch compiled at once on every core
+    assert calls[1].startswith("-m compileall -q -j 0 ") and calls[1].endswith("/torch")
+    assert calls[2].endswith("install uv")  # no uv binary appeared: pip installs the rest
+    assert calls[3].endswith("install -e .[test,onnx] -c constraints.txt") and len(calls) == 4
 
 
 def test_an_unreachable_cpu_index_falls_back_to_pips_own_index(bootstrap):
     calls = bootstrap(gpu=False, cpu_index_down=True)
     assert calls[0].endswith(f"--index-url {CPU_INDEX} --timeout 5 --retries 0")
-    assert calls[1].endswith("install torch==2.13.0")  # a mirror or local wheels with the CPU build
-    assert calls[3].endswith("install -e .[test,onnx] -c constraints.txt")
+    assert calls[1].endswith("install --no-compile torch==2.13.0")  # a mirror or local wheels with the CPU build
+    assert calls[2].startswith("-m compileall") and calls[4].endswith("install -e .[test,onnx] -c constraints.txt")
 
 
 def test_a_gpu_gets_the_cuda_build(bootstrap):
     calls = bootstrap(gpu=True)
-    assert calls[0].endswith("install torch==2.13.0") and "--index-url" not in calls[0]  # PyPI's: CUDA
+    assert calls[0].endswith("install --no-compile torch==2.13.0") and "--index-url" not in calls[0]  # PyPI's: CUDA
 
 
 def test_an_explicit_index_wins(bootstrap):
     calls = bootstrap(gpu=False, SEMRAY_TORCH_INDEX="https://example.org/simple")
-    assert calls[0].endswith("install torch==2.13.0 --index-url https://example.org/simple")
+    assert calls[0].endswith("install --no-compile torch==2.13.0 --index-url https://example.org/simple")
 
 
 def test_uv_installs_the_rest_after_pips_torch_and_pip_takes_over_when_it_fails(bootstrap, tmp_path):
     """torch is pip's (uv reads no pip configuration: the CPU build may be in local wheels only
     pip.conf names); the rest is uv's, in the venv's python; a failing uv falls back to pip."""
-    calls = bootstrap(gpu=False, uv=0)
+    calls = [c for c in bootstrap(gpu=False, uv=0) if not c.startswith("-m compileall")]
     assert calls[0].startswith("-m pip") and "torch==2.13.0" in calls[0]
     python = tmp_path / "venv" / "bin" / "python"
     # with .pyc files, as pip writes them: Ray starts its workers with `python -B`
     assert calls[2] == f"uv pip install -q --compile-bytecode --python {python} -e .[test,onnx] -c constraints.txt"
     assert len(calls) == 3
-    calls = bootstrap(gpu=False, uv=1)
+    calls = [c for c in bootstrap(gpu=False, uv=1) if not c.startswith("-m compileall")]
     assert calls[2].startswith("uv pip install") and calls[3].endswith("install -e .[test,onnx] -c constraints.txt")
-    calls = bootstrap(gpu=False, uv=0, SEMRAY_NO_UV="1")
+    calls = [c for c in bootstrap(gpu=False, uv=0, SEMRAY_NO_UV="1") if not c.startswith("-m compileall")]
     assert not any("uv" in c.split() for c in calls) and calls[1].endswith("install -e .[test,onnx] -c constraints.txt")
