@@ -3,8 +3,9 @@
 runtime envs in jobs/, as a user submits them to a cloud cluster.
 
 Covered: a training job (DDP across the two nodes), the same job surviving the SIGKILL of a
-training worker with the same final metrics, a scoring job, a scoring job surviving the loss of a
-whole worker node (every image exactly once), and a stopped scoring job resumed by re-submitting it.
+training worker with the same final metrics, a scoring job (its run given as a URI) writing Parquet
+maps while it survives the loss of a whole worker node (every image exactly once), and a stopped
+scoring job resumed by re-submitting it.
 
 The cluster is started once for this module and stopped in a finalizer, so it goes away even when a
 test fails; conftest.py runs these tests last, when no other Ray is running on the machine.
@@ -219,23 +220,12 @@ def _wait_for_parts(out: Path, sid: str, cluster: Cluster, parts: int = 1) -> No
         time.sleep(0.2)
 
 
-def test_scoring_job_writes_parquet_maps(cluster, trained_run, tmp_path, synth_data):
-    """The run given as a URI, as an overnight job reads it from a bucket (file:// here)."""
+def test_scoring_job_writes_parquet_maps_and_survives_losing_a_worker_node(cluster, trained_run, tmp_path,
+                                                                          big_archive):
+    """The run given as a URI, as an overnight job reads it from a bucket (file:// here); a worker
+    node lost while the job scores, and every image still scored exactly once."""
     out = tmp_path / "out"
-    archive = synth_data / "Anomalous" / "images"
-    logs = cluster.succeed(cluster.submit("score", archive, "--run", trained_run.as_uri(), "--out", out,
-                                          sid="score-small"))
-    assert f"{len(list(archive.glob('*.tif')))} image(s)" in logs
-    _check_exactly_once(out, archive)
-    row = pads.dataset(out / "maps", format="parquet").to_table().slice(0, 1).to_pylist()[0]
-    assert len(row["map"]) == row["map_height"] * row["map_width"] > 0
-    meta = pq.read_schema(next((out / "maps").glob("*.parquet"))).metadata
-    assert json.loads(meta[b"semray"])["run"] == trained_run.as_uri()
-
-
-def test_scoring_survives_losing_a_worker_node(cluster, trained_run, tmp_path, big_archive):
-    out = tmp_path / "out"
-    sid = cluster.submit("score", big_archive, "--run", trained_run, "--out", out, "--images-per-file", 4,
+    sid = cluster.submit("score", big_archive, "--run", trained_run.as_uri(), "--out", out, "--images-per-file", 4,
                          sid="score-node-loss")
     _wait_for_parts(out, sid, cluster)
     # Kill worker-2 while it scores: its actor may come up a little after worker-1's.
@@ -249,8 +239,13 @@ def test_scoring_survives_losing_a_worker_node(cluster, trained_run, tmp_path, b
     # adds to replace the lost one. Meanwhile worker-1's actor goes on scoring.
     time.sleep(5)
     cluster.sh("add-worker")
-    cluster.succeed(sid)
+    logs = cluster.succeed(sid)
+    assert f"{len(list(big_archive.glob('*.tif')))} image(s)" in logs
     _check_exactly_once(out, big_archive)
+    row = pads.dataset(out / "maps", format="parquet").to_table().slice(0, 1).to_pylist()[0]
+    assert len(row["map"]) == row["map_height"] * row["map_width"] > 0
+    meta = pq.read_schema(next((out / "maps").glob("*.parquet"))).metadata
+    assert json.loads(meta[b"semray"])["run"] == trained_run.as_uri()
 
 
 def test_stopped_scoring_job_resumes_when_resubmitted(cluster, trained_run, tmp_path, big_archive):
