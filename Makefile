@@ -12,9 +12,13 @@ install:
 demo: install
 	$(VENV)/bin/semray demo
 
+# Two pytest-xdist workers: one takes the tests that share the session's trained runs (an
+# xdist_group, tests/conftest.py), the other the remaining Ray tests. Ray's start-up leaves a core
+# idle in a serial run; two workers, not one per core, because every Ray test is itself two or more
+# processes. 357 -> 283 s on a 2-core Zen 4 (bench/RESULTS.md, "Test suite").
 test: install
 	@./scripts/test-deps.sh
-	$(PYTEST) -m "not slow and not cluster" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not cluster" -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: install
 	@./scripts/test-deps.sh

@@ -6,6 +6,7 @@ Tiers: tests that start Ray (a private local one, or a cluster) are marked `ray`
 `pytest -m "not ray"` (make test-fast) is the quick loop."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -46,6 +47,17 @@ def tiny_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config") / "tiny.yaml"
     path.write_text(TINY_CONFIG)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _semray_logger_restored():
+    """A test that runs the CLI in this process configures semray's logger (its own stdout handler,
+    propagate off), which hides later tests' messages from caplog: put it back after each test, so
+    no test depends on which ran before it (the xdist workers run them in different orders)."""
+    logger = logging.getLogger("semray")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved
 
 
 def run_cli(*args: str, timeout: float = 300, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -178,5 +190,22 @@ def main_in_process(capsys, *args) -> tuple[int, str, str]:
 
 def pytest_collection_modifyitems(items):
     """Tests marked `cluster` start a multi-node Ray with `cluster/local.sh`: run them last, so no
-    other test's private Ray runs beside it (two Rays on one machine confuse Ray Train)."""
-    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+    other test's private Ray runs beside it (two Rays on one machine confuse Ray Train). Tests that
+    start a private Ray come first: `make test` runs on two pytest-xdist workers, which take the
+    longest work first (the group of tests sharing the session's trained runs, then the other Ray
+    tests one by one) and fill in with the quick tests at the end."""
+    items.sort(key=lambda item: (item.get_closest_marker("cluster") is not None,
+                                 item.get_closest_marker("ray") is None and "trained" not in _groups(item)))
+
+
+def _groups(item) -> set[str]:
+    return {m.args[0] if m.args else m.kwargs.get("name") for m in item.iter_markers("xdist_group")}
+
+
+def pytest_itemcollected(item):
+    """Every test that uses the session's trained runs goes to one xdist worker (`--dist
+    loadgroup`), so the two trainings run once, not once per worker. Marked here, as each item is
+    collected, because xdist reads the marks in its own pytest_collection_modifyitems."""
+    uses = set(getattr(item, "fixturenames", ()))
+    if item.get_closest_marker("cluster") is None and {"trainings", "trained_run"} & uses:
+        item.add_marker(pytest.mark.xdist_group("trained"))
