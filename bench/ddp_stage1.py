@@ -1,0 +1,78 @@
+"""Stage-1 (autoencoder) training in Ray Train: one worker with every core against one worker per
+core (DDP, one thread each, the global batch kept), in one run on the same data.
+
+    .venv/bin/python bench/ddp_stage1.py [--data DIR] [--patches 8192] [--epochs 3]
+
+Why: the autoencoder's small convolutions use a second thread poorly, while two single-thread
+processes side by side nearly double (bench/RESULTS.md, "Stage 1 across threads"). This measures
+what is left of that once DDP's all-reduce is paid, through the same `semray.train` code that
+`semray train` runs. Prints, per variant, the worker-measured patches/s of each epoch after the
+first (the median), and the ratio to the fp32 single-worker row.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
+    p.add_argument("--patches", type=int, default=8192, help="patches per epoch (global)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--model", default="dae")
+    args = p.parse_args()
+
+    import ray
+    import torch
+
+    from semray.config import load_config
+    from semray.data.datasets import load_normal_images
+    from semray.data.patches import normalization_of
+    from semray.data.synth import SynthConfig, write_dataset
+    from semray.ray_env import init_ray
+    from semray.train import _fit, training_loop
+
+    data = Path(args.data)
+    if not (data / "Normal").is_dir():
+        data = write_dataset(Path(tempfile.mkdtemp()) / "synth", SynthConfig(n_anomalous=0))
+        print(f"{args.data} not found: using synthetic images in {data}")
+    images = [im for _, im in load_normal_images(data)]
+    cores = os.cpu_count() or 1
+    init_ray(quiet=True)
+    ref = ray.put(images)
+    variants = [  # name, precision, workers, threads per worker, batch per worker
+        ("fp32, 1 worker x %d threads, batch 64" % cores, "fp32", 1, cores, 64),
+        ("auto, 1 worker x %d threads, batch 64" % cores, "auto", 1, cores, 64),
+        ("auto, %d workers x 1 thread, batch %d each (DDP)" % (cores, 64 // cores), "auto", cores, 1, 64 // cores),
+    ]
+    rates = {}
+    for name, precision, workers, threads, batch in variants:
+        cfg = load_config(None, {"model": {"kind": args.model},
+                                 "train": {"epochs": args.epochs, "patches_per_epoch": args.patches,
+                                           "batch_size": batch, "num_workers": workers, "cpus_per_worker": threads,
+                                           "precision": precision, "budget": "full",
+                                           "checkpoints_to_keep": args.epochs}})
+        loop_cfg = {"config": cfg.to_dict(), "images": ref, "threads": threads, "validate": None,
+                    "normalization": normalization_of(cfg.patches.normalization, images), "stages": ["autoencoder"]}
+        storage = tempfile.mkdtemp()
+        _fit(training_loop, loop_cfg, cfg, storage, "ddp")
+        per_epoch = []
+        for ckpt in sorted(p for p in Path(storage, "ddp").glob("checkpoint_*") if p.is_dir()):
+            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+            per_epoch.append(state["patches_per_s"])
+        rates[name] = statistics.median(per_epoch[1:] or per_epoch)
+        print(f"{name}: {rates[name]:,.0f} patches/s (epochs: {', '.join(f'{r:,.0f}' for r in per_epoch)})",
+              flush=True)
+    base = next(iter(rates.values()))
+    for name, rate in rates.items():
+        print(f"{rate / base:5.2f}x  {name}")
+
+
+if __name__ == "__main__":
+    main()
