@@ -47,9 +47,9 @@ def main() -> None:
     init_ray(quiet=True)
     ref = ray.put(images)
     variants = [  # name, precision, workers, threads per worker, batch per worker
-        ("fp32, 1 worker x %d threads, batch 64" % cores, "fp32", 1, cores, 64),
-        ("auto, 1 worker x %d threads, batch 64" % cores, "auto", 1, cores, 64),
-        ("auto, %d workers x 1 thread, batch %d each (DDP)" % (cores, 64 // cores), "auto", cores, 1, 64 // cores),
+        (f"fp32, 1 worker x {cores} threads, batch 64", "fp32", 1, cores, 64),
+        (f"auto, 1 worker x {cores} threads, batch 64", "auto", 1, cores, 64),
+        (f"auto, {cores} workers x 1 thread, batch {64 // cores} each (DDP)", "auto", cores, 1, 64 // cores),
     ]
     rates = {}
     for name, precision, workers, threads, batch in variants:
