@@ -22,27 +22,22 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"),
+                   help="NanoTWICE layout; synthetic images are generated when it is missing")
     p.add_argument("--patches", type=int, default=8192, help="patches per epoch (global)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--model", default="dae")
     args = p.parse_args()
 
     import ray
-    import torch
+    from train_throughput import epoch_rates, normal_images  # this folder's
 
     from semray.config import load_config
-    from semray.data.datasets import load_normal_images
     from semray.data.patches import normalization_of
-    from semray.data.synth import SynthConfig, write_dataset
     from semray.ray_env import init_ray
     from semray.train import _fit, training_loop
 
-    data = Path(args.data)
-    if not (data / "Normal").is_dir():
-        data = write_dataset(Path(tempfile.mkdtemp()) / "synth", SynthConfig(n_anomalous=0))
-        print(f"{args.data} not found: using synthetic images in {data}")
-    images = [im for _, im in load_normal_images(data)]
+    _, images = normal_images(args.data)
     cores = os.cpu_count() or 1
     init_ray(quiet=True)
     ref = ray.put(images)
@@ -62,10 +57,7 @@ def main() -> None:
                     "normalization": normalization_of(cfg.patches.normalization, images), "stages": ["autoencoder"]}
         storage = tempfile.mkdtemp()
         _fit(training_loop, loop_cfg, cfg, storage, "ddp")
-        per_epoch = []
-        for ckpt in sorted(p for p in Path(storage, "ddp").glob("checkpoint_*") if p.is_dir()):
-            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-            per_epoch.append(state["patches_per_s"])
+        per_epoch = epoch_rates(Path(storage, "ddp"))
         rates[name] = statistics.median(per_epoch[1:] or per_epoch)
         print(f"{name}: {rates[name]:,.0f} patches/s (epochs: {', '.join(f'{r:,.0f}' for r in per_epoch)})",
               flush=True)

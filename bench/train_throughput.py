@@ -20,6 +20,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def normal_images(data_arg: str) -> tuple[Path, list]:
+    """(where, images): the normal images of the NanoTWICE layout at data_arg, or synthetic ones when
+    it is missing (a fresh clone), so the training benchmarks run anywhere."""
+    from semray.data.datasets import load_normal_images
+    from semray.data.synth import SynthConfig, write_dataset
+
+    data = Path(data_arg)
+    if not (data / "Normal").is_dir():
+        data = write_dataset(Path(tempfile.mkdtemp()) / "synth", SynthConfig(n_anomalous=0))
+        print(f"{data_arg} not found: using synthetic images in {data}")
+    return data, [im for _, im in load_normal_images(data)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"),
@@ -31,21 +44,15 @@ def main() -> None:
     import ray
 
     from semray.config import load_config
-    from semray.data.datasets import load_normal_images
     from semray.data.patches import image_statistics
-    from semray.data.synth import SynthConfig, write_dataset
     from semray.loop import plain_autoencoder_loop
     from semray.ray_env import init_ray
     from semray.train import _fit, training_loop, worker_threads
 
-    data = Path(args.data)
-    if not (data / "Normal").is_dir():
-        data = write_dataset(Path(tempfile.mkdtemp()) / "synth", SynthConfig(n_anomalous=0))
-        print(f"{args.data} not found: using synthetic images in {data}")
+    data, images = normal_images(args.data)
     # keep every epoch's checkpoint: each holds that epoch's own patches/s
     cfg = load_config(None, {"model": {"kind": args.model},
                              "train": {"epochs": args.epochs, "checkpoints_to_keep": args.epochs}})
-    images = [im for _, im in load_normal_images(data)]
     threads = os.cpu_count() or 1
     n = cfg.train.patches_per_epoch
 
@@ -64,7 +71,7 @@ def main() -> None:
         t0 = time.perf_counter()
         _fit(training_loop, loop_cfg, cfg, Path(run_dir), "throughput")
         ray_wall = n * args.epochs / (time.perf_counter() - t0)
-        ray_rates = _epoch_rates(Path(run_dir) / "ray" / "throughput")
+        ray_rates = epoch_rates(Path(run_dir) / "throughput")  # Ray Train keeps STORAGE/NAME
     ray_steady = statistics.median(ray_rates[1:] or ray_rates)
     plain_b = plain()
     ray.shutdown()
@@ -81,7 +88,7 @@ def main() -> None:
           f"  (target >= 0.85)")
 
 
-def _epoch_rates(experiment: Path) -> list[float]:
+def epoch_rates(experiment: Path) -> list[float]:
     """patches/s of every epoch, in epoch order, from the checkpoints Ray Train kept."""
     import torch
 

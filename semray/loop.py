@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from semray.config import Config
 from semray.data.patches import normalization_of, normalize_patches, sample_patches
-from semray.device import Precision
+from semray.device import Precision, memory_format, resolve_precision
 from semray.models import create_autoencoder
 from semray.models.detector import FP32
 from semray.models.losses import patch_loss
@@ -96,20 +96,23 @@ def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim
 def plain_autoencoder_loop(cfg: Config, images: list[np.ndarray], epochs: int | None = None,
                            threads: int | None = None) -> list[float]:
     """Stage 1 as a bare PyTorch loop in this process (no Ray): the baseline Ray Train is measured
-    against -> patches/s of each epoch."""
+    against -> patches/s of each epoch. In the precision and memory format a Ray Train worker on this
+    CPU picks, so that the two differ by Ray alone."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
+    cpu = torch.device("cpu")
+    precision, fmt = resolve_precision(cfg.train.precision, cpu, use="autoencoder"), memory_format(cpu, "autoencoder")
     model = create_autoencoder(cfg.model, cfg.patches.size)
-    objective = AutoencoderObjective(model)
-    optimizer = adam(model.parameters(), cfg.train.lr, cfg.train.adam_beta1, torch.device("cpu"))
+    objective = AutoencoderObjective(model).to(memory_format=fmt)
+    optimizer = adam(model.parameters(), cfg.train.lr, cfg.train.adam_beta1, cpu)
     ema = make_ema(model, cfg.train.ema_decay)
     norm = normalization_of(cfg.patches.normalization, images)
     tensors = [torch.as_tensor(np.array(im)) for im in images]
     rates = []
     for epoch in range(epochs or cfg.train.epochs):
         _, elapsed = run_epoch(objective, model, optimizer, ema, tensors, norm, cfg, cfg.train.patches_per_epoch,
-                               epoch_seed(cfg.train.seed, 0, epoch))
+                               epoch_seed(cfg.train.seed, 0, epoch), precision, fmt)
         rates.append(cfg.train.patches_per_epoch / elapsed)
     return rates
 
