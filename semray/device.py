@@ -158,5 +158,13 @@ def memory_format(device: torch.device | str, use: str = "score") -> torch.memor
     return torch.channels_last
 
 
+def training_format(requested: str, device: torch.device | str, use: str,
+                    warn: bool = True) -> tuple[Precision, torch.memory_format]:
+    """(precision, memory format) of a training stage's steps (`use`: autoencoder | denoiser): what
+    Ray Train's workers train in, and so what the throughput probe and the benchmarks' plain loop
+    measure, for their figures to compare."""
+    return resolve_precision(requested, device, warn=warn, use=use), memory_format(device, use)
+
+
 def memory_format_name(fmt: torch.memory_format) -> str:
     return "channels_last" if fmt == torch.channels_last else "contiguous"

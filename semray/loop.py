@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from semray.config import Config
 from semray.data.patches import normalization_of, normalize_patches, sample_patches
-from semray.device import Precision, memory_format, resolve_precision
+from semray.device import Precision, training_format
 from semray.models import create_autoencoder
 from semray.models.detector import FP32
 from semray.models.losses import patch_loss
@@ -102,7 +102,7 @@ def plain_autoencoder_loop(cfg: Config, images: list[np.ndarray], epochs: int | 
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
     cpu = torch.device("cpu")
-    precision, fmt = resolve_precision(cfg.train.precision, cpu, use="autoencoder"), memory_format(cpu, "autoencoder")
+    precision, fmt = training_format(cfg.train.precision, cpu, "autoencoder")
     model = create_autoencoder(cfg.model, cfg.patches.size)
     objective = AutoencoderObjective(model).to(memory_format=fmt)
     optimizer = adam(model.parameters(), cfg.train.lr, cfg.train.adam_beta1, cpu)

@@ -30,7 +30,7 @@ from semray.config import Config
 from semray.data.datasets import load_normal_images, normal_image_paths
 from semray.data.io import pixel_size_um, read_bytes
 from semray.data.patches import grid_coordinates, normalization_of
-from semray.device import Precision, cpu_name, memory_format, memory_format_name, resolve_precision
+from semray.device import Precision, cpu_name, memory_format_name, resolve_precision, training_format
 from semray.evaluate import calibrate_run
 from semray.files import join_uri
 from semray.log import duration, get_logger
@@ -85,8 +85,7 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     use = "denoiser" if isinstance(objective, DenoiserObjective) else "autoencoder"
-    precision = resolve_precision(cfg.train.precision, device, use=use)
-    fmt = memory_format(device, use)
+    precision, fmt = training_format(cfg.train.precision, device, use)
     objective.to(memory_format=fmt)
 
     trainable = objective.model
