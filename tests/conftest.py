@@ -192,14 +192,10 @@ def pytest_collection_modifyitems(items):
     """Tests marked `cluster` start a multi-node Ray with `cluster/local.sh`: run them last, so no
     other test's private Ray runs beside it (two Rays on one machine confuse Ray Train). Tests that
     start a private Ray come first: `make test` runs on two pytest-xdist workers, which take the
-    longest work first (the group of tests sharing the session's trained runs, then the other Ray
-    tests one by one) and fill in with the quick tests at the end."""
+    longest work first (xdist sends its largest unit, the group of tests sharing the session's
+    trained runs, out first; then the other Ray tests one by one) and fill in with the quick tests."""
     items.sort(key=lambda item: (item.get_closest_marker("cluster") is not None,
-                                 item.get_closest_marker("ray") is None and "trained" not in _groups(item)))
-
-
-def _groups(item) -> set[str]:
-    return {m.args[0] if m.args else m.kwargs.get("name") for m in item.iter_markers("xdist_group")}
+                                 item.get_closest_marker("ray") is None))
 
 
 def pytest_itemcollected(item):
