@@ -28,10 +28,25 @@ from semray.metrics import aupro, auroc, pixel_auroc
 from semray.models.memory import bank_without
 from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector
-from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS, PIXEL_MAPS
+from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS, PIXEL_MAPS, needs_denoiser
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
+FLIPS = ((), (1,), (0,), (0, 1))  # as is, left-right, up-down, both
+
+
+def outputs_of(detector, image, stride, batch_size, outputs, flips: int = 1):
+    """stitched_outputs, averaged over the image's first `flips` mirror images (test-time
+    augmentation: each output brought back to the image's orientation before the mean; the texture
+    map, which owes nothing to the network, is computed once)."""
+    total = None
+    for axes in FLIPS[:flips]:
+        wanted = outputs if not axes else tuple(k for k in outputs if k != "texture")
+        out = stitched_outputs(detector, np.ascontiguousarray(np.flip(image, axes)) if axes else image, stride,
+                               batch_size, outputs=wanted)
+        out = {k: np.flip(v, axes) if axes else v for k, v in out.items()}
+        total = out if total is None else {k: v + out[k] if k in out else v for k, v in total.items()}
+    return {k: v if k == "texture" else np.ascontiguousarray(v / flips, dtype=np.float32) for k, v in total.items()}
 
 
 def add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs) -> None:
@@ -44,8 +59,8 @@ def add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs) -> None:
     bank_images, detector.bank_images = detector.bank_images, [] if args.whole_bank else detector.bank_images
     for _, image in load_normal_images(args.data, min_size=cfg.patches.size):
         with bank_without(detector, image):  # as `semray calibrate` scores a training image
-            normals.append((image, stitched_outputs(detector, image, args.stride, cfg.eval.batch_size,
-                                                    outputs=outputs_for(components + (FUSED_SCORE,)))))
+            normals.append((image, outputs_of(detector, image, args.stride, cfg.eval.batch_size,
+                                              outputs_for(components + (FUSED_SCORE,)), args.flips)))
     detector.bank_images = bank_images
     normal_fused = {}
     for blur in blurs:
@@ -105,6 +120,10 @@ def main() -> None:
     p.add_argument("--whole-bank", action="store_true", help="the fused map's statistics with the training images' "
                    "knn against the whole memory bank (as calibration did before bank_without)")
     p.add_argument("--save-maps", help="write every map (float16) to this .npz, keyed 'name blur i'")
+    p.add_argument("--flips", type=int, default=1, choices=range(1, len(FLIPS) + 1),
+                   help="average the network's stitched outputs over this many mirror images (1: none)")
+    p.add_argument("--no-denoiser", action="store_true", help="only the maps the fused map and the "
+                   "reconstruction need (no denoiser: a quarter of the time)")
     args = p.parse_args()
     blurs = [float(b) for b in args.blurs.split(",")]
 
@@ -115,10 +134,10 @@ def main() -> None:
     maps: dict[tuple[str, float], list[np.ndarray]] = {}
     grid_scored = []
     outputs_per_image = []
-    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE)
+    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE and not (args.no_denoiser and needs_denoiser((k,))))
     for item in items:
-        outputs = stitched_outputs(detector, item.image, args.stride, cfg.eval.batch_size,
-                                   outputs=outputs_for(PIXEL_MAPS if args.fused else names))
+        outputs = outputs_of(detector, item.image, args.stride, cfg.eval.batch_size,
+                             outputs_for(names + ((FUSED_SCORE,) if args.fused else ())), args.flips)
         for blur in blurs:
             for name, m in pixel_maps(item.image, outputs, blur_sigma=blur, names=names).items():
                 maps.setdefault((name, blur), []).append(m)
@@ -154,7 +173,8 @@ def main() -> None:
         for score, m in s["scores"].items():
             rows.setdefault(f"grid {score}", {})[h] = {"pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
                                                        "patch_auroc": m["auroc"]}
-    print(f"run {args.run}: {len(items)} images, stitched at stride {args.stride} in {seconds:.0f} s")
+    print(f"run {args.run}: {len(items)} images, stitched at stride {args.stride}"
+          f"{f' over {args.flips} mirror images' if args.flips > 1 else ''} in {seconds:.0f} s")
     print(f"{'map':32s} {'val pix.AUROC':>13s} {'val AUPRO':>9s} {'val patch':>9s}   "
           f"{'test pix.AUROC':>14s} {'test AUPRO':>10s} {'test patch':>10s}")
     for name, r in rows.items():
@@ -165,7 +185,8 @@ def main() -> None:
     print(f"best by validation AUPRO: {best}: test pixel AUROC {rows[best]['test']['pixel_auroc']:.3f}, "
           f"AUPRO {rows[best]['test']['aupro']:.3f}, patch AUROC {rows[best]['test']['patch_auroc']:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"run": args.run, "stride": args.stride, "seconds": seconds,
+        Path(args.json).write_text(json.dumps({"run": args.run, "stride": args.stride, "flips": args.flips,
+                                               "seconds": seconds,
                                                "rows": rows, "best_by_val_aupro": best}, indent=2) + "\n")
 
 
