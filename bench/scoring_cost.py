@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--run", required=True)
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--only", help="time only the rows whose name contains this (e.g. 'then')")
     args = p.parse_args()
     detector, cfg = load_detector(args.run, pick_device())
     items = load_anomalous_images(args.data, min_size=cfg.patches.size)
@@ -75,10 +76,14 @@ def main() -> None:
             strip_pixel_maps(detector, im, pixel_stride, blur, names=(DEFAULT_PIXEL_MAP,), batch_size=batch,
                              stats=stats))
     seconds = {}
+    if args.only:
+        rows = {k: v for k, v in rows.items() if args.only in k}
     for name, fn in rows.items():
         seconds[name] = timed(fn, images[:1], 1) and timed(fn, images, args.rounds)  # one image to warm up
         print(f"  {name:48s} {seconds[name]:7.1f} s", flush=True)
     names = list(rows)
+    if args.only:
+        return
     print(f"speed-up of the default window score: {seconds[names[0]] / seconds[names[1]]:.2f}x; "
           f"of the default pixel map: {seconds[names[2]] / seconds[names[3]]:.2f}x; "
           f"default grid + default map: {seconds[names[1]] + seconds[names[3]]:.0f} s for the test half "

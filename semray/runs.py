@@ -224,6 +224,8 @@ def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu
                                memory_bank=state.get("memory_bank"),  # absent from runs trained before it
                                score_stats=state.get("score_stats") or None)
     detector.texture = TextureModel.from_state(state.get("texture"))  # absent from runs trained before it
+    if detector.texture is not None:  # its maps on the threads torch computes on here (a Ray worker: its CPUs)
+        detector.texture.threads = torch.get_num_threads()
     if len(state.get("memory_bank_source", ())) == len(detector.memory_bank):  # absent from runs before it
         detector.bank_source = state["memory_bank_source"].to(torch.int16)
         detector.bank_images = list(state.get("memory_bank_images", []))

@@ -84,6 +84,34 @@ def test_an_images_map_is_computed_once_while_the_image_lives(model, monkeypatch
     assert len(model._maps) == 0
 
 
+def test_an_image_is_cut_into_bands_on_threads_with_the_same_map(model):
+    """With threads, one block's rows are cut into bands (each with REACH rows of context) scored at
+    once: the same map to the bit, and a loaded run scores on the threads torch computes on."""
+    import copy
+
+    from semray.config import Config
+    from semray.models import create_autoencoder, create_denoiser
+    from semray.runs import detector_from_state, model_state
+
+    image = generate_image(np.random.default_rng(5), SynthConfig(height=8 * REACH + 20, width=96), True)[0]
+    one = model.score_map(image)
+    for threads in (2, 3):  # 3: more threads than bands of at least 4 x REACH rows
+        banded = copy.copy(model)
+        banded.threads = threads
+        assert np.array_equal(banded.score_map(image), one)
+    cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 2, "width": 8}})
+    state = model_state(cfg, {"mode": "patch", "mean": 0.5, "std": 0.25},
+                        create_autoencoder(cfg.model, 32).state_dict(), create_denoiser(cfg.denoiser).state_dict(),
+                        texture=model)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as a one-CPU Ray worker sets it
+        assert detector_from_state(state, warn=False)[0].texture.threads == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert detector_from_state(state, warn=False)[0].texture.threads == threads
+
+
 def test_strips_give_the_whole_images_map_and_the_state_survives_model_pt(model):
     """score_map of a few rows (or in tiles) reads REACH pixels of context and equals the whole image's;
     the state as model.pt keeps it (tensors, loaded with weights_only) gives the same map."""
