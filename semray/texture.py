@@ -211,15 +211,17 @@ class TextureModel:
         return kept[1][r0:r1]
 
     def _blocks(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int) -> np.ndarray:
-        """Rows r0:r1 of the map, block by block on `threads` threads: tile x tile squares, or for
-        rows that fit in one block, a band of rows per thread (each at least 4 x REACH rows, so the
-        context both sides of a band adds at most half its work). Every block is computed from its
-        pixels and REACH pixels of context, so the map is the same however it is cut."""
+        """Rows r0:r1 of the map: rows that fit in one block as a band of rows per thread (each at
+        least 4 x REACH rows, so the context both sides of a band adds at most half its work), and
+        larger ones in tile x tile squares one after another (so a huge scan's memory is one
+        square's, however many cores the machine has). Every block is computed from its pixels and
+        REACH pixels of context, so the map is the same however it is cut."""
         h, w = image.shape
         out = np.empty((max(0, r1 - r0), w), dtype=np.float32)
         if r1 <= r0:
             return out
-        if (r1 - r0) * w <= 2 * tile * tile:
+        banded = (r1 - r0) * w <= 2 * tile * tile
+        if banded:
             bands = max(1, min(self.threads, (r1 - r0) // (4 * REACH)))
             cuts = np.linspace(r0, r1, bands + 1).round().astype(int)
             blocks = [(y0, y1, 0, w) for y0, y1 in zip(cuts[:-1], cuts[1:])]
@@ -233,7 +235,7 @@ class TextureModel:
                                 )[:, y0 - e0:y1 - e0, x0 - f0:x1 - f0]
             out[y0 - r0:y1 - r0, x0:x1] = -self.feature_log_density(feats)
 
-        threads = min(self.threads, len(blocks))
+        threads = min(self.threads, len(blocks)) if banded else 1
         if threads <= 1:
             for b in blocks:
                 block(*b)

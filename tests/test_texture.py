@@ -99,6 +99,8 @@ def test_an_image_is_cut_into_bands_on_threads_with_the_same_map(model):
         banded = copy.copy(model)
         banded.threads = threads
         assert np.array_equal(banded.score_map(image), one)
+    # a scan larger than one block is still done square by square, one at a time: its memory is one square's
+    np.testing.assert_allclose(banded.score_map(image, tile=40), one, rtol=1e-5, atol=1e-4)
     cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 2, "width": 8}})
     state = model_state(cfg, {"mode": "patch", "mean": 0.5, "std": 0.25},
                         create_autoencoder(cfg.model, 32).state_dict(), create_denoiser(cfg.denoiser).state_dict(),
