@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pixel_quality import map_figures, print_rows  # noqa: E402  (bench/, beside this script)
 
 from semray.data.datasets import load_anomalous_images, load_normal_images
-from semray.data.patches import grid_coordinates, iter_patch_batches, patch_labels
+from semray.data.patches import iter_patch_batches
 from semray.device import pick_device
-from semray.metrics import aupro, auroc, pixel_auroc
 from semray.models.memory import bank_without
 from semray.pixelmaps import _Stitcher as Stitcher
-from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
+from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs
 from semray.runs import load_detector
 from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
 from semray.tune import split_validation_test
@@ -139,25 +139,8 @@ def main() -> None:
 
     halves = dict(zip(("val", "test"), split_validation_test(list(range(len(items))))))
 
-    def figures(pixel, idx):
-        masks = [items[i].mask for i in idx]
-        labels, scores = [], []
-        for i in idx:
-            ys, xs = grid_coordinates(*items[i].image.shape, size, 16)
-            labels.append(patch_labels(items[i].mask, ys, xs, size, cfg.eval.min_defect_pixels))
-            scores.append(window_means(pixel[i], ys, xs, size))
-        chosen = [pixel[i] for i in idx]
-        return {"pixel_auroc": pixel_auroc(masks, chosen), "aupro": aupro(masks, chosen),
-                "patch_auroc": auroc(np.concatenate(labels), np.concatenate(scores))}
-
-    rows = {name: {h: figures(m, idx) for h, idx in halves.items()} for name, m in maps.items()}
-    print(f"{'map':32s} {'val pix.AUROC':>13s} {'val AUPRO':>9s} {'val patch':>9s}   "
-          f"{'test pix.AUROC':>14s} {'test AUPRO':>10s} {'test patch':>10s}")
-    for name, r in rows.items():
-        v, t = r["val"], r["test"]
-        print(f"{name:32s} {v['pixel_auroc']:13.4f} {v['aupro']:9.4f} {v['patch_auroc']:9.4f}   "
-              f"{t['pixel_auroc']:14.4f} {t['aupro']:10.4f} {t['patch_auroc']:10.4f}")
-    best = max(rows, key=lambda k: rows[k]["val"]["aupro"])
+    rows = {name: {h: map_figures(items, m, idx, cfg) for h, idx in halves.items()} for name, m in maps.items()}
+    best = print_rows(rows, digits=4)
     print(f"best by validation AUPRO: {best}")
     if args.json:
         Path(args.json).write_text(json.dumps({"run": args.run, "rows": rows, "best_by_val_aupro": best}, indent=2))

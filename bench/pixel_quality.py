@@ -105,6 +105,32 @@ def add_wide_blur(maps, spec: str, blur: float) -> None:
             for m in maps[FUSED_SCORE, blur]]
 
 
+def map_figures(items, pixel: list[np.ndarray], idx: list[int], cfg) -> dict[str, float]:
+    """Pixel AUROC, AUPRO and patch AUROC (the map's mean over each stride-16 window, any-defect-pixel
+    labels) of the maps of the images `idx`."""
+    size = cfg.patches.size
+    masks = [items[i].mask for i in idx]
+    chosen = [pixel[i] for i in idx]
+    labels, scores = [], []
+    for i in idx:
+        ys, xs = grid_coordinates(*items[i].image.shape, size, 16)
+        labels.append(patch_labels(items[i].mask, ys, xs, size, cfg.eval.min_defect_pixels))
+        scores.append(window_means(pixel[i], ys, xs, size))
+    return {"pixel_auroc": pixel_auroc(masks, chosen), "aupro": aupro(masks, chosen),
+            "patch_auroc": auroc(np.concatenate(labels), np.concatenate(scores))}
+
+
+def print_rows(rows: dict[str, dict[str, dict[str, float]]], digits: int = 3) -> str:
+    """The table of both halves' figures -> the row best by validation AUPRO."""
+    print(f"{'map':32s} {'val pix.AUROC':>13s} {'val AUPRO':>9s} {'val patch':>9s}   "
+          f"{'test pix.AUROC':>14s} {'test AUPRO':>10s} {'test patch':>10s}")
+    for name, r in rows.items():
+        v, t = r["val"], r["test"]
+        print(f"{name:32s} {v['pixel_auroc']:13.{digits}f} {v['aupro']:9.{digits}f} {v['patch_auroc']:9.{digits}f}   "
+              f"{t['pixel_auroc']:14.{digits}f} {t['aupro']:10.{digits}f} {t['patch_auroc']:10.{digits}f}")
+    return max(rows, key=lambda k: rows[k]["val"]["aupro"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
@@ -155,18 +181,7 @@ def main() -> None:
         np.savez_compressed(args.save_maps, **{f"{name} {blur:g} {i}": m.astype(np.float16)
                                                for (name, blur), ms in maps.items() for i, m in enumerate(ms)})
 
-    def figures(pixel: list[np.ndarray], idx: list[int]) -> dict[str, float]:
-        masks = [items[i].mask for i in idx]
-        chosen = [pixel[i] for i in idx]
-        labels, scores = [], []
-        for i in idx:
-            ys, xs = grid_coordinates(*items[i].image.shape, size, 16)
-            labels.append(patch_labels(items[i].mask, ys, xs, size, cfg.eval.min_defect_pixels))
-            scores.append(window_means(pixel[i], ys, xs, size))
-        return {"pixel_auroc": pixel_auroc(masks, chosen), "aupro": aupro(masks, chosen),
-                "patch_auroc": auroc(np.concatenate(labels), np.concatenate(scores))}
-
-    rows = {f"{name} blur {blur:g}": {h: figures(m, idx) for h, idx in halves.items()}
+    rows = {f"{name} blur {blur:g}": {h: map_figures(items, m, idx, cfg) for h, idx in halves.items()}
             for (name, blur), m in maps.items()}
     for h, idx in halves.items():
         s = summarize([grid_scored[i] for i in idx], cfg, 16, cfg.eval.min_defect_pixels, pixel=True)
@@ -175,13 +190,7 @@ def main() -> None:
                                                        "patch_auroc": m["auroc"]}
     print(f"run {args.run}: {len(items)} images, stitched at stride {args.stride}"
           f"{f' over {args.flips} mirror images' if args.flips > 1 else ''} in {seconds:.0f} s")
-    print(f"{'map':32s} {'val pix.AUROC':>13s} {'val AUPRO':>9s} {'val patch':>9s}   "
-          f"{'test pix.AUROC':>14s} {'test AUPRO':>10s} {'test patch':>10s}")
-    for name, r in rows.items():
-        v, t = r["val"], r["test"]
-        print(f"{name:32s} {v['pixel_auroc']:13.3f} {v['aupro']:9.3f} {v['patch_auroc']:9.3f}   "
-              f"{t['pixel_auroc']:14.3f} {t['aupro']:10.3f} {t['patch_auroc']:10.3f}")
-    best = max(rows, key=lambda k: rows[k]["val"]["aupro"])
+    best = print_rows(rows)
     print(f"best by validation AUPRO: {best}: test pixel AUROC {rows[best]['test']['pixel_auroc']:.3f}, "
           f"AUPRO {rows[best]['test']['aupro']:.3f}, patch AUROC {rows[best]['test']['patch_auroc']:.3f}")
     if args.json:
