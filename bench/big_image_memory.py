@@ -69,10 +69,14 @@ def make_image(path: Path, height: int, width: int) -> None:
     tifffile.imwrite(path, big, bigtiff=True, tile=(512, 512))
 
 
-def measure(path: Path, run: Path, map_scale: int) -> dict:
-    """In a fresh process, what one scoring actor does with one file; its peak RSS."""
+def measure(path: Path, run: Path, map_scale: int, glibc_default: bool = False) -> dict:
+    """In a fresh process, what one scoring actor does with one file; its peak RSS. glibc_default:
+    with glibc malloc's own thresholds, not semray's (semray.allocator)."""
     code = f"""
 import json, resource, time, torch
+import semray.allocator
+if {glibc_default}:
+    semray.allocator.reuse_freed_memory = lambda: False
 from semray.pipeline import ScoreImages, ScoreJob, pixel_map_settings
 from semray.runs import read_config, read_threshold
 torch.set_num_threads(2)
@@ -105,13 +109,16 @@ def main() -> None:
     p.add_argument("--height", type=int, default=20000)
     p.add_argument("--map-scale", type=int, default=8, help="0: the window grid only")
     p.add_argument("--out", default=str(HERE / "out" / "big_image"))
+    p.add_argument("--glibc-default", action="store_true", help="glibc malloc's own mmap and trim thresholds, "
+                   "not the ones semray sets (semray.allocator)")
     args = p.parse_args()
     out = Path(args.out)
     make_run(out / "run", out / "data")
     image = out / f"big{args.height}x{args.width}.tif"
     make_image(image, args.height, args.width)
     result = {"height": args.height, "width": args.width, "map_scale": args.map_scale,
-              **measure(image, out / "run", args.map_scale)}
+              "allocator": "glibc default" if args.glibc_default else "semray",
+              **measure(image, out / "run", args.map_scale, args.glibc_default)}
     print(json.dumps(result))
 
 

@@ -18,6 +18,7 @@ import yaml
 
 import semray.ray_env  # noqa: F401  (Ray's environment defaults, set before anything imports ray)
 from semray import __version__
+from semray.allocator import reuse_freed_memory
 from semray.config import PRECISIONS, load_config
 from semray.errors import EXIT_CODES, ConfigError, NothingDoneError, PartialFailureError, SemrayError
 from semray.files import atomic_write, to_json
@@ -449,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.verbosity)
+    reuse_freed_memory()
     try:
         return args.func(args)
     except SemrayError as e:  # a mistake the user can fix: one line, no traceback

@@ -160,9 +160,11 @@ class ScoreImages:
         import ray
         import torch
 
+        from semray.allocator import reuse_freed_memory
         from semray.device import pick_device
         from semray.runs import detector_from_state, read_model
 
+        reuse_freed_memory()
         self.s = settings
         threads = max(1, int(settings["cpus_per_worker"]))
         torch.set_num_threads(threads)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from semray.allocator import reuse_freed_memory
 from semray.budget import measure_rates, parse_budget, plan, reuse_budget, sized_for
 from semray.config import Config
 from semray.data.datasets import load_normal_images, normal_image_paths
@@ -152,6 +153,7 @@ def training_loop(loop_cfg: dict[str, Any]) -> None:
 
     cfg = Config.from_dict(loop_cfg["config"])
     _quiet_report_logger()
+    reuse_freed_memory()
     torch.set_num_threads(max(1, int(loop_cfg["threads"])))
     state = None
     checkpoint = ray.train.get_checkpoint()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from semray.allocator import reuse_freed_memory
 from semray.data.datasets import LabelledImage, load_anomalous_images, load_normal_images
 from semray.data.patches import iter_patch_batches, normalization_of, normalize_patches, patch_labels
 from semray.device import Precision, pick_device
@@ -111,6 +112,7 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
     # Ray logs "Checkpoint successfully created at: ..." at INFO for every report with a checkpoint,
     # and the trial's process forwards it to the user's console: the [tune] lines say it already.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    reuse_freed_memory()
     spec_ = TuneSpec.from_dict(spec)
     cfg = trial_config(spec_.base, params)
     context = ray.tune.get_context()
