@@ -112,10 +112,17 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--compile", action="store_true", help="also measure auto's variant under torch.compile "
                                                           "(inductor; compile time excluded)")
+    p.add_argument("--allocator", choices=("glibc", "semray"), default="glibc",
+                   help="glibc: malloc's own thresholds for every variant (the baseline's conditions); semray: "
+                        "the thresholds semray sets in its processes (semray.allocator), for every variant")
     p.add_argument("--skip", default="", help="comma-separated variant names not to measure, e.g. 'bf16,bf16 + "
                                               "channels_last' where bf16 is emulated and takes minutes per figure")
     args = p.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.allocator == "semray":
+        from semray.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     global DEVICE, COMPILE
     DEVICE = device = torch.device(args.device)
     COMPILE = args.compile
@@ -132,7 +139,8 @@ def main() -> None:
     print(f"CPU: {cpu_description()}{gpu}")
     print(f"torch {torch.__version__}, {args.threads} thread(s); default models: {cfg.model.kind} width "
           f"{cfg.model.width}, denoiser {cfg.denoiser.depth}x{cfg.denoiser.width}; scoring batch "
-          f"{args.score_batch}, training batch {train_batch}; {args.seconds:g} s per figure")
+          f"{args.score_batch}, training batch {train_batch}; {args.seconds:g} s per figure; "
+          f"malloc thresholds: {args.allocator}'s")
 
     def fresh(fmt, legacy=False):
         """legacy: the baseline's code path, from before the speed work: the decoder's first layer
