@@ -27,12 +27,13 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (ma
 def reuse_freed_memory() -> bool:
     """Raise glibc malloc's mmap and trim thresholds in this process (once), so the large tensors
     of one batch are reused by the next instead of being unmapped and page-faulted in again: what
-    jemalloc or tcmalloc, which PyTorch's CPU performance guides preload, do on their own. Every
-    process semray runs the models in calls it (the CLI, Ray Train workers, scoring actors, Tune
-    trials); a program of yours that calls `semray.load_run(...).predict` keeps its own allocator
-    unless it calls this too. A process whose environment sets either threshold already (MALLOC_MMAP_THRESHOLD_,
-    MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES) keeps it as set, and other C libraries (macOS, musl)
-    are left alone. -> whether the thresholds were raised."""
+    jemalloc or tcmalloc, which PyTorch's CPU performance guides preload, do on their own.
+
+    Every process semray runs the models in calls it (the CLI, Ray Train workers, scoring actors,
+    Tune trials); a program of yours that calls `semray.load_run(...).predict` keeps its own
+    allocator unless it calls this too. An environment that sets either threshold already
+    (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES) is left as it is, and so are
+    other C libraries (macOS, musl). -> whether the thresholds were raised."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     user_set = any(f"MALLOC_{name.upper()}_" in os.environ or f"glibc.malloc.{name}" in tunables
                    for name in ("mmap_threshold", "trim_threshold"))
