@@ -20,20 +20,18 @@ SETTINGS = ("glibc default", "semray")
 
 
 def child(setting: str, precision: str, denoiser: str, seconds: float) -> dict:
-    import semray.budget
     from semray.allocator import reuse_freed_memory
+    from semray.budget import measure_rates
+    from semray.config import Config
 
     if setting == "semray":
         assert reuse_freed_memory(), "the thresholds could not be set here"
-    else:
-        semray.budget.reuse_freed_memory = lambda: False  # the probe sets them otherwise
-    from semray.config import Config
 
     depth, width = (int(v) for v in denoiser.split("x"))
     cfg = Config.from_dict({"denoiser": {"depth": depth, "width": width},
                             "train": {"precision": precision}, "eval": {"precision": precision}})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    rates = semray.budget.measure_rates(cfg, "cpu", seconds=seconds)
+    rates = measure_rates(cfg, "cpu", seconds=seconds)
     rates["minor_faults_M"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 1e6
     return rates
 

@@ -30,10 +30,11 @@ def reuse_freed_memory() -> bool:
     jemalloc or tcmalloc, which PyTorch's CPU performance guides preload, do on their own.
 
     Every process semray runs the models in calls it (the CLI, Ray Train workers, scoring actors,
-    Tune trials); a program of yours that calls `semray.load_run(...).predict` keeps its own
-    allocator unless it calls this too. An environment that sets either threshold already
-    (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES) is left as it is, and so are
-    other C libraries (macOS, musl). -> whether the thresholds were raised."""
+    Tune trials, the remote throughput probe); a program of yours that calls
+    `semray.load_run(...).predict` keeps its own allocator unless it calls this too. An environment
+    that sets either threshold already (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
+    GLIBC_TUNABLES) is left as it is, and so are other C libraries (macOS, musl). -> whether the
+    thresholds were raised."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     user_set = any(f"MALLOC_{name.upper()}_" in os.environ or f"glibc.malloc.{name}" in tunables
                    for name in ("mmap_threshold", "trim_threshold"))
@@ -43,7 +44,9 @@ def reuse_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mmap_set = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    trim_set = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mmap_set and trim_set)
 
 
 def _glibc() -> bool:

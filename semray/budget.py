@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from semray.allocator import reuse_freed_memory
 from semray.config import Config, DenoiserConfig, budget_ok
 from semray.device import memory_format, resolve_precision, training_format
 from semray.errors import ConfigError
@@ -117,7 +116,6 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
     A stage's probe stops once it has stepped through as many patches as the stage's whole
     training: measuring longer would cost more than the training it sizes, and a stage that small
     fits any budget (a small config's probe took 7.8 s before a training of under a second)."""
-    reuse_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)

@@ -437,6 +437,7 @@ def resolve_budget(cfg: Config, calibration_images: list[np.ndarray], log: loggi
 
 
 def _remote_rates(cfg: dict[str, Any], threads: int) -> dict[str, float]:
+    reuse_freed_memory()  # a process of its own: measured as the training workers will run
     config = Config.from_dict(cfg)
     return measure_rates(config, "cuda" if config.train.use_gpu else "cpu", threads)
 

@@ -133,4 +133,3 @@ def test_channels_last_scores_equal_contiguous():
     b = _detector("ae", "fp32", torch.channels_last).scores(raw)
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
-
