@@ -1,0 +1,142 @@
+"""How the fused per-pixel map's components are put on one scale before they are summed.
+
+The shipped map standardises each component (1 - SSIM, the knn distance, the texture map) by its
+mean and std over the normal images' pixels (semray.pixelmaps.fuse_pixel_maps). A mean and a std
+suit a symmetric distribution; the texture map, a negative log density, is skewed on normal pixels
+(blurred as the map is, on NanoTWICE: minimum -57, median -53, maximum -38), so its upper tail sets
+much of its scale. Alternatives that depend less on the tail, each fitted on the normal pixels:
+- logz: the component shifted to be positive (by its normal minimum, plus 0.1% of its range),
+  log-transformed, then standardised;
+- probit: the component mapped through its empirical distribution on normal pixels to a
+  standard-normal quantile (a rank-based, Gaussian-copula fusion), linear beyond the 0.05% and
+  99.95% knots (the upper tail in units of the std of the top 1%);
+- logpos: log of the two positive components only (the texture map is already a log density).
+Each with the weights searched on a small grid. Every choice is made on Tune's validation half; the
+test half is computed only for the shipped map and the validation pick.
+
+    .venv/bin/python bench/fusion_probe.py --run bench/out/laptop2/dae [--cache /tmp/components.npz]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+from pixel_quality import map_figures, print_rows  # noqa: E402  (bench/, beside this script)
+from scipy.ndimage import gaussian_filter
+from scipy.special import ndtri
+
+from semray.data.datasets import load_anomalous_images, load_normal_images
+from semray.device import pick_device
+from semray.models.memory import bank_without
+from semray.pixelmaps import outputs_for, pixel_maps, stitched_outputs
+from semray.runs import load_detector
+from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
+from semray.tune import split_validation_test
+
+HERE = Path(__file__).resolve().parent
+COMPONENTS = tuple(PIXEL_FUSION_WEIGHTS)
+
+
+def components(detector, cfg, data: str, cache: str | None):
+    """Unblurred components of the normal images (each without its own windows in the bank, as
+    `semray calibrate` scores them) and of the anomalous ones -> (normal, anomalous) lists of dicts."""
+    if cache and Path(cache).exists():
+        z = np.load(cache)
+        n = sum(k.startswith("normal texture") for k in z.files)
+        a = sum(k.startswith("anomalous texture") for k in z.files)
+        return ([{c: z[f"normal {c} {i}"] for c in COMPONENTS} for i in range(n)],
+                [{c: z[f"anomalous {c} {i}"] for c in COMPONENTS} for i in range(a)])
+    wanted = outputs_for(COMPONENTS + (FUSED_SCORE,))
+
+    def of(image):
+        out = stitched_outputs(detector, image, cfg.eval.pixel_stride, cfg.eval.batch_size, outputs=wanted)
+        return pixel_maps(image, out, blur_sigma=0, names=COMPONENTS)
+    normal = []
+    for _, image in load_normal_images(data, min_size=cfg.patches.size):
+        with bank_without(detector, image):
+            normal.append(of(image))
+    anomalous = [of(item.image) for item in load_anomalous_images(data, min_size=cfg.patches.size)]
+    if cache:
+        np.savez(cache, **{f"{kind} {c} {i}": m[c] for kind, ms in (("normal", normal), ("anomalous", anomalous))
+                           for i, m in enumerate(ms) for c in COMPONENTS})
+    return normal, anomalous
+
+
+def scale_fit(flat: np.ndarray, kind: str, component: str):
+    """A monotone map of one component, fitted on its normal pixels, to the scale the sum uses."""
+    if kind == "logpos" and component != "texture":
+        kind = "logz0"
+    elif kind == "logpos":
+        kind = "z"
+    if kind == "z":
+        m, s = flat.mean(), flat.std()
+        return lambda x: (x - m) / s
+    if kind in ("logz", "logz0"):
+        shift = 0.0 if kind == "logz0" else -flat.min() + 1e-3 * (flat.max() - flat.min())
+        logs = np.log(np.maximum(flat + shift, 1e-6))
+        m, s = logs.mean(), logs.std()
+        return lambda x: (np.log(np.maximum(x + shift, 1e-6)) - m) / s
+    q = np.linspace(0.0005, 0.9995, 1999)  # probit
+    knots, first = np.unique(np.quantile(flat, q), return_index=True)
+    zs = ndtri(q[first])
+    low_slope = (zs[1] - zs[0]) / (knots[1] - knots[0])
+    top_std = flat[flat >= np.quantile(flat, 0.99)].std() or flat.std()
+
+    def probit(x):
+        y = np.interp(x, knots, zs)
+        y = np.where(x > knots[-1], zs[-1] + (x - knots[-1]) / top_std, y)
+        return np.where(x < knots[0], zs[0] + (x - knots[0]) * low_slope, y)
+    return probit
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
+    p.add_argument("--cache", help="keep the unblurred components in this .npz (reused if it exists)")
+    p.add_argument("--kinds", default="z,logz,probit,logpos")
+    args = p.parse_args()
+
+    detector, cfg = load_detector(args.run, pick_device())
+    items = load_anomalous_images(args.data, min_size=cfg.patches.size)
+    started = time.time()
+    normal, anomalous = components(detector, cfg, args.data, args.cache)
+    blur = cfg.eval.pixel_blur
+    normal = [{c: gaussian_filter(m[c].astype(np.float64), blur, mode="reflect") for c in COMPONENTS} for m in normal]
+    anomalous = [{c: gaussian_filter(m[c].astype(np.float64), blur, mode="reflect") for c in COMPONENTS}
+                 for m in anomalous]
+    print(f"run {args.run}: components of {len(normal)} normal and {len(anomalous)} anomalous images, "
+          f"blur {blur:g}, in {time.time() - started:.0f} s")
+    flat = {c: np.concatenate([m[c].ravel() for m in normal]) for c in COMPONENTS}
+    for c in COMPONENTS:
+        print(f"  {c} on normal pixels: min {flat[c].min():.4g}, median {np.median(flat[c]):.4g}, "
+              f"max {flat[c].max():.4g}")
+    val, test = split_validation_test(list(range(len(items))))
+
+    def fused(kind, weights):
+        fits = {c: scale_fit(flat[c], kind, c) for c in COMPONENTS}
+        return [sum(w * fits[c](m[c]) for c, w in weights.items()).astype(np.float32) for m in anomalous]
+
+    shipped = ("z", tuple(PIXEL_FUSION_WEIGHTS.values()))
+    grid = {}
+    for kind in args.kinds.split(","):
+        for ws, wk in itertools.product((0.2, 0.3, 0.4), (0.1, 0.2, 0.3)):
+            weights = (ws, wk, round(1 - ws - wk, 2))
+            v = map_figures(items, fused(kind, dict(zip(COMPONENTS, weights))), val, cfg)
+            grid[kind, weights] = v
+            print(f"  {kind:7s} {'/'.join(f'{w:g}' for w in weights):12s} validation pixel AUROC "
+                  f"{v['pixel_auroc']:.4f}, AUPRO {v['aupro']:.4f}", flush=True)
+    pick = max(grid, key=lambda k: grid[k]["aupro"])
+    rows = {}
+    for label, (kind, weights) in (("shipped", shipped), ("validation pick", pick)):
+        maps = fused(kind, dict(zip(COMPONENTS, weights)))
+        name = f"{label}: {kind} {'/'.join(f'{w:g}' for w in weights)}"
+        rows[name] = {h: map_figures(items, maps, idx, cfg) for h, idx in (("val", val), ("test", test))}
+    print_rows(rows, digits=4)
+
+
+if __name__ == "__main__":
+    main()
