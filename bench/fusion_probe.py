@@ -14,7 +14,11 @@ much of its scale. Alternatives that depend less on the tail, each fitted on the
 Each with the weights searched on a small grid. Every choice is made on Tune's validation half; the
 test half is computed only for the shipped map and the validation pick.
 
-    .venv/bin/python bench/fusion_probe.py --run bench/out/laptop2/dae [--cache /tmp/components.npz]
+--edges instead: the components by distance to the image's edge, and the fused map as semray
+computes it with one normal mean per component (calibrations before the edge bands) against one
+per band of distance to the edge (semray.pixelmaps.EDGE_BANDS, the default since).
+
+    .venv/bin/python bench/fusion_probe.py --run bench/out/laptop2/dae [--cache /tmp/components.npz] [--edges]
 """
 from __future__ import annotations
 
@@ -31,7 +35,15 @@ from scipy.special import ndtri
 from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.device import pick_device
 from semray.models.memory import bank_without
-from semray.pixelmaps import outputs_for, pixel_maps, stitched_outputs
+from semray.pixelmaps import (
+    EDGE_BANDS,
+    edge_distance,
+    fuse_pixel_maps,
+    outputs_for,
+    pixel_map_stats,
+    pixel_maps,
+    stitched_outputs,
+)
 from semray.runs import load_detector
 from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
 from semray.tune import split_validation_test
@@ -92,12 +104,46 @@ def scale_fit(flat: np.ndarray, kind: str, component: str):
     return probit
 
 
+def edges(items, normal, anomalous, val, test, cfg) -> None:
+    """How the components read by distance to the edge on the normal images, how often the fused
+    map flags normal pixels there, and the fused map with one normal mean against one per band."""
+    bands = (0,) + EDGE_BANDS + (10 ** 6,)
+    names = [f"{lo}-{hi}" if hi < 10 ** 6 else f"{lo}+" for lo, hi in zip(bands, bands[1:])]
+    print("each component on the normal images by distance to the edge (px), in its std on them:")
+    flat = {c: np.concatenate([m[c].ravel() for m in normal]) for c in COMPONENTS}
+    for c in COMPONENTS:
+        row = []
+        for lo, hi in zip(bands, bands[1:]):
+            v = np.concatenate([m[c][(edge_distance(m[c].shape) >= lo) & (edge_distance(m[c].shape) < hi)]
+                                for m in normal])
+            row.append(f"{(v.mean() - flat[c].mean()) / flat[c].std():+.2f}")
+        print(f"  {c:20s} " + "  ".join(f"{n} {r}" for n, r in zip(names, row)))
+    stats = pixel_map_stats(normal)
+    variants = {"one normal mean per component": {k: v[:2] for k, v in stats.items()},
+                "a normal mean per edge band (shipped)": stats}
+    rows = {}
+    for label, s in variants.items():
+        maps = [fuse_pixel_maps(m, s).astype(np.float32) for m in anomalous]
+        cut = np.quantile(np.concatenate([fuse_pixel_maps(m, s).ravel() for m in normal]), 0.99)
+        flagged = []
+        for lo, hi in zip(bands, bands[1:]):
+            hits = [(maps[i] > cut)[(items[i].mask == 0) & (edge_distance(maps[i].shape) >= lo)
+                                    & (edge_distance(maps[i].shape) < hi)] for i in val]
+            flagged.append(np.concatenate(hits).mean())
+        print(f"{label}: normal pixels of the validation images over the normal images' 99th percentile, "
+              "by distance to the edge: " + ", ".join(f"{n} {f:.2%}" for n, f in zip(names, flagged)))
+        rows[label] = {h: map_figures(items, maps, idx, cfg) for h, idx in (("val", val), ("test", test))}
+    print_rows(rows, digits=4)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
     p.add_argument("--cache", help="keep the unblurred components in this .npz (reused if it exists)")
     p.add_argument("--kinds", default="z,logz,probit,logpos")
+    p.add_argument("--edges", action="store_true", help="the components by distance to the edge, and the fused map "
+                   "with one normal mean per component against one per band of distance to the edge")
     args = p.parse_args()
 
     detector, cfg = load_detector(args.run, pick_device())
@@ -115,6 +161,9 @@ def main() -> None:
         print(f"  {c} on normal pixels: min {flat[c].min():.4g}, median {np.median(flat[c]):.4g}, "
               f"max {flat[c].max():.4g}")
     val, test = split_validation_test(list(range(len(items))))
+    if args.edges:
+        edges(items, normal, anomalous, val, test, cfg)
+        return
 
     def fused(kind, weights):
         fits = {c: scale_fit(flat[c], kind, c) for c in COMPONENTS}

@@ -24,6 +24,14 @@ from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS, PIXEL_MAPS, needs_d
 
 OUTPUTS = ("reconstruction", "smooth", "feature_mask")
 SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5  # Wang et al.'s Gaussian window (11 pixels wide), as semray.scores
+# Pixels near an image's edge see less of their neighbourhood (the filters and SSIM's window reflect
+# the image there, and fewer windows overlap them), so on normal images the fused map's components
+# read higher within ~32 px of the edge (NanoTWICE: the texture map +2.8 and 1 - SSIM +0.07 in the
+# outer 4 px, spread inwards by the blur), and the fused map flagged normal pixels there 6x as
+# often as inside. So each component's normal mean is measured per band of distance to the nearest
+# edge (0-4, 4-8, 8-16, 16-32, 32+ px) and the fused map centres each pixel on its band's
+# (bench/fusion_probe.py --edges, bench/RESULTS.md).
+EDGE_BANDS = (4, 8, 16, 32)
 
 
 class _Stitcher:
@@ -117,7 +125,8 @@ def strip_pixel_maps(detector, image: np.ndarray, stride: int, blur: float, scal
         r1 = min(h, r0 + rows)
         e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
         outputs = stitched_outputs(detector, image, stride, batch_size, rows=(e0, e1), outputs=outputs_for(names))
-        for name, m in pixel_maps(image[e0:e1], outputs, blur_sigma=blur, names=names, stats=stats).items():
+        for name, m in pixel_maps(image[e0:e1], outputs, blur_sigma=blur, names=names, stats=stats,
+                                  strip=(e0, h)).items():
             parts[name].append(downsample(m[r0 - e0:r1 - e0], scale))
     return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
@@ -141,14 +150,16 @@ def ssim_map(a: np.ndarray, b: np.ndarray, sigma: float = SSIM_SIGMA, data_range
 
 def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: float = 8.0,
                ssim_sigma: float = SSIM_SIGMA, names: tuple[str, ...] | None = None,
-               stats: dict[str, tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
+               stats: dict[str, tuple] | None = None, strip: tuple[int, int] | None = None
+               ) -> dict[str, np.ndarray]:
     """Per-pixel anomaly maps of one image from its stitched outputs, each blurred by blur_sigma:
     "ssim_reconstruction" and "ssim_smooth" (1 - SSIM against the reconstruction and the smooth
     output), "reconstruction" and "smooth" (squared residuals, in image intensities), the fused map's
     two other components "knn" (the windows' knn scores spread over their pixels) and "texture"
     (semray.texture), and "fused" (the weighted sum of PIXEL_FUSION_WEIGHTS' maps, each standardised
     by `stats`, their mean and std on normal images' pixels at this blur: pixel_map_stats).
-    names=None: every map of PIXEL_MAPS the outputs and stats allow."""
+    names=None: every map of PIXEL_MAPS the outputs and stats allow. strip=(top, height): the image
+    is rows top.. of one `height` rows high, for each pixel's distance to the edge (None: it is whole)."""
     image = np.asarray(image, dtype=np.float32)
     if names is None:
         names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or (stats is not None and _components(outputs)))
@@ -169,7 +180,7 @@ def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: fl
     if blur_sigma > 0:
         maps = {k: gaussian_filter(v.astype(np.float64), blur_sigma, mode="reflect") for k, v in maps.items()}
     if FUSED_SCORE in names:
-        maps[FUSED_SCORE] = fuse_pixel_maps(maps, stats)
+        maps[FUSED_SCORE] = fuse_pixel_maps(maps, stats, edge_distance(image.shape, *(strip or (0, image.shape[0]))))
     return {k: np.asarray(v, dtype=np.float32) for k, v in maps.items() if k in names}
 
 
@@ -178,21 +189,48 @@ def _components(outputs: dict[str, np.ndarray]) -> bool:
     return "knn" in outputs and "texture" in outputs
 
 
-def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple[float, float]]) -> np.ndarray:
+def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple], edge: np.ndarray | None = None
+                    ) -> np.ndarray:
     """sum_k w_k (map_k - mean_k) / std_k over PIXEL_FUSION_WEIGHTS: maps on unrelated scales (1 - SSIM,
-    a cosine distance) made comparable on normal pixels, as the fused window score is on windows."""
-    return sum(w * (np.asarray(maps[k], dtype=np.float64) - stats[k][0]) / stats[k][1]
-               for k, w in PIXEL_FUSION_WEIGHTS.items())
+    a cosine distance) made comparable on normal pixels, as the fused window score is on windows.
+    Where the statistics hold the normal means per band of distance to the image's edge
+    (pixel_map_stats; a run calibrated before them holds one mean), each pixel is centred on its
+    band's: edge, each pixel's distance to the edge (edge_distance; None: the maps are a whole image)."""
+    bands = None
+    if any(len(stats[k]) > 2 for k in PIXEL_FUSION_WEIGHTS):
+        shape = np.shape(maps[next(iter(PIXEL_FUSION_WEIGHTS))])
+        bands = np.digitize(edge_distance(shape) if edge is None else edge, EDGE_BANDS)
+    total = 0.0
+    for k, w in PIXEL_FUSION_WEIGHTS.items():
+        mean, std = stats[k][0], stats[k][1]
+        centre = np.asarray(stats[k][2])[bands] if bands is not None and len(stats[k]) > 2 else mean
+        total = total + w * (np.asarray(maps[k], dtype=np.float64) - centre) / std
+    return total
 
 
-def pixel_map_stats(maps: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
-    """Each fused-map component's mean and std over the pixels of normal images' (blurred) maps."""
+def pixel_map_stats(maps: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float, list[float]]]:
+    """Each fused-map component's mean and std over the pixels of normal images' (blurred) whole
+    maps, and its mean in each band of distance to the edge (EDGE_BANDS)."""
     stats = {}
     for k in PIXEL_FUSION_WEIGHTS:
         flat = np.concatenate([np.asarray(m[k], dtype=np.float64).ravel() for m in maps])
+        bands = np.concatenate([np.digitize(edge_distance(np.shape(m[k])), EDGE_BANDS).ravel() for m in maps])
+        count = np.bincount(bands, minlength=len(EDGE_BANDS) + 1)
+        sums = np.bincount(bands, weights=flat, minlength=len(EDGE_BANDS) + 1)
         std = float(flat.std())
-        stats[k] = (float(flat.mean()), std if std > 1e-12 else 1.0)
+        band_means = [float(s / c) if c else float(flat.mean()) for s, c in zip(sums, count)]
+        stats[k] = (float(flat.mean()), std if std > 1e-12 else 1.0, band_means)
     return stats
+
+
+def edge_distance(shape: tuple[int, int], top: int = 0, height: int | None = None) -> np.ndarray:
+    """Each pixel's distance in pixels to the nearest edge of the image, for a map of `shape` that
+    is rows top.. of an image `height` rows high (default: the map is the whole image)."""
+    h, w = shape
+    height = h if height is None else height
+    rows = top + np.arange(h)
+    cols = np.arange(w)
+    return np.minimum.outer(np.minimum(rows, height - 1 - rows), np.minimum(cols, w - 1 - cols))
 
 
 def _fill(output: np.ndarray, image: np.ndarray) -> np.ndarray:

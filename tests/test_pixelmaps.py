@@ -165,7 +165,7 @@ def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too()
     whole image; a run without a texture model says so in one line."""
     from semray.maps import assemble_map, score_image
     from semray.models.memory import build_memory_bank
-    from semray.pixelmaps import outputs_for, pixel_map_stats, strip_pixel_maps
+    from semray.pixelmaps import EDGE_BANDS, edge_distance, outputs_for, pixel_map_stats, strip_pixel_maps
     from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
     from semray.texture import TextureModel
 
@@ -186,7 +186,9 @@ def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too()
     stats = pixel_map_stats(components)
     for k in PIXEL_FUSION_WEIGHTS:
         flat = np.concatenate([m[k].ravel() for m in components])
-        assert stats[k] == pytest.approx((flat.mean(), flat.std()), rel=1e-5)
+        assert stats[k][:2] == pytest.approx((flat.mean(), flat.std()), rel=1e-5)
+        outer = np.concatenate([m[k][edge_distance(m[k].shape) < EDGE_BANDS[0]] for m in components])
+        assert stats[k][2][0] == pytest.approx(outer.mean(), rel=1e-5)  # the band nearest the edge
     image = rng.random((120, 72), dtype=np.float32)
     outputs = stitched_outputs(detector, image, 8, outputs=wanted)
     np.testing.assert_allclose(outputs["texture"], detector.texture.score_map(image))
@@ -194,10 +196,40 @@ def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too()
     np.testing.assert_allclose(outputs["knn"], assemble_map(windows["knn"], windows["ys"], windows["xs"], 32,
                                                              image.shape), rtol=1e-5, atol=1e-6)
     maps = pixel_maps(image, outputs, blur_sigma=2.0, names=(FUSED_SCORE, *PIXEL_FUSION_WEIGHTS), stats=stats)
-    expected = sum(w * (maps[k] - stats[k][0]) / stats[k][1] for k, w in PIXEL_FUSION_WEIGHTS.items())
+    bands = np.digitize(edge_distance(image.shape), EDGE_BANDS)
+    expected = sum(w * (maps[k] - np.asarray(stats[k][2])[bands]) / stats[k][1]
+                   for k, w in PIXEL_FUSION_WEIGHTS.items())
     np.testing.assert_allclose(maps[FUSED_SCORE], expected, rtol=1e-4, atol=1e-4)
     strips = strip_pixel_maps(detector, image, 8, blur=2.0, names=(FUSED_SCORE,), pixels_per_strip=72 * 24,
                               stats=stats)
     np.testing.assert_allclose(strips[FUSED_SCORE].astype(np.float32), maps[FUSED_SCORE], rtol=5e-3, atol=5e-3)
     with pytest.raises(Exception, match="statistics"):  # without them: one clear error
         pixel_maps(image, outputs, names=(FUSED_SCORE,))
+
+
+def test_the_fused_map_centres_each_pixel_on_normal_pixels_as_far_from_the_edge():
+    """Normal maps that read higher near the image's edge (as the texture map and 1 - SSIM do, with
+    less context there) fuse to a map with no edge in it; a calibration made before the edge bands
+    (one mean per component) fuses as it did."""
+    from semray.pixelmaps import EDGE_BANDS, edge_distance, fuse_pixel_maps, pixel_map_stats
+    from semray.scores import PIXEL_FUSION_WEIGHTS
+
+    assert edge_distance((5, 7)).tolist()[2] == [0, 1, 2, 2, 2, 1, 0]
+    np.testing.assert_array_equal(edge_distance((3, 7), top=4, height=10), edge_distance((10, 7))[4:7])
+    rng = np.random.default_rng(0)
+
+    def normal_map(shape):  # noise, plus 2.0 within 4 px of the edge and 0.5 from 4 to 8
+        d = edge_distance(shape)
+        return {k: rng.normal(0.0, 0.1, shape) + 2.0 * (d < 4) + 0.5 * ((d >= 4) & (d < 8))
+                for k in PIXEL_FUSION_WEIGHTS}
+    stats = pixel_map_stats([normal_map((80, 72)), normal_map((90, 70))])
+    for k in PIXEL_FUSION_WEIGHTS:
+        assert len(stats[k][2]) == len(EDGE_BANDS) + 1
+        np.testing.assert_allclose(stats[k][2], [2.0, 0.5, 0.0, 0.0, 0.0], atol=0.02)
+    fused = fuse_pixel_maps(normal_map((70, 70)), stats)
+    d = edge_distance((70, 70))
+    assert abs(fused[d < 4].mean() - fused[d >= 8].mean()) < 0.05  # no edge left
+    old = {k: v[:2] for k, v in stats.items()}  # one mean each: the edge stays, as before the bands
+    maps = normal_map((70, 70))
+    expected = sum(w * (maps[k] - old[k][0]) / old[k][1] for k, w in PIXEL_FUSION_WEIGHTS.items())
+    np.testing.assert_allclose(fuse_pixel_maps(maps, old), expected)
