@@ -16,7 +16,7 @@ test half is computed only for the shipped map and the validation pick.
 
 --edges instead: the components by distance to the image's edge, and the fused map as semray
 computes it with one normal mean per component (calibrations before the edge bands) against one
-per band of distance to the edge (semray.pixelmaps.EDGE_BANDS, the default since).
+per band of distance to the edge (semray.edges, the default since).
 
     .venv/bin/python bench/fusion_probe.py --run bench/out/laptop2/dae [--cache /tmp/components.npz] [--edges]
 """
@@ -34,16 +34,9 @@ from scipy.special import ndtri
 
 from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.device import pick_device
+from semray.edges import EDGE_BANDS, edge_distance
 from semray.models.memory import bank_without
-from semray.pixelmaps import (
-    EDGE_BANDS,
-    edge_distance,
-    fuse_pixel_maps,
-    outputs_for,
-    pixel_map_stats,
-    pixel_maps,
-    stitched_outputs,
-)
+from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs
 from semray.runs import load_detector
 from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
 from semray.tune import split_validation_test

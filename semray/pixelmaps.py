@@ -19,19 +19,12 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from semray.data.patches import denormalize_patches, iter_windows, tile_positions
+from semray.edges import band_means, edge_band
 from semray.errors import ConfigError
 from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS, PIXEL_MAPS, needs_denoiser
 
 OUTPUTS = ("reconstruction", "smooth", "feature_mask")
 SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5  # Wang et al.'s Gaussian window (11 pixels wide), as semray.scores
-# Pixels near an image's edge see less of their neighbourhood (the filters and SSIM's window reflect
-# the image there, and fewer windows overlap them), so on normal images the fused map's components
-# read higher within ~32 px of the edge (NanoTWICE: the texture map +2.8 and 1 - SSIM +0.07 in the
-# outer 4 px, spread inwards by the blur), and the fused map flagged normal pixels there 6x as
-# often as inside. So each component's normal mean is measured per band of distance to the nearest
-# edge (0-4, 4-8, 8-16, 16-32, 32+ px) and the fused map centres each pixel on its band's
-# (bench/fusion_probe.py --edges, bench/RESULTS.md).
-EDGE_BANDS = (4, 8, 16, 32)
 
 
 class _Stitcher:
@@ -180,7 +173,7 @@ def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: fl
     if blur_sigma > 0:
         maps = {k: gaussian_filter(v.astype(np.float64), blur_sigma, mode="reflect") for k, v in maps.items()}
     if FUSED_SCORE in names:
-        maps[FUSED_SCORE] = fuse_pixel_maps(maps, stats, edge_distance(image.shape, *(strip or (0, image.shape[0]))))
+        maps[FUSED_SCORE] = fuse_pixel_maps(maps, stats, edge_band(image.shape, *(strip or (0, image.shape[0]))))
     return {k: np.asarray(v, dtype=np.float32) for k, v in maps.items() if k in names}
 
 
@@ -189,48 +182,33 @@ def _components(outputs: dict[str, np.ndarray]) -> bool:
     return "knn" in outputs and "texture" in outputs
 
 
-def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple], edge: np.ndarray | None = None
+def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple], bands: np.ndarray | None = None
                     ) -> np.ndarray:
     """sum_k w_k (map_k - mean_k) / std_k over PIXEL_FUSION_WEIGHTS: maps on unrelated scales (1 - SSIM,
     a cosine distance) made comparable on normal pixels, as the fused window score is on windows.
     Where the statistics hold the normal means per band of distance to the image's edge
-    (pixel_map_stats; a run calibrated before them holds one mean), each pixel is centred on its
-    band's: edge, each pixel's distance to the edge (edge_distance; None: the maps are a whole image)."""
-    bands = None
-    if any(len(stats[k]) > 2 for k in PIXEL_FUSION_WEIGHTS):
-        shape = np.shape(maps[next(iter(PIXEL_FUSION_WEIGHTS))])
-        bands = np.digitize(edge_distance(shape) if edge is None else edge, EDGE_BANDS)
+    (pixel_map_stats, semray.edges; a run calibrated before them holds one mean), each pixel is
+    centred on its band's: bands, each pixel's band (edge_band; None: the maps are a whole image)."""
+    banded = any(len(stats[k]) > 2 for k in PIXEL_FUSION_WEIGHTS)
+    if banded and bands is None:
+        bands = edge_band(np.shape(maps[next(iter(PIXEL_FUSION_WEIGHTS))]))
     total = 0.0
     for k, w in PIXEL_FUSION_WEIGHTS.items():
         mean, std = stats[k][0], stats[k][1]
-        centre = np.asarray(stats[k][2])[bands] if bands is not None and len(stats[k]) > 2 else mean
+        centre = np.asarray(stats[k][2])[bands] if banded and len(stats[k]) > 2 else mean
         total = total + w * (np.asarray(maps[k], dtype=np.float64) - centre) / std
     return total
 
 
 def pixel_map_stats(maps: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float, list[float]]]:
     """Each fused-map component's mean and std over the pixels of normal images' (blurred) whole
-    maps, and its mean in each band of distance to the edge (EDGE_BANDS)."""
+    maps, and its mean in each band of distance to the edge (semray.edges)."""
     stats = {}
     for k in PIXEL_FUSION_WEIGHTS:
         flat = np.concatenate([np.asarray(m[k], dtype=np.float64).ravel() for m in maps])
-        bands = np.concatenate([np.digitize(edge_distance(np.shape(m[k])), EDGE_BANDS).ravel() for m in maps])
-        count = np.bincount(bands, minlength=len(EDGE_BANDS) + 1)
-        sums = np.bincount(bands, weights=flat, minlength=len(EDGE_BANDS) + 1)
         std = float(flat.std())
-        band_means = [float(s / c) if c else float(flat.mean()) for s, c in zip(sums, count)]
-        stats[k] = (float(flat.mean()), std if std > 1e-12 else 1.0, band_means)
+        stats[k] = (float(flat.mean()), std if std > 1e-12 else 1.0, band_means([m[k] for m in maps]))
     return stats
-
-
-def edge_distance(shape: tuple[int, int], top: int = 0, height: int | None = None) -> np.ndarray:
-    """Each pixel's distance in pixels to the nearest edge of the image, for a map of `shape` that
-    is rows top.. of an image `height` rows high (default: the map is the whole image)."""
-    h, w = shape
-    height = h if height is None else height
-    rows = top + np.arange(h)
-    cols = np.arange(w)
-    return np.minimum.outer(np.minimum(rows, height - 1 - rows), np.minimum(cols, w - 1 - cols))
 
 
 def _fill(output: np.ndarray, image: np.ndarray) -> np.ndarray:

@@ -138,10 +138,14 @@ class TextureModel:
     it in a run's model.pt as plain arrays."""
 
     def __init__(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray,
-                 coherence_sigmas: tuple[float, ...] = COHERENCE_SIGMAS):
+                 coherence_sigmas: tuple[float, ...] = COHERENCE_SIGMAS, edge_offsets: np.ndarray | None = None):
         # the filter bank it was fitted on: scored with the same one, whatever the defaults become
         self._maps: dict[tuple, tuple[weakref.ref, np.ndarray]] = {}  # live images' maps: see score_map
         self.coherence_sigmas = tuple(float(c) for c in coherence_sigmas)
+        # What the map reads higher, on the normal images it was fitted on, in each band of distance
+        # to the image's edge than inside (semray.edges: the filters see less there), taken off each
+        # pixel's score: an edge is not a defect. None: a model fitted before (its map as it was).
+        self.edge_offsets = None if edge_offsets is None else np.asarray(edge_offsets, dtype=np.float64)
         # Threads a map is computed on: scipy's filters and numpy's products release the GIL, so an
         # image's row bands run on every core the process may use. Whoever loads the model sets it
         # to the process's compute threads (torch's, which a Ray worker sets to its CPUs); 1 here.
@@ -182,19 +186,38 @@ class TextureModel:
             # normal pixels (51.609 against 51.620 nats per pixel) and validation AUPRO (0.873 against
             # 0.871; bench/texture_cost.py, bench/texture_probe.py --em-float32, bench/RESULTS.md)
             gmm.fit(np.concatenate(rows).astype(np.float32))
-        return cls(*(np.asarray(a, dtype=np.float64) for a in (gmm.weights_, gmm.means_, gmm.covariances_)),
-                   coherence_sigmas)
+        model = cls(*(np.asarray(a, dtype=np.float64) for a in (gmm.weights_, gmm.means_, gmm.covariances_)),
+                    coherence_sigmas)
+        model.edge_offsets = model.measure_edge_offsets(images)
+        return model
+
+    def measure_edge_offsets(self, images: list[np.ndarray]) -> np.ndarray:
+        """How much higher than inside this model's map reads on normal images in each band of
+        distance to the edge (semray.edges): the edge_offsets a fit records."""
+        from semray.edges import band_means
+
+        means = np.asarray(band_means([self._raw_map(im, 0, im.shape[0], image_level(im), TILE) for im in images]))
+        return means - means[-1]
 
     def score_map(self, image: np.ndarray, rows: tuple[int, int] | None = None,
                   level: tuple[float, float] | None = None, tile: int = TILE) -> np.ndarray:
-        """-log density of each pixel's features: (H, W) float32, or only rows (r0, r1). Computed in
-        blocks (one for an image up to 2 tiles' worth of pixels; else tile x tile squares), each
-        from its pixels and REACH pixels of context on every side, so any block equals the whole
-        image's computation and memory follows the block: 23 features of a 20000-pixel-wide strip
-        would be 1.8 MB a row."""
-        h, w = image.shape
+        """-log density of each pixel's features, less the model's edge offset for the pixel's
+        distance to the image's edge: (H, W) float32, or only rows (r0, r1). Computed in blocks (one
+        for an image up to 2 tiles' worth of pixels; else tile x tile squares), each from its pixels
+        and REACH pixels of context on every side, so any block equals the whole image's computation
+        and memory follows the block: 23 features of a 20000-pixel-wide strip would be 1.8 MB a row."""
+        h = image.shape[0]
         r0, r1 = rows or (0, h)
-        level = level or image_level(image)
+        raw = self._raw_map(image, r0, r1, level or image_level(image), tile)
+        if self.edge_offsets is None:
+            return raw
+        from semray.edges import edge_band
+
+        return (raw - self.edge_offsets[edge_band(raw.shape, r0, h)]).astype(np.float32)
+
+    def _raw_map(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int) -> np.ndarray:
+        """The -log density of rows r0:r1, before the edge offsets."""
+        h, w = image.shape
         if h * w > 2 * tile * tile:
             return self._blocks(image, r0, r1, level, tile)
         # An image of one block: its whole map, kept while the image lives. Scoring asks twice (the
@@ -289,8 +312,11 @@ class TextureModel:
         return out
 
     def as_state(self) -> dict[str, Any]:
-        return {"weights": self.gmm.weights_, "means": self.gmm.means_, "covariances": self.gmm.covariances_,
-                "coherence_sigmas": np.asarray(self.coherence_sigmas, dtype=np.float64)}
+        state = {"weights": self.gmm.weights_, "means": self.gmm.means_, "covariances": self.gmm.covariances_,
+                 "coherence_sigmas": np.asarray(self.coherence_sigmas, dtype=np.float64)}
+        if self.edge_offsets is not None:
+            state["edge_offsets"] = self.edge_offsets
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> TextureModel | None:
@@ -302,4 +328,5 @@ class TextureModel:
             coherence = tuple(np.asarray(state["coherence_sigmas"], dtype=np.float64).tolist())
         else:  # a run trained before the bank was recorded: the coherence it had, told by the features' count
             coherence = FIRST_COHERENCE_SIGMAS[:means.shape[1] - 5 * len(SIGMAS)]
-        return cls(weights, means, covariances, coherence)
+        offsets = state.get("edge_offsets")
+        return cls(weights, means, covariances, coherence, None if offsets is None else np.asarray(offsets))

@@ -10,7 +10,8 @@ RAY_FREE = ["semray.config", "semray.data.io", "semray.data.synth", "semray.data
             "semray.metrics", "semray.evaluate", "semray.overlay", "semray.report",
             "semray.runs", "semray.train", "semray.loop", "semray.cli", "semray.log", "semray.device", "semray.budget",
             "semray.predict", "semray.files", "semray.errors", "semray.tune", "semray.tune.space",
-            "semray.tune.results", "semray.pixelmaps", "semray.triage", "semray.export"]
+            "semray.tune.results", "semray.pixelmaps", "semray.texture", "semray.edges", "semray.triage",
+            "semray.export"]
 
 
 def test_core_modules_do_not_import_ray():

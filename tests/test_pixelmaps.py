@@ -163,9 +163,10 @@ def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too()
     their pixels and the texture map, each blurred and standardised by its mean and std on normal
     pixels, weighted as PIXEL_FUSION_WEIGHTS; computed without the denoiser, in strips as on the
     whole image; a run without a texture model says so in one line."""
+    from semray.edges import EDGE_BANDS, edge_band, edge_distance
     from semray.maps import assemble_map, score_image
     from semray.models.memory import build_memory_bank
-    from semray.pixelmaps import EDGE_BANDS, edge_distance, outputs_for, pixel_map_stats, strip_pixel_maps
+    from semray.pixelmaps import outputs_for, pixel_map_stats, strip_pixel_maps
     from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
     from semray.texture import TextureModel
 
@@ -196,7 +197,7 @@ def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too()
     np.testing.assert_allclose(outputs["knn"], assemble_map(windows["knn"], windows["ys"], windows["xs"], 32,
                                                              image.shape), rtol=1e-5, atol=1e-6)
     maps = pixel_maps(image, outputs, blur_sigma=2.0, names=(FUSED_SCORE, *PIXEL_FUSION_WEIGHTS), stats=stats)
-    bands = np.digitize(edge_distance(image.shape), EDGE_BANDS)
+    bands = edge_band(image.shape)
     expected = sum(w * (maps[k] - np.asarray(stats[k][2])[bands]) / stats[k][1]
                    for k, w in PIXEL_FUSION_WEIGHTS.items())
     np.testing.assert_allclose(maps[FUSED_SCORE], expected, rtol=1e-4, atol=1e-4)
@@ -211,7 +212,8 @@ def test_the_fused_map_centres_each_pixel_on_normal_pixels_as_far_from_the_edge(
     """Normal maps that read higher near the image's edge (as the texture map and 1 - SSIM do, with
     less context there) fuse to a map with no edge in it; a calibration made before the edge bands
     (one mean per component) fuses as it did."""
-    from semray.pixelmaps import EDGE_BANDS, edge_distance, fuse_pixel_maps, pixel_map_stats
+    from semray.edges import EDGE_BANDS, edge_distance
+    from semray.pixelmaps import fuse_pixel_maps, pixel_map_stats
     from semray.scores import PIXEL_FUSION_WEIGHTS
 
     assert edge_distance((5, 7)).tolist()[2] == [0, 1, 2, 2, 2, 1, 0]

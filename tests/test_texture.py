@@ -65,7 +65,7 @@ def test_the_filter_bank_is_scipys_filters(model):
 
 def test_an_images_map_is_computed_once_while_the_image_lives(model, monkeypatch):
     """The window score and the pixel map both ask for an image's texture map: the second call is
-    served from the first, read-only, and the kept map goes when the image does."""
+    served from the first, whose map is kept read-only, and the kept map goes when the image does."""
     import gc
     import pickle
 
@@ -75,7 +75,8 @@ def test_an_images_map_is_computed_once_while_the_image_lives(model, monkeypatch
     monkeypatch.setattr(TextureModel, "_blocks", lambda self, *a: calls.append(a[1:3]) or blocks(self, *a))
     whole = model.score_map(image)
     np.testing.assert_array_equal(model.score_map(image, rows=(10, 90)), whole[10:90])
-    assert len(calls) == 1 and not whole.flags.writeable
+    kept = next(iter(model._maps.values()))[1]  # the map kept: read-only, whatever a caller does with its copy
+    assert len(calls) == 1 and not kept.flags.writeable
     assert len(pickle.loads(pickle.dumps(model))._maps) == 0  # shipped to a Ray worker without it
     model.score_map(image.copy())  # another array: computed for itself
     assert len(calls) == 2
@@ -147,6 +148,24 @@ def test_strips_give_the_whole_images_map_and_the_state_survives_model_pt(model)
     assert old["means"].shape[1] == 23
     np.testing.assert_allclose(TextureModel.from_state(old).score_map(image), first.score_map(image),
                                rtol=1e-5, atol=1e-4)
+
+
+def test_the_map_reads_as_high_at_the_edge_as_inside_on_its_normal_images(model):
+    """The filters see less at an image's edge, so the density's map reads higher there on normal
+    images; the fit records by how much per band of distance to the edge (semray.edges) and the map
+    takes it off. A model saved before it (no offsets in its state) scores its raw map."""
+    from semray.edges import EDGE_BANDS, band_means, edge_band
+
+    images = [im for im, _ in _images(3, False)]  # the images the fixture's model was fitted on
+    assert model.edge_offsets.shape == (len(EDGE_BANDS) + 1,) and model.edge_offsets[-1] == 0
+    assert model.edge_offsets[0] > 0  # the outer band reads higher before the offsets
+    centred = band_means([model.score_map(im) for im in images])
+    np.testing.assert_allclose(centred, centred[-1], atol=1e-3)
+    old = TextureModel.from_state({k: v for k, v in model.as_state().items() if k != "edge_offsets"})
+    assert old.edge_offsets is None
+    image = images[0]
+    np.testing.assert_allclose(old.score_map(image) - model.edge_offsets[edge_band(image.shape)],
+                               model.score_map(image), rtol=1e-5, atol=1e-4)
 
 
 def test_window_means_and_maxima_of_the_blurred_map_in_strips_equal_the_whole_images(model):
