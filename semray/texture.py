@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from semray.edges import band_means, edge_band
+
 SIGMAS = (1.0, 2.0, 4.0, 8.0)
 # Scales of the structure tensor's coherence: near 1 along a fibre (one orientation), near 0 in a
 # bead or a flat film (none); the feature that lifted the map most, the finest scales most of all
@@ -194,8 +196,6 @@ class TextureModel:
     def measure_edge_offsets(self, images: list[np.ndarray]) -> np.ndarray:
         """How much higher than inside this model's map reads on normal images in each band of
         distance to the edge (semray.edges): the edge_offsets a fit records."""
-        from semray.edges import band_means
-
         means = np.asarray(band_means([self._raw_map(im, 0, im.shape[0], image_level(im), TILE) for im in images]))
         return means - means[-1]
 
@@ -211,8 +211,6 @@ class TextureModel:
         raw = self._raw_map(image, r0, r1, level or image_level(image), tile)
         if self.edge_offsets is None:
             return raw
-        from semray.edges import edge_band
-
         return (raw - self.edge_offsets[edge_band(raw.shape, r0, h)]).astype(np.float32)
 
     def _raw_map(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int) -> np.ndarray:
