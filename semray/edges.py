@@ -17,19 +17,27 @@ import numpy as np
 EDGE_BANDS = (4, 8, 16, 32)  # the bands' inner limits in pixels; the last band is the interior
 
 
+def _distances(n: int, first: int, total: int) -> np.ndarray:
+    """Distance to the nearer end of indices first..first+n-1 of a line `total` long."""
+    idx = first + np.arange(n)
+    return np.minimum(idx, total - 1 - idx)
+
+
 def edge_distance(shape: tuple[int, int], top: int = 0, height: int | None = None) -> np.ndarray:
     """Each pixel's distance in pixels to the nearest edge of the image, for a map of `shape` that
     is rows top.. of an image `height` rows high (default: the map is the whole image)."""
     h, w = shape
-    height = h if height is None else height
-    rows = top + np.arange(h)
-    cols = np.arange(w)
-    return np.minimum.outer(np.minimum(rows, height - 1 - rows), np.minimum(cols, w - 1 - cols))
+    return np.minimum.outer(_distances(h, top, h if height is None else height), _distances(w, 0, w))
 
 
 def edge_band(shape: tuple[int, int], top: int = 0, height: int | None = None) -> np.ndarray:
-    """Each pixel's band (0 at the edge .. len(EDGE_BANDS) inside), for a map as edge_distance's."""
-    return np.digitize(edge_distance(shape, top, height), EDGE_BANDS)
+    """Each pixel's band (0 at the edge .. len(EDGE_BANDS) inside) as uint8, for a map as
+    edge_distance's: the nearer of its row's and its column's bands, so a strip of a large scan
+    costs a byte a pixel, not the distances' eight."""
+    h, w = shape
+    rows = np.digitize(_distances(h, top, h if height is None else height), EDGE_BANDS).astype(np.uint8)
+    cols = np.digitize(_distances(w, 0, w), EDGE_BANDS).astype(np.uint8)
+    return np.minimum.outer(rows, cols)
 
 
 def band_means(maps: list[np.ndarray]) -> list[float]:

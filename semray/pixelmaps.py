@@ -173,7 +173,7 @@ def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: fl
     if blur_sigma > 0:
         maps = {k: gaussian_filter(v.astype(np.float64), blur_sigma, mode="reflect") for k, v in maps.items()}
     if FUSED_SCORE in names:
-        maps[FUSED_SCORE] = fuse_pixel_maps(maps, stats, edge_band(image.shape, *(strip or (0, image.shape[0]))))
+        maps[FUSED_SCORE] = fuse_pixel_maps(maps, stats, strip)
     return {k: np.asarray(v, dtype=np.float32) for k, v in maps.items() if k in names}
 
 
@@ -182,20 +182,22 @@ def _components(outputs: dict[str, np.ndarray]) -> bool:
     return "knn" in outputs and "texture" in outputs
 
 
-def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple], bands: np.ndarray | None = None
+def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple], strip: tuple[int, int] | None = None
                     ) -> np.ndarray:
     """sum_k w_k (map_k - mean_k) / std_k over PIXEL_FUSION_WEIGHTS: maps on unrelated scales (1 - SSIM,
     a cosine distance) made comparable on normal pixels, as the fused window score is on windows.
     Where the statistics hold the normal means per band of distance to the image's edge
     (pixel_map_stats, semray.edges; a run calibrated before them holds one mean), each pixel is
-    centred on its band's: bands, each pixel's band (edge_band; None: the maps are a whole image)."""
+    centred on its band's. strip=(top, height): the maps are rows top.. of an image `height` rows
+    high (None: a whole image)."""
     banded = any(len(stats[k]) > 2 for k in PIXEL_FUSION_WEIGHTS)
-    if banded and bands is None:
-        bands = edge_band(np.shape(maps[next(iter(PIXEL_FUSION_WEIGHTS))]))
+    if banded:
+        shape = np.shape(maps[next(iter(PIXEL_FUSION_WEIGHTS))])
+        bands = edge_band(shape, *(strip or (0, shape[0])))
     total = 0.0
     for k, w in PIXEL_FUSION_WEIGHTS.items():
         mean, std = stats[k][0], stats[k][1]
-        centre = np.asarray(stats[k][2])[bands] if banded and len(stats[k]) > 2 else mean
+        centre = np.asarray(stats[k][2])[bands] if len(stats[k]) > 2 else mean
         total = total + w * (np.asarray(maps[k], dtype=np.float64) - centre) / std
     return total
 

@@ -211,7 +211,7 @@ class TextureModel:
         raw = self._raw_map(image, r0, r1, level or image_level(image), tile)
         if self.edge_offsets is None:
             return raw
-        return (raw - self.edge_offsets[edge_band(raw.shape, r0, h)]).astype(np.float32)
+        return raw - self.edge_offsets.astype(np.float32)[edge_band(raw.shape, r0, h)]
 
     def _raw_map(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int) -> np.ndarray:
         """The -log density of rows r0:r1, before the edge offsets."""

@@ -212,12 +212,15 @@ def test_the_fused_map_centres_each_pixel_on_normal_pixels_as_far_from_the_edge(
     """Normal maps that read higher near the image's edge (as the texture map and 1 - SSIM do, with
     less context there) fuse to a map with no edge in it; a calibration made before the edge bands
     (one mean per component) fuses as it did."""
-    from semray.edges import EDGE_BANDS, edge_distance
+    from semray.edges import EDGE_BANDS, edge_band, edge_distance
     from semray.pixelmaps import fuse_pixel_maps, pixel_map_stats
     from semray.scores import PIXEL_FUSION_WEIGHTS
 
     assert edge_distance((5, 7)).tolist()[2] == [0, 1, 2, 2, 2, 1, 0]
     np.testing.assert_array_equal(edge_distance((3, 7), top=4, height=10), edge_distance((10, 7))[4:7])
+    for shape, top, height in (((90, 70), 0, None), ((20, 70), 30, 90)):  # a band: the nearer edge's
+        np.testing.assert_array_equal(edge_band(shape, top, height),
+                                      np.digitize(edge_distance(shape, top, height), EDGE_BANDS))
     rng = np.random.default_rng(0)
 
     def normal_map(shape):  # noise, plus 2.0 within 4 px of the edge and 0.5 from 4 to 8
