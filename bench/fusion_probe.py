@@ -16,7 +16,9 @@ test half is computed only for the shipped map and the validation pick.
 
 --edges instead: the components by distance to the image's edge, and the fused map as semray
 computes it with one normal mean per component (calibrations before the edge bands) against one
-per band of distance to the edge (semray.edges, the default since).
+per band of distance to the edge (semray.edges, the default since). The texture map is the run's
+own: with its edge offsets taken off where its texture model has them (runs trained since, or
+brought up to date by bench/edge_offsets.py), as it is for an older run.
 
     .venv/bin/python bench/fusion_probe.py --run bench/out/laptop2/dae [--cache /tmp/components.npz] [--edges]
 """
@@ -29,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 from pixel_quality import map_figures, print_rows  # noqa: E402  (bench/, beside this script)
-from scipy.ndimage import gaussian_filter
 from scipy.special import ndtri
 
 from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.device import pick_device
-from semray.edges import EDGE_BANDS, edge_distance
+from semray.edges import EDGE_BANDS, band_means, edge_band
 from semray.models.memory import bank_without
 from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs
 from semray.runs import load_detector
@@ -46,10 +47,11 @@ COMPONENTS = tuple(PIXEL_FUSION_WEIGHTS)
 
 
 def components(detector, cfg, data: str, cache: str | None):
-    """Unblurred components of the normal images (each without its own windows in the bank, as
-    `semray calibrate` scores them) and of the anomalous ones -> (normal, anomalous) lists of dicts."""
-    if cache and Path(cache).exists():
-        z = np.load(cache)
+    """The fused map's components, blurred as the map is (eval.pixel_blur), of the normal images
+    (each without its own windows in the bank, as `semray calibrate` scores them) and of the
+    anomalous ones -> (normal, anomalous) lists of dicts."""
+    z = np.load(cache) if cache and Path(cache).exists() else None
+    if z is not None and "blur" in z.files and float(z["blur"]) == cfg.eval.pixel_blur:
         n = sum(k.startswith("normal texture") for k in z.files)
         a = sum(k.startswith("anomalous texture") for k in z.files)
         return ([{c: z[f"normal {c} {i}"] for c in COMPONENTS} for i in range(n)],
@@ -58,24 +60,22 @@ def components(detector, cfg, data: str, cache: str | None):
 
     def of(image):
         out = stitched_outputs(detector, image, cfg.eval.pixel_stride, cfg.eval.batch_size, outputs=wanted)
-        return pixel_maps(image, out, blur_sigma=0, names=COMPONENTS)
+        return pixel_maps(image, out, blur_sigma=cfg.eval.pixel_blur, names=COMPONENTS)
     normal = []
     for _, image in load_normal_images(data, min_size=cfg.patches.size):
         with bank_without(detector, image):
             normal.append(of(image))
     anomalous = [of(item.image) for item in load_anomalous_images(data, min_size=cfg.patches.size)]
     if cache:
-        np.savez(cache, **{f"{kind} {c} {i}": m[c] for kind, ms in (("normal", normal), ("anomalous", anomalous))
-                           for i, m in enumerate(ms) for c in COMPONENTS})
+        np.savez(cache, blur=np.float64(cfg.eval.pixel_blur),
+                 **{f"{kind} {c} {i}": m[c] for kind, ms in (("normal", normal), ("anomalous", anomalous))
+                    for i, m in enumerate(ms) for c in COMPONENTS})
     return normal, anomalous
 
 
-def scale_fit(flat: np.ndarray, kind: str, component: str):
-    """A monotone map of one component, fitted on its normal pixels, to the scale the sum uses."""
-    if kind == "logpos" and component != "texture":
-        kind = "logz0"
-    elif kind == "logpos":
-        kind = "z"
+def scale_fit(flat: np.ndarray, kind: str):
+    """A monotone map of one component, fitted on its normal pixels, to the scale the sum uses:
+    z, logz (shifted positive first), logz0 (no shift), probit."""
     if kind == "z":
         m, s = flat.mean(), flat.std()
         return lambda x: (x - m) / s
@@ -100,17 +100,13 @@ def scale_fit(flat: np.ndarray, kind: str, component: str):
 def edges(items, normal, anomalous, val, test, cfg) -> None:
     """How the components read by distance to the edge on the normal images, how often the fused
     map flags normal pixels there, and the fused map with one normal mean against one per band."""
-    bands = (0,) + EDGE_BANDS + (10 ** 6,)
-    names = [f"{lo}-{hi}" if hi < 10 ** 6 else f"{lo}+" for lo, hi in zip(bands, bands[1:])]
+    limits = (0, *EDGE_BANDS)
+    names = [f"{lo}-{hi}" for lo, hi in zip(limits, EDGE_BANDS)] + [f"{EDGE_BANDS[-1]}+"]
     print("each component on the normal images by distance to the edge (px), in its std on them:")
-    flat = {c: np.concatenate([m[c].ravel() for m in normal]) for c in COMPONENTS}
     for c in COMPONENTS:
-        row = []
-        for lo, hi in zip(bands, bands[1:]):
-            v = np.concatenate([m[c][(edge_distance(m[c].shape) >= lo) & (edge_distance(m[c].shape) < hi)]
-                                for m in normal])
-            row.append(f"{(v.mean() - flat[c].mean()) / flat[c].std():+.2f}")
-        print(f"  {c:20s} " + "  ".join(f"{n} {r}" for n, r in zip(names, row)))
+        flat = np.concatenate([m[c].ravel() for m in normal])
+        row = (np.asarray(band_means([m[c] for m in normal])) - flat.mean()) / flat.std()
+        print(f"  {c:20s} " + "  ".join(f"{n} {r:+.2f}" for n, r in zip(names, row)))
     stats = pixel_map_stats(normal)
     variants = {"one normal mean per component": {k: v[:2] for k, v in stats.items()},
                 "a normal mean per edge band (shipped)": stats}
@@ -118,13 +114,14 @@ def edges(items, normal, anomalous, val, test, cfg) -> None:
     for label, s in variants.items():
         maps = [fuse_pixel_maps(m, s).astype(np.float32) for m in anomalous]
         cut = np.quantile(np.concatenate([fuse_pixel_maps(m, s).ravel() for m in normal]), 0.99)
-        flagged = []
-        for lo, hi in zip(bands, bands[1:]):
-            hits = [(maps[i] > cut)[(items[i].mask == 0) & (edge_distance(maps[i].shape) >= lo)
-                                    & (edge_distance(maps[i].shape) < hi)] for i in val]
-            flagged.append(np.concatenate(hits).mean())
+        flagged = np.zeros(len(names))
+        normal_pixels = np.zeros(len(names))
+        for i in val:
+            bands = edge_band(maps[i].shape)[items[i].mask == 0]
+            flagged += np.bincount(bands[(maps[i] > cut)[items[i].mask == 0]], minlength=len(names))
+            normal_pixels += np.bincount(bands, minlength=len(names))
         print(f"{label}: normal pixels of the validation images over the normal images' 99th percentile, "
-              "by distance to the edge: " + ", ".join(f"{n} {f:.2%}" for n, f in zip(names, flagged)))
+              "by distance to the edge: " + ", ".join(f"{n} {f:.2%}" for n, f in zip(names, flagged / normal_pixels)))
         rows[label] = {h: map_figures(items, maps, idx, cfg) for h, idx in (("val", val), ("test", test))}
     print_rows(rows, digits=4)
 
@@ -143,12 +140,8 @@ def main() -> None:
     items = load_anomalous_images(args.data, min_size=cfg.patches.size)
     started = time.time()
     normal, anomalous = components(detector, cfg, args.data, args.cache)
-    blur = cfg.eval.pixel_blur
-    normal = [{c: gaussian_filter(m[c].astype(np.float64), blur, mode="reflect") for c in COMPONENTS} for m in normal]
-    anomalous = [{c: gaussian_filter(m[c].astype(np.float64), blur, mode="reflect") for c in COMPONENTS}
-                 for m in anomalous]
     print(f"run {args.run}: components of {len(normal)} normal and {len(anomalous)} anomalous images, "
-          f"blur {blur:g}, in {time.time() - started:.0f} s")
+          f"blur {cfg.eval.pixel_blur:g}, in {time.time() - started:.0f} s")
     flat = {c: np.concatenate([m[c].ravel() for m in normal]) for c in COMPONENTS}
     for c in COMPONENTS:
         print(f"  {c} on normal pixels: min {flat[c].min():.4g}, median {np.median(flat[c]):.4g}, "
@@ -159,7 +152,9 @@ def main() -> None:
         return
 
     def fused(kind, weights):
-        fits = {c: scale_fit(flat[c], kind, c) for c in COMPONENTS}
+        # logpos: log of the positive components; the texture map, a log density already, as it is
+        fits = {c: scale_fit(flat[c], ("z" if c == "texture" else "logz0") if kind == "logpos" else kind)
+                for c in COMPONENTS}
         return [sum(w * fits[c](m[c]) for c, w in weights.items()).astype(np.float32) for m in anomalous]
 
     shipped = ("z", tuple(PIXEL_FUSION_WEIGHTS.values()))
