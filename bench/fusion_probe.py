@@ -20,6 +20,9 @@ per band of distance to the edge (semray.edges, the default since). The texture 
 own: with its edge offsets taken off where its texture model has them (runs trained since, or
 brought up to date by bench/edge_offsets.py), as it is for an older run.
 
+--per-image Q,...: the fused map (or each component) less its own image's q-quantile.
+--component-blurs S,...: each component at its own blur (the cache then holds them unblurred).
+
     .venv/bin/python bench/fusion_probe.py --run bench/out/laptop2/dae [--cache /tmp/components.npz] [--edges]
 """
 from __future__ import annotations
