@@ -22,6 +22,7 @@ brought up to date by bench/edge_offsets.py), as it is for an older run.
 
 --per-image Q,...: the fused map (or each component) less its own image's q-quantile.
 --component-blurs S,...: each component at its own blur (the cache then holds them unblurred).
+--extra NAME: a fourth component (e.g. ssim_smooth) beside the three, its weight on validation.
 
     .venv/bin/python bench/fusion_probe.py --run bench/out/laptop2/dae [--cache /tmp/components.npz] [--edges]
 """
@@ -49,7 +50,8 @@ HERE = Path(__file__).resolve().parent
 COMPONENTS = tuple(PIXEL_FUSION_WEIGHTS)
 
 
-def components(detector, cfg, data: str, cache: str | None, blur: float | None = None):
+def components(detector, cfg, data: str, cache: str | None, blur: float | None = None,
+               names: tuple[str, ...] = COMPONENTS):
     """The fused map's components, blurred as the map is (eval.pixel_blur; or `blur`), of the normal images
     (each without its own windows in the bank, as `semray calibrate` scores them) and of the
     anomalous ones -> (normal, anomalous) lists of dicts."""
@@ -58,13 +60,14 @@ def components(detector, cfg, data: str, cache: str | None, blur: float | None =
     if z is not None and "blur" in z.files and float(z["blur"]) == blur:
         n = sum(k.startswith("normal texture") for k in z.files)
         a = sum(k.startswith("anomalous texture") for k in z.files)
-        return ([{c: z[f"normal {c} {i}"] for c in COMPONENTS} for i in range(n)],
-                [{c: z[f"anomalous {c} {i}"] for c in COMPONENTS} for i in range(a)])
-    wanted = outputs_for(COMPONENTS + (FUSED_SCORE,))
+        if all(f"normal {c} 0" in z.files for c in names):
+            return ([{c: z[f"normal {c} {i}"] for c in names} for i in range(n)],
+                    [{c: z[f"anomalous {c} {i}"] for c in names} for i in range(a)])
+    wanted = outputs_for(names + (FUSED_SCORE,))
 
     def of(image):
         out = stitched_outputs(detector, image, cfg.eval.pixel_stride, cfg.eval.batch_size, outputs=wanted)
-        return pixel_maps(image, out, blur_sigma=blur, names=COMPONENTS)
+        return pixel_maps(image, out, blur_sigma=blur, names=names)
     normal = []
     for _, image in load_normal_images(data, min_size=cfg.patches.size):
         with bank_without(detector, image):
@@ -73,7 +76,7 @@ def components(detector, cfg, data: str, cache: str | None, blur: float | None =
     if cache:
         np.savez(cache, blur=np.float64(blur),
                  **{f"{kind} {c} {i}": m[c] for kind, ms in (("normal", normal), ("anomalous", anomalous))
-                    for i, m in enumerate(ms) for c in COMPONENTS})
+                    for i, m in enumerate(ms) for c in names})
     return normal, anomalous
 
 
@@ -197,6 +200,33 @@ def component_blurs(items, normal, anomalous, val, test, cfg, sigmas) -> None:
     print_rows(rows, digits=4)
 
 
+def extra_component(items, normal, anomalous, val, test, cfg, name: str) -> None:
+    """A fourth component beside the shipped three (e.g. ssim_smooth: 1 - SSIM against the denoiser's
+    smooth output, which the shipped map leaves out so that it needs no denoiser), weighted w and the
+    shipped three (1 - w) x theirs; w chosen on validation AUPRO."""
+    candidates = {}
+    for w in (0.0, 0.1, 0.2, 0.3, 0.4):
+        weights = {**{c: v * (1 - w) for c, v in PIXEL_FUSION_WEIGHTS.items()}, name: w}
+        stats = {}
+        for c in weights:
+            flat = np.concatenate([m[c].ravel() for m in normal]).astype(np.float64)
+            stats[c] = (flat.mean(), flat.std(), band_means([m[c] for m in normal]))
+        maps = []
+        for m in anomalous:
+            bands = edge_band(m[name].shape)
+            maps.append(sum(v * (m[c] - np.asarray(stats[c][2])[bands]) / stats[c][1]
+                            for c, v in weights.items()).astype(np.float32))
+        v = map_figures(items, maps, val, cfg)
+        print(f"  {name} at {w:g}: validation {v['pixel_auroc']:.4f} / {v['aupro']:.4f} / {v['patch_auroc']:.4f}",
+              flush=True)
+        candidates[w] = (v, maps)
+    pick = max(candidates, key=lambda w: candidates[w][0]["aupro"])
+    rows = {f"{name} at {w:g}{' (validation pick)' if w == pick else ''}":
+            {h: map_figures(items, candidates[w][1], idx, cfg) for h, idx in (("val", val), ("test", test))}
+            for w in sorted({0.0, pick})}
+    print_rows(rows, digits=4)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
@@ -208,19 +238,24 @@ def main() -> None:
     p.add_argument("--per-image", help="quantiles, e.g. 0.25,0.5: the fused map less a level of its own image")
     p.add_argument("--component-blurs", help="sigmas, e.g. 4,6,8,12: each component blurred at its own "
                    "(CACHE then holds the unblurred components)")
+    p.add_argument("--extra", help="a fourth component beside the shipped three, e.g. ssim_smooth")
     args = p.parse_args()
 
     detector, cfg = load_detector(args.run, pick_device())
     items = load_anomalous_images(args.data, min_size=cfg.patches.size)
     started = time.time()
-    normal, anomalous = components(detector, cfg, args.data, args.cache, 0.0 if args.component_blurs else None)
+    names = COMPONENTS + ((args.extra,) if args.extra else ())
+    normal, anomalous = components(detector, cfg, args.data, args.cache, 0.0 if args.component_blurs else None, names)
     print(f"run {args.run}: components of {len(normal)} normal and {len(anomalous)} anomalous images, "
           f"blur {cfg.eval.pixel_blur:g}, in {time.time() - started:.0f} s")
-    flat = {c: np.concatenate([m[c].ravel() for m in normal]) for c in COMPONENTS}
-    for c in COMPONENTS:
+    flat = {c: np.concatenate([m[c].ravel() for m in normal]) for c in names}
+    for c in names:
         print(f"  {c} on normal pixels: min {flat[c].min():.4g}, median {np.median(flat[c]):.4g}, "
               f"max {flat[c].max():.4g}")
     val, test = split_validation_test(list(range(len(items))))
+    if args.extra:
+        extra_component(items, normal, anomalous, val, test, cfg, args.extra)
+        return
     if args.component_blurs:
         component_blurs(items, normal, anomalous, val, test, cfg, [float(b) for b in args.component_blurs.split(",")])
         return
