@@ -12,6 +12,9 @@ fits it, its map less its edge offsets and blurred as the fused map is; alone, a
 in place of the shipped texture map (the other components from bench/fusion_probe.py's cache).
 Chosen on Tune's validation half; the test half reported.
 
+--bank-sigmas "1,2,4,8;0.5,1,2,4,8" instead: the bank's intensity, gradient, Laplacian, contrast and
+Hessian filters at other scales (no distance feature), and --components K the mixture's size.
+
     .venv/bin/python bench/thickness_probe.py --run bench/out/laptop2/dae --cache /tmp/comp_laptop2.npz
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ from semray.device import pick_device
 from semray.edges import band_means, edge_band
 from semray.pixelmaps import fuse_pixel_maps, pixel_map_stats
 from semray.runs import load_detector
-from semray.texture import TextureModel, filter_bank, image_level
+from semray.texture import SIGMAS, TextureModel, filter_bank, image_level
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
@@ -58,14 +61,21 @@ def main() -> None:
     p.add_argument("--cap", type=float, default=32.0)
     p.add_argument("--components", type=int, default=16)
     p.add_argument("--pixels", type=int, default=100_000)
+    p.add_argument("--bank-sigmas", help="';'-separated scale lists for the filter bank (instead of --variants)")
     args = p.parse_args()
     detector, cfg = load_detector(args.run, pick_device())
     items = load_anomalous_images(args.data, min_size=cfg.patches.size)
     normal_images = [im for _, im in load_normal_images(args.data, min_size=cfg.patches.size)]
     normal, anomalous = components(detector, cfg, args.data, args.cache)
     val, test = split_validation_test(list(range(len(items))))
-    nbank = [filter_bank(im) for im in normal_images]
-    abank = [filter_bank(it.image) for it in items]
+    banks = {}
+
+    def bank_of(sigmas):
+        if sigmas not in banks:
+            banks.clear()
+            banks[sigmas] = ([filter_bank(im, sigmas) for im in normal_images],
+                             [filter_bank(it.image, sigmas) for it in items])
+        return banks[sigmas]
     ngrad = [gradient(im) for im in normal_images]
     agrad = [gradient(it.image) for it in items]
     all_grad = np.concatenate([g.ravel() for g in ngrad])
@@ -74,8 +84,11 @@ def main() -> None:
         return {h: map_figures(items, maps, idx, cfg) for h, idx in (("val", val), ("test", test))}
     stats0 = pixel_map_stats(normal)
     rows = {"shipped fused map": halves([fuse_pixel_maps(m, stats0).astype(np.float32) for m in anomalous])}
-    for variant in args.variants.split(";"):
+    variants = ([("none", tuple(float(v) for v in b.split(","))) for b in args.bank_sigmas.split(";")]
+                if args.bank_sigmas else [(v, SIGMAS) for v in args.variants.split(";")])
+    for variant, sigmas in variants:
         started = time.time()
+        nbank, abank = bank_of(sigmas)
         qs = [] if variant == "none" else [float(q) for q in variant.split(",")]
         ts = [float(np.quantile(all_grad, q)) for q in qs]
 
@@ -102,7 +115,7 @@ def main() -> None:
             return ndimage.gaussian_filter(m.astype(np.float64), cfg.eval.pixel_blur, mode="reflect").astype(np.float32)
         nmaps = [texture_map(r) for r in nraw]
         amaps = [texture_map(-model.feature_log_density(f)) for f in af]
-        label = f"edges at q {variant}" if qs else "the shipped bank (refitted here)"
+        label = f"edges at q {variant}" if qs else f"bank at {','.join(f'{v:g}' for v in sigmas)}, {args.components}"
         rows[f"{label}: texture alone"] = halves(amaps)
         nm = [{**m, "texture": t} for m, t in zip(normal, nmaps)]
         am = [{**m, "texture": t} for m, t in zip(anomalous, amaps)]
