@@ -34,6 +34,7 @@ from semray.device import pick_device
 from semray.edges import band_means, edge_band
 from semray.pixelmaps import fuse_pixel_maps, pixel_map_stats
 from semray.runs import load_detector
+from semray.scores import PIXEL_FUSION_WEIGHTS
 from semray.texture import SIGMAS, TextureModel, filter_bank, image_level
 from semray.tune import split_validation_test
 
@@ -61,6 +62,7 @@ def main() -> None:
     p.add_argument("--cap", type=float, default=32.0)
     p.add_argument("--components", type=int, default=16)
     p.add_argument("--pixels", type=int, default=100_000)
+    p.add_argument("--texture-weights", help="also fuse with the texture map at these weights (the others scaled)")
     p.add_argument("--bank-sigmas", help="';'-separated scale lists for the filter bank (instead of --variants)")
     args = p.parse_args()
     detector, cfg = load_detector(args.run, pick_device())
@@ -122,6 +124,18 @@ def main() -> None:
         stats = pixel_map_stats(nm)
         fused = [fuse_pixel_maps(m, stats).astype(np.float32) for m in am]
         rows[f"{label}: fused"] = halves(fused)
+        for w in [float(v) for v in args.texture_weights.split(",")] if args.texture_weights else []:
+            weights = {c: (v * (1 - w) / (1 - PIXEL_FUSION_WEIGHTS["texture"]) if c != "texture" else w)
+                       for c, v in PIXEL_FUSION_WEIGHTS.items()}
+            maps = []
+            for m in am:
+                bands = edge_band(m["texture"].shape)
+                maps.append(sum(v * (m[c] - np.asarray(stats[c][2])[bands]) / stats[c][1]
+                                for c, v in weights.items()).astype(np.float32))
+            r = halves(maps)
+            print(f"  texture weight {w:g}: validation {r['val']['pixel_auroc']:.4f} / {r['val']['aupro']:.4f} / "
+                  f"{r['val']['patch_auroc']:.4f}", flush=True)
+            rows[f"{label}: fused, texture {w:g}"] = r
         v = rows[f"{label}: fused"]["val"]
         print(f"{label} (thresholds {', '.join(f'{t:.3f}' for t in ts)}), {time.time() - started:.0f} s: "
               f"texture alone validation AUPRO {rows[f'{label}: texture alone']['val']['aupro']:.4f}; "
