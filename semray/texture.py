@@ -167,8 +167,12 @@ class TextureModel:
 
     @classmethod
     def fit(cls, images: list[np.ndarray], components: int = 8, pixels: int = 100_000,
-            seed: int = 0, coherence_sigmas: tuple[float, ...] = COHERENCE_SIGMAS) -> TextureModel:
-        """Fitted on `pixels` pixels drawn evenly from the images (a few seconds on a laptop)."""
+            seed: int = 0, coherence_sigmas: tuple[float, ...] = COHERENCE_SIGMAS, threads: int = 1
+            ) -> TextureModel:
+        """Fitted on `pixels` pixels drawn evenly from the images (a few seconds on a laptop). Its
+        edge offsets take each image's whole map, computed on `threads` and kept while the image
+        lives, so whoever scores these images next with this model (training's window statistics)
+        reads them instead of computing them again."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.mixture import GaussianMixture
 
@@ -190,6 +194,7 @@ class TextureModel:
             gmm.fit(np.concatenate(rows).astype(np.float32))
         model = cls(*(np.asarray(a, dtype=np.float64) for a in (gmm.weights_, gmm.means_, gmm.covariances_)),
                     coherence_sigmas)
+        model.threads = threads
         model.edge_offsets = model.measure_edge_offsets(images)
         return model
 

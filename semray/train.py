@@ -474,11 +474,13 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     encoder.load_state_dict(autoencoder)
     bank, source = build_memory_bank(encoder, images, normalization, cfg.patches.size, cfg.model.memory_bank,
                                      cfg.train.seed, with_sources=True)
-    texture = TextureModel.fit(images, cfg.model.texture_components, cfg.model.texture_pixels, seed=cfg.train.seed) \
-        if cfg.model.texture_components else None
+    texture = TextureModel.fit(images, cfg.model.texture_components, cfg.model.texture_pixels, seed=cfg.train.seed,
+                               threads=torch.get_num_threads()) if cfg.model.texture_components else None
     model = model_state(cfg, normalization, autoencoder, _ema_or_model(state), training=record, memory_bank=bank,
                         texture=texture, bank_source=source, bank_images=[image_fingerprint(im) for im in images])
     detector, _ = detector_from_state(model, "cpu", warn=False)
+    if texture is not None:  # the fitted model, which keeps its maps of these images (its edge offsets took them)
+        detector.texture = texture
     model["score_stats"] = score_statistics(detector, images, seed=cfg.train.seed)
     return write_model(run_dir, model)
 

@@ -168,6 +168,24 @@ def test_the_map_reads_as_high_at_the_edge_as_inside_on_its_normal_images(model)
                                model.score_map(image), rtol=1e-5, atol=1e-4)
 
 
+def test_a_fit_keeps_its_images_maps_for_whoever_scores_them_next(monkeypatch):
+    """The fit's edge offsets take each training image's whole map, on the threads it is given;
+    training then measures the window statistics of the same images with the same model, which
+    reads those maps instead of computing them again."""
+    images = [im for im, _ in _images(2, False, seed=5)]
+    model = TextureModel.fit(images, components=2, pixels=5_000, threads=2)
+    assert model.threads == 2
+    calls = []
+    blocks = TextureModel._blocks
+    monkeypatch.setattr(TextureModel, "_blocks", lambda self, *a: calls.append(a) or blocks(self, *a))
+    ys, xs = np.array([0, 40]), np.array([0, 64])
+    window_statistics(model, images[0], ys, xs, 32)
+    model.score_map(images[1])
+    assert calls == []
+    model.score_map(images[0].copy())  # another array: computed for itself
+    assert len(calls) == 1
+
+
 def test_window_means_and_maxima_of_the_blurred_map_in_strips_equal_the_whole_images(model):
     """window_statistics: each window's mean and maximum of the texture map blurred by WINDOW_BLUR,
     the same whether the image is done whole or in strips a few rows high (a huge scan)."""
