@@ -205,17 +205,10 @@ def extra_component(items, normal, anomalous, val, test, cfg, name: str) -> None
     smooth output, which the shipped map leaves out so that it needs no denoiser), weighted w and the
     shipped three (1 - w) x theirs; w chosen on validation AUPRO."""
     candidates = {}
+    stats = pixel_map_stats(normal, (*PIXEL_FUSION_WEIGHTS, name))
     for w in (0.0, 0.1, 0.2, 0.3, 0.4):
         weights = {**{c: v * (1 - w) for c, v in PIXEL_FUSION_WEIGHTS.items()}, name: w}
-        stats = {}
-        for c in weights:
-            flat = np.concatenate([m[c].ravel() for m in normal]).astype(np.float64)
-            stats[c] = (flat.mean(), flat.std(), band_means([m[c] for m in normal]))
-        maps = []
-        for m in anomalous:
-            bands = edge_band(m[name].shape)
-            maps.append(sum(v * (m[c] - np.asarray(stats[c][2])[bands]) / stats[c][1]
-                            for c, v in weights.items()).astype(np.float32))
+        maps = [fuse_pixel_maps(m, stats, weights=weights).astype(np.float32) for m in anomalous]
         v = map_figures(items, maps, val, cfg)
         print(f"  {name} at {w:g}: validation {v['pixel_auroc']:.4f} / {v['aupro']:.4f} / {v['patch_auroc']:.4f}",
               flush=True)

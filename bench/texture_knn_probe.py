@@ -35,17 +35,20 @@ from semray.tune import split_validation_test
 HERE = Path(__file__).resolve().parent
 
 
-def knn_map(feats: np.ndarray, bank: torch.Tensor, k: int, stride: int, blur: float) -> np.ndarray:
-    """Mean distance to the k nearest bank rows of every stride-th pixel's features, spread to the
-    image's size (bilinear) and blurred."""
-    f, h, w = feats.shape
+def nearest(feats: np.ndarray, bank: torch.Tensor, k: int, stride: int) -> torch.Tensor:
+    """The distances to the k nearest bank rows of every stride-th pixel's features, nearest first:
+    (grid rows, grid columns, k), computed once for every k the probe asks about."""
+    f = feats.shape[0]
     grid = feats[:, ::stride, ::stride]
     q = torch.from_numpy(np.ascontiguousarray(grid.reshape(f, -1).T))
-    out = []
-    for chunk in q.split(4096):
-        d = torch.cdist(chunk, bank)
-        out.append(d.topk(k, dim=1, largest=False).values.mean(1))
-    small = torch.cat(out).numpy().reshape(grid.shape[1:])
+    values = [torch.cdist(chunk, bank).topk(k, dim=1, largest=False).values for chunk in q.split(4096)]
+    return torch.cat(values).reshape(*grid.shape[1:], k)
+
+
+def knn_map(distances: torch.Tensor, k: int, shape: tuple[int, int], blur: float) -> np.ndarray:
+    """The mean distance to the k nearest, spread to the image's size (bilinear) and blurred."""
+    h, w = shape
+    small = distances[..., :k].mean(-1).numpy()
     full = ndimage.zoom(small, (h / small.shape[0], w / small.shape[1]), order=1)[:h, :w]
     if full.shape != (h, w):
         full = np.pad(full, ((0, h - full.shape[0]), (0, w - full.shape[1])), mode="edge")
@@ -89,13 +92,16 @@ def main() -> None:
         return {h: map_figures(items, maps, idx, cfg) for h, idx in (("val", val), ("test", test))}
     rows = {"shipped fused": halves(shipped), "texture (mixture) alone": halves([m["texture"] for m in anomalous])}
     candidates = {}
-    for k in [int(v) for v in args.k.split(",")]:
-        t0 = time.time()
-        full_bank = torch.cat(banks)
-        nmaps = [knn_map(standard(fe), torch.cat([b for j, b in enumerate(banks) if j != i]), k, args.stride,
-                         cfg.eval.pixel_blur) for i, fe in enumerate(nfeats)]
-        amaps = [knn_map(fe, full_bank, k, args.stride, cfg.eval.pixel_blur) for fe in afeats]
-        print(f"k={k}: maps in {time.time() - t0:.0f} s", flush=True)
+    ks = [int(v) for v in args.k.split(",")]
+    t0 = time.time()
+    full_bank = torch.cat(banks)
+    ndist = [nearest(standard(fe), torch.cat([b for j, b in enumerate(banks) if j != i]), max(ks), args.stride)
+             for i, fe in enumerate(nfeats)]
+    adist = [nearest(fe, full_bank, max(ks), args.stride) for fe in afeats]
+    print(f"nearest neighbours in {time.time() - t0:.0f} s", flush=True)
+    for k in ks:
+        nmaps = [knn_map(d, k, fe.shape[1:], cfg.eval.pixel_blur) for d, fe in zip(ndist, nfeats)]
+        amaps = [knn_map(d, k, fe.shape[1:], cfg.eval.pixel_blur) for d, fe in zip(adist, afeats)]
         v = map_figures(items, amaps, val, cfg)
         print(f"  texture knn alone, k={k}: validation {v['pixel_auroc']:.4f} / {v['aupro']:.4f} / "
               f"{v['patch_auroc']:.4f}", flush=True)
@@ -107,13 +113,8 @@ def main() -> None:
             if mode == "in place of the mixture":
                 nm = [{**m, "texture": m["tk"]} for m in nm]
                 am = [{**m, "texture": m["tk"]} for m in am]
-            fused = []
-            stats = {}
-            for c in weights:
-                flat = np.concatenate([m[c].ravel() for m in nm]).astype(np.float64)
-                stats[c] = (flat.mean(), flat.std())
-            for m in am:
-                fused.append(sum(w * (m[c] - stats[c][0]) / stats[c][1] for c, w in weights.items()).astype(np.float32))
+            stats = {c: v[:2] for c, v in pixel_map_stats(nm, tuple(weights)).items()}  # one mean each, as measured
+            fused = [fuse_pixel_maps(m, stats, weights=weights).astype(np.float32) for m in am]
             v = map_figures(items, fused, val, cfg)
             print(f"  k={k} {mode}: validation {v['pixel_auroc']:.4f} / {v['aupro']:.4f} / {v['patch_auroc']:.4f}",
                   flush=True)

@@ -127,12 +127,7 @@ def main() -> None:
         for w in [float(v) for v in args.texture_weights.split(",")] if args.texture_weights else []:
             weights = {c: (v * (1 - w) / (1 - PIXEL_FUSION_WEIGHTS["texture"]) if c != "texture" else w)
                        for c, v in PIXEL_FUSION_WEIGHTS.items()}
-            maps = []
-            for m in am:
-                bands = edge_band(m["texture"].shape)
-                maps.append(sum(v * (m[c] - np.asarray(stats[c][2])[bands]) / stats[c][1]
-                                for c, v in weights.items()).astype(np.float32))
-            r = halves(maps)
+            r = halves([fuse_pixel_maps(m, stats, weights=weights).astype(np.float32) for m in am])
             print(f"  texture weight {w:g}: validation {r['val']['pixel_auroc']:.4f} / {r['val']['aupro']:.4f} / "
                   f"{r['val']['patch_auroc']:.4f}", flush=True)
             rows[f"{label}: fused, texture {w:g}"] = r

@@ -182,31 +182,33 @@ def _components(outputs: dict[str, np.ndarray]) -> bool:
     return "knn" in outputs and "texture" in outputs
 
 
-def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple], strip: tuple[int, int] | None = None
-                    ) -> np.ndarray:
+def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple], strip: tuple[int, int] | None = None,
+                    weights: dict[str, float] | None = None) -> np.ndarray:
     """sum_k w_k (map_k - mean_k) / std_k over PIXEL_FUSION_WEIGHTS: maps on unrelated scales (1 - SSIM,
     a cosine distance) made comparable on normal pixels, as the fused window score is on windows.
     Where the statistics hold the normal means per band of distance to the image's edge
     (pixel_map_stats, semray.edges; a run calibrated before them holds one mean), each pixel is
     centred on its band's. strip=(top, height): the maps are rows top.. of an image `height` rows
-    high (None: a whole image)."""
-    banded = any(len(stats[k]) > 2 for k in PIXEL_FUSION_WEIGHTS)
+    high (None: a whole image). weights: other components or weights than the shipped ones (the
+    benchmarks' candidates)."""
+    weights = weights or PIXEL_FUSION_WEIGHTS
+    banded = any(len(stats[k]) > 2 for k in weights)
     if banded:
-        shape = np.shape(maps[next(iter(PIXEL_FUSION_WEIGHTS))])
+        shape = np.shape(maps[next(iter(weights))])
         bands = edge_band(shape, *(strip or (0, shape[0])))
     total = 0.0
-    for k, w in PIXEL_FUSION_WEIGHTS.items():
+    for k, w in weights.items():
         mean, std = stats[k][0], stats[k][1]
         centre = np.asarray(stats[k][2])[bands] if len(stats[k]) > 2 else mean
         total = total + w * (np.asarray(maps[k], dtype=np.float64) - centre) / std
     return total
 
 
-def pixel_map_stats(maps: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float, list[float]]]:
-    """Each fused-map component's mean and std over the pixels of normal images' (blurred) whole
-    maps, and its mean in each band of distance to the edge (semray.edges)."""
+def pixel_map_stats(maps: list[dict[str, np.ndarray]], names=None) -> dict[str, tuple[float, float, list[float]]]:
+    """Each fused-map component's (or each of `names`') mean and std over the pixels of normal
+    images' (blurred) whole maps, and its mean in each band of distance to the edge (semray.edges)."""
     stats = {}
-    for k in PIXEL_FUSION_WEIGHTS:
+    for k in names or PIXEL_FUSION_WEIGHTS:
         flat = np.concatenate([np.asarray(m[k], dtype=np.float64).ravel() for m in maps])
         std = float(flat.std())
         stats[k] = (float(flat.mean()), std if std > 1e-12 else 1.0, band_means([m[k] for m in maps]))

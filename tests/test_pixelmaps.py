@@ -238,3 +238,11 @@ def test_the_fused_map_centres_each_pixel_on_normal_pixels_as_far_from_the_edge(
     maps = normal_map((70, 70))
     expected = sum(w * (maps[k] - old[k][0]) / old[k][1] for k, w in PIXEL_FUSION_WEIGHTS.items())
     np.testing.assert_allclose(fuse_pixel_maps(maps, old), expected)
+    # other components and weights (the benchmarks' candidates) through the same centring
+    maps["extra"] = 3.0 * maps["texture"]
+    both = pixel_map_stats([{**m, "extra": 3.0 * m["texture"]} for m in (normal_map((80, 72)),)],
+                           (*PIXEL_FUSION_WEIGHTS, "extra"))
+    weights = {"texture": 0.5, "extra": 0.5}
+    bands = edge_band((70, 70))
+    expected = sum(w * (maps[k] - np.asarray(both[k][2])[bands]) / both[k][1] for k, w in weights.items())
+    np.testing.assert_allclose(fuse_pixel_maps(maps, both, weights=weights), expected)
