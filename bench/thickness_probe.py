@@ -28,6 +28,8 @@ import numpy as np
 from fusion_probe import components  # noqa: E402  (bench/, beside this script)
 from pixel_quality import map_figures, print_rows  # noqa: E402
 from scipy import ndimage
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 
 from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.device import pick_device
@@ -101,8 +103,6 @@ def main() -> None:
         rng = np.random.default_rng(0)
         per = args.pixels // len(nf)
         rows_ = [f.reshape(f.shape[0], -1)[:, rng.choice(f[0].size, per, replace=False)].T for f in nf]
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.mixture import GaussianMixture
         gmm = GaussianMixture(args.components, covariance_type="full", reg_covar=1e-4, random_state=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
