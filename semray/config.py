@@ -30,6 +30,8 @@ class PatchConfig:
     # are redrawn; 0 keeps every patch, as the study did.
     min_patch_std: float = 0.0
     flips: bool = True
+    # Crops transposed at random as well: with the flips, every rotation by 90 degrees.
+    transposes: bool = False
 
 
 @dataclass
@@ -296,7 +298,7 @@ _SECTION_NAMES = {PatchConfig: "patches", ModelConfig: "model", DenoiserConfig: 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "study": {
-        "patches": {"normalization": "patch", "min_patch_std": 0.0, "flips": True},
+        "patches": {"normalization": "patch", "min_patch_std": 0.0, "flips": True, "transposes": False},
         "model": {"width": 128, "output": "tanh", "cvae_beta": 32.0, "dae_noisy_target": True,
                   "cvae_sample_at_test": True},
         "denoiser": {"depth": 20, "width": 64, "input_noise": 1.0},

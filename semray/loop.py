@@ -77,7 +77,7 @@ def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim
     objective.train()
     started = time.perf_counter()
     raw = sample_patches(images, n_patches, cfg.patches.size, generator, cfg.patches.min_patch_std,
-                         cfg.patches.flips)
+                         cfg.patches.flips, cfg.patches.transposes)
     x_all = normalize_patches(raw, **norm)
     total, steps = 0.0, 0
     for x in x_all.split(cfg.train.batch_size):

@@ -262,6 +262,24 @@ def test_sample_patches_flips_are_flipped_subwindows():
     assert len(kinds) > 1  # some crops actually got flipped
 
 
+def test_sample_patches_transposes_give_every_rotation_of_a_window():
+    image = torch.rand(30, 30)
+    out = sample_patches([image], 200, size=8, generator=torch.Generator().manual_seed(4), flips=True,
+                         transposes=True)
+    im = image.numpy()
+    kinds = set()
+    for crop in out[:, 0].numpy():
+        for k in range(8):  # the dihedral group: 4 rotations, each mirrored or not
+            candidate = np.rot90(crop, k % 4)
+            candidate = candidate[:, ::-1] if k >= 4 else candidate
+            if _is_subwindow(np.ascontiguousarray(candidate), im):
+                kinds.add(k)
+                break
+        else:
+            raise AssertionError("crop is no rotated or mirrored window of the image")
+    assert len(kinds) == 8  # every one of them is drawn
+
+
 def test_sample_patches_min_std_rejects_flat_background():
     g = torch.Generator().manual_seed(0)
     image = torch.full((48, 96), 0.5)

@@ -72,6 +72,7 @@ def sample_patches(
     generator: torch.Generator | None = None,
     min_std: float = 0.0,
     flips: bool = True,
+    transposes: bool = False,
 ) -> torch.Tensor:
     """`count` random size x size crops (count,1,S,S) from 2-D image tensors, images chosen uniformly.
 
@@ -108,6 +109,9 @@ def sample_patches(
         flip_v = torch.rand(count, generator=generator) < 0.5
         out[flip_h.to(out.device)] = out[flip_h.to(out.device)].flip(-1)
         out[flip_v.to(out.device)] = out[flip_v.to(out.device)].flip(-2)
+    if transposes:  # with both flips: all eight rotations and mirror images of the square crop
+        swap = (torch.rand(count, generator=generator) < 0.5).to(out.device)
+        out[swap] = out[swap].transpose(-1, -2)
     return out
 
 
