@@ -1,7 +1,10 @@
 """Precision and memory format on this machine: patches/s of scoring, stage-1 and stage-2 training
 for the default-size models in fp32, fp32 + channels_last, bf16 autocast, bf16 + channels_last and
 what `precision: auto` picks here, all in one run, with the ratio to plain fp32 (the code path before
-the speed issue) and auto's fraction of the fastest variant.
+the speed issue, at the training batch of then: 64) and auto's fraction of the fastest variant. Every
+other variant trains at today's batch of each stage (train.batch_size, train.denoiser_batch_size);
+where that differs from 64, the old code path at today's batches is measured too ("fp32 at today's
+batches"), so the ratio of the same batch is printed beside the ratio to the old default.
 
     .venv/bin/python bench/precision.py [--seconds 4] [--threads 2] [--rounds 2]
 
@@ -21,6 +24,8 @@ import torch
 from semray.device import Precision
 
 USES = {"scoring": "score", "stage-1 training": "autoencoder", "stage-2 training": "denoiser"}
+BASELINE_BATCH = 64  # both stages' training batch before the speed issue
+SAME_BATCH_BASELINE = "fp32 at today's batches"
 DEVICE = torch.device("cpu")
 COMPILE = False
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -89,8 +94,12 @@ def variants():
     other three fixed combinations, then what semray's auto settings choose on this machine."""
     from semray.device import memory_format, memory_format_name, resolve_precision
 
+    yield "fp32", Precision("fp32", "fixed"), torch.contiguous_format
+    yield SAME_BATCH_BASELINE, Precision("fp32", "fixed"), torch.contiguous_format
     for bf16 in (False, True):
         for channels_last in (False, True):
+            if not bf16 and not channels_last:
+                continue  # the baseline, above
             yield (("bf16" if bf16 else "fp32") + (" + channels_last" if channels_last else ""),
                    Precision("bf16" if bf16 else "fp32", "fixed"),
                    torch.channels_last if channels_last else torch.contiguous_format)
@@ -106,7 +115,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per figure")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--score-batch", type=int, default=256)
-    p.add_argument("--train-batch", type=int, default=0, help="training batch size (default: the package's)")
+    p.add_argument("--train-batch", type=int, default=0,
+                   help="training batch size of both stages, baseline included (default: each stage's, the "
+                        "package's; the baseline's 64)")
     p.add_argument("--rounds", type=int, default=1, help="measure every variant this many times, round-robin, and "
                                                          "keep each figure's best (evens out drift between variants)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -134,12 +145,19 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cfg = Config()
-    size, train_batch = cfg.patches.size, args.train_batch or cfg.train.batch_size
+    size = cfg.patches.size
+    batches = {stage: args.train_batch or cfg.train.batch_and_ema(USES[stage])[0]
+               for stage in ("stage-1 training", "stage-2 training")}
+    baseline_batches = {stage: args.train_batch or BASELINE_BATCH for stage in batches}
+    if baseline_batches == batches:
+        skip.add(SAME_BATCH_BASELINE)
+    train_batch = "/".join(str(b) for b in batches.values())
     gpu = f"; GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"CPU: {cpu_description()}{gpu}")
     print(f"torch {torch.__version__}, {args.threads} thread(s); default models: {cfg.model.kind} width "
           f"{cfg.model.width}, denoiser {cfg.denoiser.depth}x{cfg.denoiser.width}; scoring batch "
-          f"{args.score_batch}, training batch {train_batch}; {args.seconds:g} s per figure; "
+          f"{args.score_batch}, training batch (stage 1/2) {train_batch} (the fp32 baseline: "
+          f"{'/'.join(str(b) for b in baseline_batches.values())}); {args.seconds:g} s per figure; "
           f"malloc thresholds: {args.allocator}'s")
 
     def fresh(fmt, legacy=False):
@@ -168,7 +186,7 @@ def main() -> None:
             precisions = {figure: precisions for figure in USES}
         row = results.setdefault(name, {})
         fmt, precision = fmts["scoring"], precisions["scoring"]
-        ae, den = fresh(fmt, legacy=name == "fp32")
+        ae, den = fresh(fmt, legacy=name in ("fp32", SAME_BATCH_BASELINE))
         if "compile" in name:
             ae, den = torch.compile(ae), torch.compile(den)
         detector = AnomalyDetector(ae, den, precision=precision, memory_format=fmt).eval()  # semray's scoring path
@@ -181,7 +199,8 @@ def main() -> None:
 
         for stage in ("stage-1 training", "stage-2 training"):
             fmt, precision = fmts[stage], precisions[stage]
-            legacy = name == "fp32"
+            legacy = name in ("fp32", SAME_BATCH_BASELINE)
+            batch = baseline_batches[stage] if name == "fp32" else batches[stage]
             ae, den = fresh(fmt, legacy)
             if "compile" in name:
                 ae, den = torch.compile(ae), torch.compile(den)
@@ -194,7 +213,7 @@ def main() -> None:
             optimizer = torch.optim.Adam(params, lr=1e-3) if legacy else adam(params, 1e-3, 0.9, device)
             trainable = objective.model
             ema = make_ema(trainable, cfg.train.ema_decay)
-            x = torch.randn(train_batch, 1, size, size, device=device)
+            x = torch.randn(batch, 1, size, size, device=device)
 
             def train_step(fmt=fmt, objective=objective, optimizer=optimizer, x=x, precision=precision,
                            ema=ema, trainable=trainable):
@@ -206,7 +225,7 @@ def main() -> None:
                 optimizer.step()
                 if ema is not None:
                     ema.update_parameters(trainable)
-            row[stage] = max(row.get(stage, 0.0), rate(train_step, train_batch, args.seconds, device))
+            row[stage] = max(row.get(stage, 0.0), rate(train_step, batch, args.seconds, device))
         print(f"  measured {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()), flush=True)
 
     base = results["fp32"]
@@ -218,6 +237,10 @@ def main() -> None:
     auto = next(n for n in results if n.startswith("auto"))
     print("auto against the fastest: " + "; ".join(
         f"{k} {results[auto][k] / results[fastest[k]][k]:.0%}" for k in base))
+    if SAME_BATCH_BASELINE in results:
+        same = results[SAME_BATCH_BASELINE]
+        print(f"auto against the old code path at the same batches ({train_batch}): " + "; ".join(
+            f"{k} {results[auto][k] / same[k]:.2f}x" for k in base if k != "scoring"))
     if device.type == "cpu":
         # training = forward + backward ~ 3 forwards; stage 2 = the frozen AE's forward + 3 denoiser forwards
         x = torch.zeros(1, 1, size, size)

@@ -86,10 +86,12 @@ def plan(cfg: Config, minutes: float | None, rates: dict[str, float], calibratio
         record["scale"] = 1.0
         return cfg, record
     scale = max(minutes * 60 - other_s, 0.1 * minutes * 60) / train_s
-    batch = t.batch_size * workers
+    def whole_batches(patches: int, batch: int) -> int:
+        return max(batch, int(patches * scale) // batch * batch)
+
     resolved = cfg.updated({"train": {
-        "patches_per_epoch": max(batch, int(t.patches_per_epoch * scale) // batch * batch),
-        "denoiser_patches_per_epoch": max(batch, int(t.denoiser_patches_per_epoch * scale) // batch * batch)}})
+        "patches_per_epoch": whole_batches(t.patches_per_epoch, t.batch_size * workers),
+        "denoiser_patches_per_epoch": whole_batches(t.denoiser_patches_per_epoch, t.denoiser_batch_size * workers)}})
     record["scale"] = round(scale, 4)
     return resolved, record
 
@@ -119,10 +121,11 @@ def measure_rates(cfg: Config, device: torch.device | str = "cpu", threads: int 
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    size, batch = cfg.patches.size, cfg.train.batch_size
+    size = cfg.patches.size
     torch.manual_seed(0)
     rates = {}
     for use in ("autoencoder", "denoiser"):
+        batch = cfg.train.batch_and_ema(use)[0]
         precision, fmt = training_format(cfg.train.precision, device, use, warn=False)
         autoencoder = create_autoencoder(cfg.model, size)
         if use == "autoencoder":

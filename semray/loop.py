@@ -68,7 +68,7 @@ def adam(params, lr: float, beta1: float, device: torch.device) -> torch.optim.A
 def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim.Optimizer,
               ema: AveragedModel | None, images: list[torch.Tensor], norm: dict[str, Any], cfg: Config,
               n_patches: int, seed: int, precision: Precision = FP32,
-              fmt: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
+              fmt: torch.memory_format = torch.contiguous_format, batch_size: int | None = None) -> tuple[float, float]:
     """One epoch of fresh random crops -> (mean loss, seconds). The same code with or without Ray.
     The forward pass runs in `precision` (autocast: the weights, their gradients and Adam's state
     stay fp32, so bf16 needs no loss scaling) on inputs in memory format `fmt`."""
@@ -80,7 +80,7 @@ def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim
                          cfg.patches.flips, cfg.patches.transposes)
     x_all = normalize_patches(raw, **norm)
     total, steps = 0.0, 0
-    for x in x_all.split(cfg.train.batch_size):
+    for x in x_all.split(batch_size or cfg.train.batch_size):
         with precision.autocast(x.device):
             loss = objective(x.contiguous(memory_format=fmt))
         optimizer.zero_grad(set_to_none=True)

@@ -103,20 +103,21 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
 
     wrapped = ray.train.torch.prepare_model(objective)  # to device; DDP when world > 1
     _move_optimizer_state(optimizer, device)
-    ema = make_ema(trainable, cfg.train.ema_decay)
+    batch, ema_decay = cfg.train.batch_and_ema(use)
+    ema = make_ema(trainable, ema_decay)
     if ema is not None and state is not None:
         ema.load_state_dict(state["ema"])
 
     images = [torch.as_tensor(np.array(im), device=device) for im in _get(loop_cfg["images"])]
     norm = loop_cfg["normalization"]
-    per_worker = max(cfg.train.batch_size, patches_per_epoch // world)
+    per_worker = max(batch, patches_per_epoch // world)
     if rank == 0:
-        print(f"[{stage}] {epochs} epochs x {per_worker * world} patches, {precision.name}, "
+        print(f"[{stage}] {epochs} epochs x {per_worker * world} patches in batches of {batch}, {precision.name}, "
               f"{memory_format_name(fmt)}, {world} worker(s) on {device}", flush=True)
     spent = 0.0
     for epoch in range(start_epoch, epochs):
         mean_loss, elapsed = run_epoch(wrapped, trainable, optimizer, ema, images, norm, cfg,
-                                       per_worker, epoch_seed(cfg.train.seed, rank, epoch), precision, fmt)
+                                       per_worker, epoch_seed(cfg.train.seed, rank, epoch), precision, fmt, batch)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"[{stage}] loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate")
         spent += elapsed

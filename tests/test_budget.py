@@ -65,7 +65,7 @@ def test_a_slow_device_gets_fewer_patches_per_epoch_and_the_same_epochs():
     assert (t.epochs, t.denoiser_epochs) == (full.epochs, full.denoiser_epochs)
     assert t.patches_per_epoch < full.patches_per_epoch
     assert t.denoiser_patches_per_epoch < full.denoiser_patches_per_epoch
-    assert t.patches_per_epoch % t.batch_size == 0 and t.denoiser_patches_per_epoch % t.batch_size == 0
+    assert t.patches_per_epoch % t.batch_size == 0 and t.denoiser_patches_per_epoch % t.denoiser_batch_size == 0
     # at the rate epochs really run (TRAINING_EFFICIENCY of the probe's), with the fixed overhead
     e = TRAINING_EFFICIENCY
     estimate = (t.epochs * t.patches_per_epoch / (SLOW["autoencoder"] * e["autoencoder"])
@@ -73,6 +73,14 @@ def test_a_slow_device_gets_fewer_patches_per_epoch_and_the_same_epochs():
                 + FIXED_OVERHEAD_S + 13_000 / SLOW["score"])
     assert estimate <= 20 * 60 * 1.01
     assert record["scale"] < 1 and record["full_minutes"] > 20 and record["rates"] == SLOW
+
+
+def test_each_stage_trains_whole_batches_of_its_own_size():
+    cfg = Config().updated({"train": {"batch_size": 256, "denoiser_batch_size": 48}})
+    t = plan(cfg, 20, SLOW, calibration_windows=13_000)[0].train
+    assert t.patches_per_epoch % 256 == 0 and t.denoiser_patches_per_epoch % 48 == 0
+    assert cfg.train.batch_and_ema("autoencoder") == (256, cfg.train.ema_decay)
+    assert cfg.train.batch_and_ema("denoiser") == (48, cfg.train.denoiser_ema_decay)
 
 
 def test_a_fast_device_trains_the_full_budget_and_is_never_scaled_up():
