@@ -212,7 +212,7 @@ def main() -> None:
             params = list(params)
             optimizer = torch.optim.Adam(params, lr=1e-3) if legacy else adam(params, 1e-3, 0.9, device)
             trainable = objective.model
-            ema = make_ema(trainable, cfg.train.ema_decay)
+            ema = make_ema(trainable, cfg.train.batch_and_ema(USES[stage])[1])
             x = torch.randn(batch, 1, size, size, device=device)
 
             def train_step(fmt=fmt, objective=objective, optimizer=optimizer, x=x, precision=precision,
