@@ -50,6 +50,19 @@ def test_run_epoch_is_seeded_and_learns():
     assert l1[-1] < l1[0]
 
 
+def test_run_epoch_steps_in_the_batch_it_is_given():
+    """Each stage trains at its own batch (train.batch_size, train.denoiser_batch_size): the
+    optimizer takes one step per batch of the epoch's patches."""
+    cfg = Config().updated(TINY)
+    images = [torch.from_numpy(im) for im in _images()]
+    norm = {"mode": "patch", "mean": 0.5, "std": 0.25}
+    for batch, steps in ((None, 256 // 64), (32, 256 // 32)):
+        model = create_autoencoder(cfg.model)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        run_epoch(AutoencoderObjective(model), model, opt, None, images, norm, cfg, 256, 0, batch_size=batch)
+        assert int(opt.state[next(model.parameters())]["step"]) == steps
+
+
 def test_plain_loop_reports_a_rate_per_epoch():
     cfg = Config().updated(TINY)
     rates = plain_autoencoder_loop(cfg, _images(), threads=1)
