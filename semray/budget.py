@@ -86,12 +86,13 @@ def plan(cfg: Config, minutes: float | None, rates: dict[str, float], calibratio
         record["scale"] = 1.0
         return cfg, record
     scale = max(minutes * 60 - other_s, 0.1 * minutes * 60) / train_s
-    def whole_batches(patches: int, batch: int) -> int:
+    def whole_batches(patches: int, use: str) -> int:  # of the stage's own batch
+        batch = t.batch_and_ema(use)[0] * workers
         return max(batch, int(patches * scale) // batch * batch)
 
     resolved = cfg.updated({"train": {
-        "patches_per_epoch": whole_batches(t.patches_per_epoch, t.batch_size * workers),
-        "denoiser_patches_per_epoch": whole_batches(t.denoiser_patches_per_epoch, t.denoiser_batch_size * workers)}})
+        "patches_per_epoch": whole_batches(t.patches_per_epoch, "autoencoder"),
+        "denoiser_patches_per_epoch": whole_batches(t.denoiser_patches_per_epoch, "denoiser")}})
     record["scale"] = round(scale, 4)
     return resolved, record
 

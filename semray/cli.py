@@ -245,7 +245,7 @@ DEMO_SETTINGS = {
     "model": {"width": 16, "latent_dim": 64},
     "denoiser": {"depth": 4, "width": 16},
     "train": {"epochs": 3, "denoiser_epochs": 1, "patches_per_epoch": 4096,
-              "denoiser_patches_per_epoch": 2048, "batch_size": 128, "denoiser_batch_size": 128,
+              "denoiser_patches_per_epoch": 2048, "batch_size": 128,
               "budget": "full"},  # sized by hand for a laptop: nothing to measure
     "eval": {"stride": 16},
 }

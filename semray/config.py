@@ -78,8 +78,8 @@ class TrainConfig:
     denoiser_epochs: int = 24  # an undertrained denoiser makes the feature score useless (bench/RESULTS.md)
     patches_per_epoch: int = 20000  # fresh random crops every epoch, split across workers
     denoiser_patches_per_epoch: int = 16000
-    batch_size: int = 64  # the autoencoder's
-    denoiser_batch_size: int = 64
+    batch_size: int = 64
+    denoiser_batch_size: int = 0  # 0 = batch_size (a config written before the stages had their own)
     lr: float = 1e-3
     denoiser_lr: float = 1e-3
     adam_beta1: float = 0.9  # the study: 0.5
@@ -87,7 +87,7 @@ class TrainConfig:
     # this much every optimizer step (so its horizon, about batch_size / (1 - decay) patches, moves with
     # the batch); 0 = off.
     ema_decay: float = 0.999
-    denoiser_ema_decay: float = 0.999
+    denoiser_ema_decay: float = -1.0  # < 0 = ema_decay
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False
@@ -114,7 +114,8 @@ class TrainConfig:
     def batch_and_ema(self, use: str) -> tuple[int, float]:
         """(batch size, EMA decay) of a stage (`use`: autoencoder | denoiser)."""
         if use == "denoiser":
-            return self.denoiser_batch_size, self.denoiser_ema_decay
+            return (self.denoiser_batch_size or self.batch_size,
+                    self.ema_decay if self.denoiser_ema_decay < 0 else self.denoiser_ema_decay)
         return self.batch_size, self.ema_decay
 
 
@@ -268,10 +269,11 @@ RULES: dict[str, tuple[Any, str]] = {
     "denoiser.depth": (_at_least(2), "at least 2"), "denoiser.width": (_at_least(2), "at least 2"),
     "denoiser.input_noise": (_at_least(0), "a number >= 0"),
     **{f"train.{k}": (_positive, "a positive number") for k in
-       ("epochs", "denoiser_epochs", "patches_per_epoch", "denoiser_patches_per_epoch", "batch_size",
-        "denoiser_batch_size", "lr", "denoiser_lr", "num_workers", "checkpoints_to_keep")},
+       ("epochs", "denoiser_epochs", "patches_per_epoch", "denoiser_patches_per_epoch", "batch_size", "lr",
+        "denoiser_lr", "num_workers", "checkpoints_to_keep")},
+    "train.denoiser_batch_size": (_at_least(0), "a number >= 0 (0: train.batch_size)"),
     "train.adam_beta1": (_unit, "a number in [0, 1)"), "train.ema_decay": (_unit, "a number in [0, 1)"),
-    "train.denoiser_ema_decay": (_unit, "a number in [0, 1)"),
+    "train.denoiser_ema_decay": (lambda v: v < 0 or _unit(v), "a number in [0, 1), or < 0 for train.ema_decay"),
     "train.cpus_per_worker": (_at_least(0), "a number >= 0"), "train.gpus_per_worker": (_at_least(0), "a number >= 0"),
     "train.max_failures": (_at_least(-1), "a number >= -1 (-1: retry forever)"),
     "train.holdout_normal_images": (_at_least(0), "a number >= 0"),
@@ -315,8 +317,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "cvae_sample_at_test": True},
         "denoiser": {"depth": 20, "width": 64, "input_noise": 1.0},
         "train": {"lr": 1e-4, "denoiser_lr": 1e-4, "adam_beta1": 0.5, "batch_size": 32,
-                  "denoiser_batch_size": 32, "epochs": 51, "denoiser_epochs": 101, "patches_per_epoch": 51200,
-                  "denoiser_patches_per_epoch": 51200, "ema_decay": 0.999, "denoiser_ema_decay": 0.999},
+                  "epochs": 51, "denoiser_epochs": 101, "patches_per_epoch": 51200,
+                  "denoiser_patches_per_epoch": 51200, "ema_decay": 0.999},
         "eval": {"stride": 16, "min_defect_pixels": 21, "cover_edges": False, "smoothing_px": 0},
     },
 }

@@ -65,7 +65,8 @@ def test_a_slow_device_gets_fewer_patches_per_epoch_and_the_same_epochs():
     assert (t.epochs, t.denoiser_epochs) == (full.epochs, full.denoiser_epochs)
     assert t.patches_per_epoch < full.patches_per_epoch
     assert t.denoiser_patches_per_epoch < full.denoiser_patches_per_epoch
-    assert t.patches_per_epoch % t.batch_size == 0 and t.denoiser_patches_per_epoch % t.denoiser_batch_size == 0
+    assert t.patches_per_epoch % t.batch_size == 0
+    assert t.denoiser_patches_per_epoch % t.batch_and_ema("denoiser")[0] == 0
     # at the rate epochs really run (TRAINING_EFFICIENCY of the probe's), with the fixed overhead
     e = TRAINING_EFFICIENCY
     estimate = (t.epochs * t.patches_per_epoch / (SLOW["autoencoder"] * e["autoencoder"])
@@ -80,7 +81,11 @@ def test_each_stage_trains_whole_batches_of_its_own_size():
     t = plan(cfg, 20, SLOW, calibration_windows=13_000)[0].train
     assert t.patches_per_epoch % 256 == 0 and t.denoiser_patches_per_epoch % 48 == 0
     assert cfg.train.batch_and_ema("autoencoder") == (256, cfg.train.ema_decay)
-    assert cfg.train.batch_and_ema("denoiser") == (48, cfg.train.denoiser_ema_decay)
+    assert cfg.train.batch_and_ema("denoiser") == (48, cfg.train.ema_decay)
+    # unset, the denoiser's are the autoencoder's: a config (or a run's config.yaml) written before
+    # the stages had their own trains as it did
+    old = Config().updated({"train": {"batch_size": 32, "ema_decay": 0.99}}).train
+    assert old.batch_and_ema("denoiser") == (32, 0.99) == old.batch_and_ema("autoencoder")
 
 
 def test_a_fast_device_trains_the_full_budget_and_is_never_scaled_up():
