@@ -43,6 +43,11 @@ export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
 # since Ray 2.59) is turned off here unless you turn it on: clients then need no token. Export
 # RAY_AUTH_MODE=token to try jobs with authentication. Cloud clusters keep it on (cluster/*.yaml).
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+# Ray kills idle worker processes beyond a node's CPUs after a second; on 1-CPU nodes (and the 0-CPU
+# head) every short zero-CPU task of a scoring job (its reads and writes) then starts a new Python
+# process. Keeping 4 idle per node took the cluster tests from 73 such processes to 26 and 380 to
+# 290 CPU-seconds (bench/RESULTS.md, "Test suite").
+export RAY_num_workers_soft_limit=${RAY_num_workers_soft_limit:-4}
 # A node that dies is known to the others after 5 missed health checks: one a second here (Ray's
 # default is one every 3 s, for nodes across a network), so work a killed node held is re-run
 # about 10 s sooner. The check still waits Ray's default 10 s for a busy, living node to answer.

@@ -59,21 +59,41 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     # skips its "Token authentication is enabled ..." warning, which asks nothing of the user.
     if "RAY_AUTH_MODE" not in os.environ:
         _enable_token_auth()
-    _pin_private_address()
-    ray.init(
-        address="local",  # never attach by accident to a cluster left running by `ray start`
-        num_cpus=num_cpus or os.cpu_count(),
-        # The dashboard hosts the State API that Ray Train's placement-group cleaner polls;
-        # without it Train warns in a loop and Tune + ASHA leaks placement groups.
-        include_dashboard=dashboard,
-        **({"dashboard_port": _free_port()} if dashboard else {}),  # 8265 may be another private Ray's
-        log_to_driver=not quiet,
-        configure_logging=True,
-        logging_level="WARNING",
-    )
+    cpus = num_cpus or os.cpu_count() or 1
+    os.environ.setdefault(WORKER_POOL_VARIABLE, str(idle_workers_kept(cpus)))
+
+    def start() -> None:
+        _pin_private_address()
+        ray.init(
+            address="local",  # never attach by accident to a cluster left running by `ray start`
+            num_cpus=cpus,
+            # The dashboard hosts the State API that Ray Train's placement-group cleaner polls;
+            # without it Train warns in a loop and Tune + ASHA leaks placement groups.
+            include_dashboard=dashboard,
+            **({"dashboard_port": _free_port()} if dashboard else {}),  # 8265 may be another private Ray's
+            log_to_driver=not quiet,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
+
+    start_retrying(start, _stop_leftovers(), PRIVATE_STARTS)
     os.environ.pop(ray_gcs_port_variable(), None)  # a later private Ray picks a port of its own
     _drop_routine_worker_lines()
     _start_autoscaling_coordinator()
+
+
+# Ray's raylet keeps at most this many worker processes alive beyond those at work (default: the
+# node's CPUs) and kills the others after a second idle. Bulk scoring runs one actor per CPU and, beside
+# them, reads and writes that ask for no CPU: at the default every one of those short tasks started a
+# Python process of its own (~1.5-2 CPU-seconds of imports each), 73 of them in the cluster tests,
+# a third of their CPU time. Read by the raylet from its environment when it starts.
+WORKER_POOL_VARIABLE = "RAY_num_workers_soft_limit"
+
+
+def idle_workers_kept(cpus: int) -> int:
+    """Enough idle workers for a scoring job's readers and writers (two of each per actor, see
+    semray.pipeline) beside its actors, so they are reused rather than started afresh."""
+    return 3 * max(1, cpus)
 
 
 # What Ray's worker processes print that is routine in semray's use of Ray and asks nothing of the
@@ -163,6 +183,53 @@ def _ensure_token_file() -> None:
         pass
     finally:
         tmp.unlink()
+
+
+# How many times a private Ray is started before its failure is the user's. Ray's raylet gives its
+# node's dashboard agent a fixed 15 s to start and exits when it has not (ray-project/ray#65983);
+# ray.init then fails 30 s in with "The current node timed out during startup". A 2-core machine
+# busy with other work (another semray command, a test suite) can be that slow once; the next start
+# usually is not.
+PRIVATE_STARTS = 3
+TIMED_OUT_STARTING = "timed out during startup"
+
+
+def start_retrying(start, cleanup, attempts: int, wait_s: float = 2.0) -> None:
+    """Call start(); when it fails because the node timed out starting, call cleanup() (what the
+    failed start left running must not linger beside the next one), say so, and try again, at most
+    `attempts` times in all. Any other failure, and the last one, is raised as it is."""
+    from semray.log import get_logger
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except Exception as exc:
+            if TIMED_OUT_STARTING not in str(exc) or attempt == attempts:
+                raise
+            cleanup()
+            get_logger("ray").warning(f"[ray] the local Ray timed out starting (a busy machine: its dashboard agent "
+                                 f"took over Ray's fixed 15 s); starting it again ({attempt + 1} of {attempts})")
+            time.sleep(wait_s)
+
+
+def _stop_leftovers():
+    """A cleanup for start_retrying: kill the processes this process started since (a failed
+    ray.init leaves its GCS, dashboard and agents running, and no handle to stop them)."""
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+
+    def cleanup() -> None:
+        leftovers = [p for p in me.children(recursive=True) if p.pid not in before]
+        for p in leftovers:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(leftovers, timeout=10)
+
+    return cleanup
 
 
 def _pin_private_address() -> None:
