@@ -85,9 +85,9 @@ def test_a_private_ray_whose_agent_starts_too_slowly_is_started_again(tmp_path):
     mark = tmp_path / "held-once"
     (tmp_path / "sitecustomize.py").write_text(
         "import os, sys, time\n"
-        "if any(a.endswith('dashboard/agent.py') for a in sys.argv[:1]) and not os.path.exists(%r):\n"
-        "    open(%r, 'w').close()\n"
-        "    time.sleep(25)\n" % (str(mark), str(mark)))
+        f"if any(a.endswith('dashboard/agent.py') for a in sys.argv[:1]) and not os.path.exists({str(mark)!r}):\n"
+        f"    open({str(mark)!r}, 'w').close()\n"
+        "    time.sleep(25)\n")
     code = """
 import logging, ray
 logging.basicConfig(level=logging.INFO)
