@@ -79,8 +79,18 @@ launch() {  # $1 = node name, rest = ray start arguments; the node runs in its o
   echo $! >"$DIR/$name.pid"
 }
 
-wait_nodes() {  # $1 = number of nodes expected alive
+wait_nodes() {  # $1 = number of nodes expected alive, $2 = the node just launched
   local want=$1 n=0
+  # `ray start` logs "Ray runtime started." once its raylet has registered: wait for that first, at a
+  # grep a fifth of a second, before asking Ray (each `ray list nodes` is a Python process that
+  # imports Ray, about a CPU-second).
+  if [ -n "${2:-}" ]; then
+    for _ in $(seq 1 600); do
+      grep -q "Ray runtime started" "$DIR/$2.log" 2>/dev/null && break
+      alive "$DIR/$2.pid" || break
+      sleep 0.2
+    done
+  fi
   for _ in $(seq 1 120); do
     n=$("$RAY" list nodes --address "127.0.0.1:$PORT" --filter "state=ALIVE" --limit 1000 2>/dev/null \
         | grep -c "ALIVE" || true)
@@ -107,10 +117,10 @@ cmd_start() {
   launch head --head --port="$PORT" --num-cpus="$HEAD_CPUS" --num-gpus=0 --object-store-memory="$STORE" \
     --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASH" \
     --ray-client-server-port=$(( PORT + 1 )) --node-name=head $(node_ports 0)
-  wait_nodes 1 || { cmd_stop; exit 1; }
+  wait_nodes 1 head || { cmd_stop; exit 1; }
   # One at a time: raylets sharing an IP address that start together can mistake each other's
   # registration and time out.
-  for i in $(seq 1 "$n"); do start_worker "$i"; wait_nodes $(( i + 1 )) || { cmd_stop; exit 1; }; done
+  for i in $(seq 1 "$n"); do start_worker "$i"; wait_nodes $(( i + 1 )) "worker-$i" || { cmd_stop; exit 1; }; done
   echo "local.sh: head + $n worker node(s) up; RAY_ADDRESS=127.0.0.1:$PORT, jobs: http://127.0.0.1:$DASH"
 }
 
@@ -118,7 +128,7 @@ cmd_add_worker() {
   alive "$DIR/head.pid" || { echo "local.sh: not running" >&2; exit 1; }
   local i=$(( $(workers) + 1 ))
   start_worker "$i"
-  wait_nodes $(( $(ls "$DIR"/*.pid | while read -r f; do alive "$f" && echo; done | wc -l) )) || exit 1
+  wait_nodes $(( $(ls "$DIR"/*.pid | while read -r f; do alive "$f" && echo; done | wc -l) )) "worker-$i" || exit 1
   echo "local.sh: worker-$i up"
 }
 
