@@ -207,15 +207,16 @@ def start_retrying(start, cleanup, attempts: int, wait_s: float = 2.0) -> None:
             if TIMED_OUT_STARTING not in str(exc) or attempt == attempts:
                 raise
             cleanup()
-            get_logger("ray").warning(f"[ray] the local Ray timed out starting (a busy machine: its dashboard agent "
-                                 f"took over Ray's fixed 15 s); starting it again ({attempt + 1} of {attempts})")
+            get_logger("ray").warning(f"[ray] the local Ray timed out starting (a busy machine: its dashboard "
+                                      f"agent took over Ray's fixed 15 s); starting it again ({attempt + 1} of "
+                                      f"{attempts})")
             time.sleep(wait_s)
 
 
 def _stop_leftovers():
     """A cleanup for start_retrying: kill the processes this process started since (a failed
     ray.init leaves its GCS, dashboard and agents running, and no handle to stop them)."""
-    import psutil
+    import psutil  # Ray's own copy (`import ray` puts ray/thirdparty_files on sys.path)
 
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
