@@ -91,8 +91,10 @@ WORKER_POOL_VARIABLE = "RAY_num_workers_soft_limit"
 
 
 def idle_workers_kept(cpus: int) -> int:
-    """Enough idle workers for a scoring job's readers and writers (two of each per actor, see
-    semray.pipeline) beside its actors, so they are reused rather than started afresh."""
+    """Workers kept per private Ray: a scoring job runs an actor per CPU and, beside them, reads and
+    writes in pools of up to two per actor (semray.pipeline). Three per CPU kept a small job's reads
+    and writes on reused workers (29-30 -> 25-26 CPU-s, bench/RESULTS.md "Test suite"); an idle
+    worker costs memory, not CPU."""
     return 3 * max(1, cpus)
 
 

@@ -96,7 +96,9 @@ init_ray(num_cpus=1, dashboard=False)
 print("cpus", ray.cluster_resources()["CPU"], flush=True)
 ray.shutdown()
 """
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    # the hook first; semray itself is installed (editable), whatever the working directory
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert mark.exists()  # the first agent was held back
