@@ -23,6 +23,8 @@ brought up to date by bench/edge_offsets.py), as it is for an older run.
 --per-image Q,...: the fused map (or each component) less its own image's q-quantile.
 --component-blurs S,...: each component at its own blur (the cache then holds them unblurred).
 --extra NAME: a fourth component (e.g. ssim_smooth) beside the three, its weight on validation.
+--guided R,...: the fused map through a guided filter (He et al.) with the image as its guide, of
+  radius R and each of --guided-eps, against the same box filter without the guide (eps 1e9).
 
     .venv/bin/python bench/fusion_probe.py --run bench/out/laptop2/dae [--cache /tmp/components.npz] [--edges]
 """
@@ -43,11 +45,11 @@ from semray.edges import EDGE_BANDS, band_means, edge_band
 from semray.models.memory import bank_without
 from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs
 from semray.runs import load_detector
-from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
+from semray.scores import FUSED_SCORE, PIXEL_FUSION_BASE
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
-COMPONENTS = tuple(PIXEL_FUSION_WEIGHTS)
+COMPONENTS = tuple(PIXEL_FUSION_BASE)
 
 
 def components(detector, cfg, data: str, cache: str | None, blur: float | None = None,
@@ -146,7 +148,7 @@ def per_image(items, normal, anomalous, val, test, cfg, quantiles) -> None:
         own = []
         for m in anomalous:
             total = 0.0
-            for k, w in PIXEL_FUSION_WEIGHTS.items():
+            for k, w in PIXEL_FUSION_BASE.items():
                 total = total + w * (m[k] - np.quantile(m[k], q)) / stats[k][1]
             own.append(np.asarray(total, dtype=np.float32))
         variants[f"components less their q{q:g}"] = own
@@ -205,9 +207,9 @@ def extra_component(items, normal, anomalous, val, test, cfg, name: str) -> None
     smooth output, which the shipped map leaves out so that it needs no denoiser), weighted w and the
     shipped three (1 - w) x theirs; w chosen on validation AUPRO."""
     candidates = {}
-    stats = pixel_map_stats(normal, (*PIXEL_FUSION_WEIGHTS, name))
+    stats = pixel_map_stats(normal, (*PIXEL_FUSION_BASE, name))
     for w in (0.0, 0.1, 0.2, 0.3, 0.4):
-        weights = {**{c: v * (1 - w) for c, v in PIXEL_FUSION_WEIGHTS.items()}, name: w}
+        weights = {**{c: v * (1 - w) for c, v in PIXEL_FUSION_BASE.items()}, name: w}
         maps = [fuse_pixel_maps(m, stats, weights=weights).astype(np.float32) for m in anomalous]
         v = map_figures(items, maps, val, cfg)
         print(f"  {name} at {w:g}: validation {v['pixel_auroc']:.4f} / {v['aupro']:.4f} / {v['patch_auroc']:.4f}",
@@ -217,6 +219,40 @@ def extra_component(items, normal, anomalous, val, test, cfg, name: str) -> None
     rows = {f"{name} at {w:g}{' (validation pick)' if w == pick else ''}":
             {h: map_figures(items, candidates[w][1], idx, cfg) for h, idx in (("val", val), ("test", test))}
             for w in sorted({0.0, pick})}
+    print_rows(rows, digits=4)
+
+
+def guided_filter(guide: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter: p smoothed by boxes of side 2r + 1 while following guide's edges where
+    guide explains p locally (eps: how much local variance of the guide counts as an edge)."""
+    from scipy.ndimage import uniform_filter
+
+    def box(x):
+        return uniform_filter(x, size=2 * r + 1, mode="reflect")
+    mi, mp = box(guide), box(p)
+    a = (box(guide * p) - mi * mp) / (box(guide * guide) - mi * mi + eps)
+    return box(a) * guide + box(mp - a * mi)
+
+
+def guided(items, normal, anomalous, val, test, cfg, radii, epss) -> None:
+    """The shipped fused map through a guided filter, its guide the image standardised: a defect's
+    outline in the map drawn along the outline the image shows, rather than blurred across it."""
+    stats = pixel_map_stats(normal)
+    fused = [fuse_pixel_maps(m, stats) for m in anomalous]
+    guides = [(it.image - it.image.mean()) / (it.image.std() + 1e-9) for it in items]
+    candidates = {"shipped": fused}
+    for r in radii:
+        for eps in (*epss, 1e9):
+            maps = [guided_filter(g.astype(np.float64), f, r, eps) for g, f in zip(guides, fused)]
+            v = map_figures(items, maps, val, cfg)
+            print(f"  radius {r} eps {eps:g}: validation {v['pixel_auroc']:.4f} / {v['aupro']:.4f} / "
+                  f"{v['patch_auroc']:.4f}", flush=True)
+            candidates[f"radius {r} eps {eps:g}"] = maps
+    scored = {k: map_figures(items, m, val, cfg)["aupro"] for k, m in candidates.items()}
+    pick = max(scored, key=scored.get)
+    rows = {f"{k}{' (validation pick)' if k == pick else ''}":
+            {h: map_figures(items, candidates[k], idx, cfg) for h, idx in (("val", val), ("test", test))}
+            for k in dict.fromkeys(("shipped", pick))}
     print_rows(rows, digits=4)
 
 
@@ -232,6 +268,8 @@ def main() -> None:
     p.add_argument("--component-blurs", help="sigmas, e.g. 4,6,8,12: each component blurred at its own "
                    "(CACHE then holds the unblurred components)")
     p.add_argument("--extra", help="a fourth component beside the shipped three, e.g. ssim_smooth")
+    p.add_argument("--guided", help="radii, e.g. 2,4,8: the fused map through a guided filter")
+    p.add_argument("--guided-eps", default="0.001,0.01,0.1,1", help="the guided filter's eps values")
     args = p.parse_args()
 
     detector, cfg = load_detector(args.run, pick_device())
@@ -249,6 +287,10 @@ def main() -> None:
     if args.extra:
         extra_component(items, normal, anomalous, val, test, cfg, args.extra)
         return
+    if args.guided:
+        guided(items, normal, anomalous, val, test, cfg, [int(r) for r in args.guided.split(",")],
+               [float(e) for e in args.guided_eps.split(",")])
+        return
     if args.component_blurs:
         component_blurs(items, normal, anomalous, val, test, cfg, [float(b) for b in args.component_blurs.split(",")])
         return
@@ -265,7 +307,7 @@ def main() -> None:
                 for c in COMPONENTS}
         return [sum(w * fits[c](m[c]) for c, w in weights.items()).astype(np.float32) for m in anomalous]
 
-    shipped = ("z", tuple(PIXEL_FUSION_WEIGHTS.values()))
+    shipped = ("z", tuple(PIXEL_FUSION_BASE.values()))
     grid = {}
     for kind in args.kinds.split(","):
         for ws, wk in itertools.product((0.2, 0.3, 0.4), (0.1, 0.2, 0.3)):

@@ -32,7 +32,7 @@ from semray.models.memory import bank_without
 from semray.pixelmaps import _Stitcher as Stitcher
 from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs
 from semray.runs import load_detector
-from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
+from semray.scores import FUSED_SCORE, PIXEL_FUSION_BASE
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +91,7 @@ def main() -> None:
     torch.manual_seed(0)
     detector, cfg = load_detector(args.run, pick_device())
     size, bs = cfg.patches.size, cfg.eval.batch_size
-    components = tuple(PIXEL_FUSION_WEIGHTS)
+    components = tuple(PIXEL_FUSION_BASE)
     wanted = outputs_for(components + (FUSED_SCORE,))
     items = load_anomalous_images(args.data, min_size=size)
     normals = [im for _, im in load_normal_images(args.data, min_size=size)]

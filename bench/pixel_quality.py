@@ -28,7 +28,7 @@ from semray.metrics import aupro, auroc, pixel_auroc
 from semray.models.memory import bank_without
 from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector
-from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS, PIXEL_MAPS, needs_denoiser
+from semray.scores import DEFECTS, FUSED_SCORE, PIXEL_FUSION_BASE, PIXEL_MAPS, needs_denoiser
 from semray.tune import split_validation_test
 
 HERE = Path(__file__).resolve().parent
@@ -41,12 +41,13 @@ def outputs_of(detector, image, stride, batch_size, outputs, flips: int = 1):
     map, which owes nothing to the network, is computed once)."""
     total = None
     for axes in FLIPS[:flips]:
-        wanted = outputs if not axes else tuple(k for k in outputs if k != "texture")
+        wanted = outputs if not axes else tuple(k for k in outputs if k not in ("texture", DEFECTS))
         out = stitched_outputs(detector, np.ascontiguousarray(np.flip(image, axes)) if axes else image, stride,
                                batch_size, outputs=wanted)
         out = {k: np.flip(v, axes) if axes else v for k, v in out.items()}
         total = out if total is None else {k: v + out[k] if k in out else v for k, v in total.items()}
-    return {k: v if k == "texture" else np.ascontiguousarray(v / flips, dtype=np.float32) for k, v in total.items()}
+    return {k: v if k in ("texture", DEFECTS) else np.ascontiguousarray(v / flips, dtype=np.float32)
+            for k, v in total.items()}
 
 
 def add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs) -> None:
@@ -54,7 +55,7 @@ def add_fused_maps(maps, outputs_per_image, detector, cfg, args, blurs) -> None:
     normal images' pixels at that blur (what `semray calibrate` stores for eval.pixel_blur: each
     training image without its own windows in the memory bank, unless --whole-bank), then
     semray.pixelmaps.fuse_pixel_maps on each anomalous image's components."""
-    components = tuple(PIXEL_FUSION_WEIGHTS)
+    components = (*PIXEL_FUSION_BASE, *((DEFECTS,) if detector.defects is not None else ()))
     normals = []
     bank_images, detector.bank_images = detector.bank_images, [] if args.whole_bank else detector.bank_images
     for _, image in load_normal_images(args.data, min_size=cfg.patches.size):

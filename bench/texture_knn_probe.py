@@ -28,7 +28,7 @@ from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.device import pick_device
 from semray.pixelmaps import fuse_pixel_maps, pixel_map_stats
 from semray.runs import load_detector
-from semray.scores import PIXEL_FUSION_WEIGHTS
+from semray.scores import PIXEL_FUSION_BASE
 from semray.texture import filter_bank
 from semray.tune import split_validation_test
 
@@ -105,9 +105,9 @@ def main() -> None:
         v = map_figures(items, amaps, val, cfg)
         print(f"  texture knn alone, k={k}: validation {v['pixel_auroc']:.4f} / {v['aupro']:.4f} / "
               f"{v['patch_auroc']:.4f}", flush=True)
-        for mode, weights in (("in place of the mixture", PIXEL_FUSION_WEIGHTS),
-                              ("beside it 0.2", {**{c: w * 0.8 for c, w in PIXEL_FUSION_WEIGHTS.items()}, "tk": 0.2}),
-                              ("beside it 0.4", {**{c: w * 0.6 for c, w in PIXEL_FUSION_WEIGHTS.items()}, "tk": 0.4})):
+        for mode, weights in (("in place of the mixture", PIXEL_FUSION_BASE),
+                              ("beside it 0.2", {**{c: w * 0.8 for c, w in PIXEL_FUSION_BASE.items()}, "tk": 0.2}),
+                              ("beside it 0.4", {**{c: w * 0.6 for c, w in PIXEL_FUSION_BASE.items()}, "tk": 0.4})):
             nm = [{**m, "tk": t} for m, t in zip(normal, nmaps)]
             am = [{**m, "tk": t} for m, t in zip(anomalous, amaps)]
             if mode == "in place of the mixture":

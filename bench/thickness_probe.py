@@ -36,7 +36,7 @@ from semray.device import pick_device
 from semray.edges import band_means, edge_band
 from semray.pixelmaps import fuse_pixel_maps, pixel_map_stats
 from semray.runs import load_detector
-from semray.scores import PIXEL_FUSION_WEIGHTS
+from semray.scores import PIXEL_FUSION_BASE
 from semray.texture import SIGMAS, TextureModel, filter_bank, image_level
 from semray.tune import split_validation_test
 
@@ -125,8 +125,8 @@ def main() -> None:
         fused = [fuse_pixel_maps(m, stats).astype(np.float32) for m in am]
         rows[f"{label}: fused"] = halves(fused)
         for w in [float(v) for v in args.texture_weights.split(",")] if args.texture_weights else []:
-            weights = {c: (v * (1 - w) / (1 - PIXEL_FUSION_WEIGHTS["texture"]) if c != "texture" else w)
-                       for c, v in PIXEL_FUSION_WEIGHTS.items()}
+            weights = {c: (v * (1 - w) / (1 - PIXEL_FUSION_BASE["texture"]) if c != "texture" else w)
+                       for c, v in PIXEL_FUSION_BASE.items()}
             r = halves([fuse_pixel_maps(m, stats, weights=weights).astype(np.float32) for m in am])
             print(f"  texture weight {w:g}: validation {r['val']['pixel_auroc']:.4f} / {r['val']['aupro']:.4f} / "
                   f"{r['val']['patch_auroc']:.4f}", flush=True)

@@ -32,8 +32,12 @@ from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
 LAPTOP_MINUTES = 20.0
 LAPTOP_DENOISER = {"depth": 10, "width": 32}
 # Seconds of a run that are not training steps, besides calibration: starting Ray, the probe, and
-# starting and stopping a Ray Train worker group for each stage (~15 s each on a 2-core laptop).
-FIXED_OVERHEAD_S = 60.0
+# starting and stopping a Ray Train worker group for each stage (~15 s each on a 2-core laptop), and
+# after training the memory bank, the texture model's fit (~20 s), the simulated-defect map's (~30
+# s) and the window statistics. Measured: 194 s of a default DAE's 1,193 s outside its stages'
+# epochs on a 2-core Zen 4, of which this and the calibration's estimate (39 s) counted 129 with
+# 90 here (bench/RESULTS.md, "A map told what defects look like"); 60 before the defect map.
+FIXED_OVERHEAD_S = 140.0
 # Epochs run at about this fraction of the probe's rate, per stage (measured on an AVX2-only EPYC,
 # bench/laptop_default.py: the autoencoder's epochs at ~510 against the probe's 530 patches/s, the
 # denoiser's at ~100 against 131): fresh random crops, the EMA and a checkpoint every epoch cost

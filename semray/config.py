@@ -61,6 +61,11 @@ class ModelConfig:
     # Normal pixels drawn (evenly over the images) for the mixture's fit: EM's time grows with them
     # (~20 s at 100,000 on NanoTWICE); the tests' tiny models take 10,000.
     texture_pixels: int = 100_000
+    # Pixels (half of them in simulated defects) the simulated-defect map's classifier learns from:
+    # a classifier of the same features trained on defects pasted into the normal images, the fused
+    # per-pixel map's fourth part (semray.defects; needs the texture model); 0 = none. A fit of ~30 s
+    # on NanoTWICE, which lifts the map's validation pixel AUROC 0.983 -> 0.988, AUPRO 0.924 -> 0.934.
+    defect_pixels: int = 600_000
 
 
 @dataclass
@@ -266,6 +271,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "model.cvae_beta": (_at_least(0), "a number >= 0"), "model.memory_bank": (_at_least(0), "a number >= 0"),
     "model.texture_components": (_at_least(0), "a number >= 0"),
     "model.texture_pixels": (_positive, "a positive number"),
+    "model.defect_pixels": (_at_least(0), "a number >= 0"),
     "denoiser.depth": (_at_least(2), "at least 2"), "denoiser.width": (_at_least(2), "at least 2"),
     "denoiser.input_noise": (_at_least(0), "a number >= 0"),
     **{f"train.{k}": (_positive, "a positive number") for k in

@@ -27,7 +27,7 @@ from semray.models import AnomalyDetector
 from semray.models.memory import bank_without
 from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
 from semray.runs import load_detector, read_threshold, save_threshold
-from semray.scores import FUSED_SCORE, PIXEL_MAPS, SCORE_NAMES
+from semray.scores import DEFECTS, FUSED_SCORE, PIXEL_MAPS, SCORE_NAMES
 
 LOG = get_logger("evaluate")
 
@@ -205,9 +205,11 @@ def calibrate_pixel_maps(detector: AnomalyDetector, images: list[np.ndarray], cf
     """The per-pixel maps' thresholds, as the windows' are: the (1 - fpr) quantile of each map's
     pixels over the defect-free images, so that about a fraction fpr of normal pixels is flagged
     (what `semray score --map-scale` and the overlays colour against)."""
-    # the fused map's components need the memory bank (knn) and the texture model
+    # the fused map's components need the memory bank (knn) and the texture model (and its
+    # simulated-defect map, where the run has one)
     fused = "knn" in detector.available_scores and detector.texture is not None
-    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE) + (("knn", "texture") if fused else ())
+    components = ("knn", "texture", *((DEFECTS,) if detector.defects is not None else ())) if fused else ()
+    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE) + components
     per_image = []
     for image in images:
         with bank_without(detector, image):  # the knn component as calibrate_run's window scores

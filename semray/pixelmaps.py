@@ -21,7 +21,7 @@ from scipy.ndimage import gaussian_filter
 from semray.data.patches import denormalize_patches, iter_windows, tile_positions
 from semray.edges import band_means, edge_band
 from semray.errors import ConfigError
-from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS, PIXEL_MAPS, needs_denoiser
+from semray.scores import DEFECTS, FUSED_SCORE, PIXEL_FUSION_BASE, PIXEL_MAPS, needs_denoiser, pixel_fusion_weights
 
 OUTPUTS = ("reconstruction", "smooth", "feature_mask")
 SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5  # Wang et al.'s Gaussian window (11 pixels wide), as semray.scores
@@ -47,9 +47,10 @@ class _Stitcher:
 
 def outputs_for(names) -> tuple[str, ...]:
     """The stitched outputs the per-pixel maps `names` compare the image with (the fused map: the
-    knn score too, spread over each window's pixels, and the texture map)."""
+    knn score too, spread over each window's pixels, the texture map, and the simulated-defect map
+    where the run has one)."""
     base = OUTPUTS if needs_denoiser(names) else ("reconstruction",)
-    return (*base, "knn", "texture") if FUSED_SCORE in names else base
+    return (*base, "knn", "texture", DEFECTS) if FUSED_SCORE in names else base
 
 
 @torch.no_grad()
@@ -62,16 +63,19 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
     image intensities. rows=(r0, r1): only those rows (from every window that overlaps them), so a
     huge image can be done in strips (see strip_pixel_maps). outputs=("reconstruction",) (what the
     default maps need, outputs_for) skips the denoiser; "knn" in outputs adds the knn score of each
-    window spread over its pixels (averaged where windows overlap), and "texture" the run's texture
-    map (semray.texture), both for the fused map."""
+    window spread over its pixels (averaged where windows overlap), "texture" the run's texture
+    map (semray.texture), and "defects" its simulated-defect map (semray.defects; left out for a run
+    without one), for the fused map."""
     denoise = any(k in ("smooth", "feature_mask") for k in outputs)
     knn = "knn" in outputs
-    texture = None
+    extra = {}
     if "texture" in outputs:
         if detector.texture is None:
             raise ConfigError("the fused pixel map needs the run's texture model, which runs trained before it "
                               "(or with model.texture_components: 0) lack; use another --pixel-map")
-        texture = detector.texture.score_map(image, rows=rows)
+        extra["texture"] = detector.texture.score_map(image, rows=rows)
+        if DEFECTS in outputs and detector.defects is not None:
+            extra[DEFECTS] = detector.texture.feature_map(image, detector.defects.logit, rows=rows)
     outputs = (*(OUTPUTS if denoise else ("reconstruction",)), *(("knn",) if knn else ()))
     device = next(detector.parameters()).device
     edges = detector.cover_edges if cover_edges is None else cover_edges
@@ -97,7 +101,7 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
             stitchers["smooth"].add(smooth.cpu().numpy(), by, bx)
             stitchers["feature_mask"].add((smooth - reconstruction).cpu().numpy(), by, bx)
     stitched = {k: s.image()[r0 - top:r1 - top] for k, s in stitchers.items()}
-    return stitched if texture is None else {**stitched, "texture": texture}
+    return {**stitched, **extra}
 
 
 def strip_pixel_maps(detector, image: np.ndarray, stride: int, blur: float, scale: int = 1,
@@ -148,9 +152,10 @@ def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: fl
     """Per-pixel anomaly maps of one image from its stitched outputs, each blurred by blur_sigma:
     "ssim_reconstruction" and "ssim_smooth" (1 - SSIM against the reconstruction and the smooth
     output), "reconstruction" and "smooth" (squared residuals, in image intensities), the fused map's
-    two other components "knn" (the windows' knn scores spread over their pixels) and "texture"
-    (semray.texture), and "fused" (the weighted sum of PIXEL_FUSION_WEIGHTS' maps, each standardised
-    by `stats`, their mean and std on normal images' pixels at this blur: pixel_map_stats).
+    other components "knn" (the windows' knn scores spread over their pixels), "texture"
+    (semray.texture) and "defects" (semray.defects), and "fused" (the weighted sum of
+    pixel_fusion_weights' maps, each standardised by `stats`, their mean and std on normal images'
+    pixels at this blur: pixel_map_stats).
     names=None: every map of PIXEL_MAPS the outputs and stats allow. strip=(top, height): the image
     is rows top.. of one `height` rows high, for each pixel's distance to the edge (None: it is whole)."""
     image = np.asarray(image, dtype=np.float32)
@@ -161,10 +166,10 @@ def pixel_maps(image: np.ndarray, outputs: dict[str, np.ndarray], blur_sigma: fl
         if stats is None or not _components(outputs):
             raise ConfigError("the fused pixel map needs the run's memory bank and texture model and the maps' "
                               "statistics on normal images (run `semray calibrate`)")
-        wanted += [k for k in PIXEL_FUSION_WEIGHTS if k not in wanted]
+        wanted += [k for k in pixel_fusion_weights(stats) if k not in wanted]
     maps = {}
     for name in wanted:
-        if name in ("knn", "texture"):
+        if name in ("knn", "texture", DEFECTS):
             maps[name] = np.nan_to_num(outputs[name], nan=0.0)
             continue
         kind, _, output = name.rpartition("_") if name.startswith("ssim_") else ("", "", name)
@@ -184,14 +189,14 @@ def _components(outputs: dict[str, np.ndarray]) -> bool:
 
 def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple], strip: tuple[int, int] | None = None,
                     weights: dict[str, float] | None = None) -> np.ndarray:
-    """sum_k w_k (map_k - mean_k) / std_k over PIXEL_FUSION_WEIGHTS: maps on unrelated scales (1 - SSIM,
+    """sum_k w_k (map_k - mean_k) / std_k over pixel_fusion_weights: maps on unrelated scales (1 - SSIM,
     a cosine distance) made comparable on normal pixels, as the fused window score is on windows.
     Where the statistics hold the normal means per band of distance to the image's edge
     (pixel_map_stats, semray.edges; a run calibrated before them holds one mean), each pixel is
     centred on its band's. strip=(top, height): the maps are rows top.. of an image `height` rows
     high (None: a whole image). weights: other components or weights than the shipped ones (the
     benchmarks' candidates)."""
-    weights = weights or PIXEL_FUSION_WEIGHTS
+    weights = weights or pixel_fusion_weights(stats)
     banded = any(len(stats[k]) > 2 for k in weights)
     if banded:
         shape = np.shape(maps[next(iter(weights))])
@@ -206,9 +211,10 @@ def fuse_pixel_maps(maps: dict[str, np.ndarray], stats: dict[str, tuple], strip:
 
 def pixel_map_stats(maps: list[dict[str, np.ndarray]], names=None) -> dict[str, tuple[float, float, list[float]]]:
     """Each fused-map component's (or each of `names`') mean and std over the pixels of normal
-    images' (blurred) whole maps, and its mean in each band of distance to the edge (semray.edges)."""
+    images' (blurred) whole maps, and its mean in each band of distance to the edge (semray.edges).
+    The components: the three every run has, and the simulated-defect map where the maps hold it."""
     stats = {}
-    for k in names or PIXEL_FUSION_WEIGHTS:
+    for k in names or (*PIXEL_FUSION_BASE, *((DEFECTS,) if DEFECTS in maps[0] else ())):
         flat = np.concatenate([np.asarray(m[k], dtype=np.float64).ravel() for m in maps])
         std = float(flat.std())
         stats[k] = (float(flat.mean()), std if std > 1e-12 else 1.0, band_means([m[k] for m in maps]))

@@ -26,11 +26,12 @@ from pyarrow import fs as pafs
 from semray import __version__
 from semray.config import Config
 from semray.data.io import ImageReadError, read_bytes
+from semray.defects import DefectModel
 from semray.device import memory_format, resolve_precision
 from semray.errors import SemrayError
 from semray.files import atomic_path, atomic_write, is_uri, join_uri, to_json
 from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
-from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
+from semray.scores import FUSED_SCORE, PIXEL_FUSION_BASE
 from semray.texture import TextureModel
 
 MODEL_FILE = "model.pt"
@@ -114,14 +115,15 @@ def model_state(cfg: Config, normalization: dict[str, Any], autoencoder: dict, d
                 training: dict[str, Any] | None = None, memory_bank: torch.Tensor | None = None,
                 score_stats: dict[str, tuple[float, float]] | None = None,
                 texture: TextureModel | None = None, bank_source: torch.Tensor | None = None,
-                bank_images: list[str] | None = None) -> dict[str, Any]:
+                bank_images: list[str] | None = None, defects: DefectModel | None = None) -> dict[str, Any]:
     """What model.pt holds. training: per stage, what it ran in (precision, memory format, device,
     patches/s). memory_bank: the normal windows' encoder features for the knn score
     (semray.models.memory). score_stats: each score's mean and std on normal windows, for the fused
     score (semray.models.fusion). texture: the normal pixels' texture model (semray.texture), for the
     fused per-pixel map, as tensors (model.pt loads with weights_only). bank_source, bank_images:
     which training image each bank row came from, and those images' fingerprints (for calibration
-    on them: semray.models.memory.bank_without)."""
+    on them: semray.models.memory.bank_without). defects: the simulated-defect classifier over the
+    texture model's features (semray.defects), for the fused per-pixel map, as tensors too."""
     return {
         "format": 1,
         "semray_version": __version__,
@@ -135,6 +137,7 @@ def model_state(cfg: Config, normalization: dict[str, Any], autoencoder: dict, d
         "memory_bank_source": torch.zeros(0, dtype=torch.int16) if bank_source is None else bank_source,
         "memory_bank_images": list(bank_images or []),
         "texture": {k: torch.from_numpy(v) for k, v in texture.as_state().items()} if texture else {},
+        "defects": {k: torch.from_numpy(v) for k, v in defects.as_state().items()} if defects else {},
     }
 
 
@@ -181,7 +184,7 @@ def _usable(calibration: dict[str, Any]) -> dict[str, Any]:
     one) cannot compute today's fused map: drop its statistics and fused threshold, so every
     command falls back to the other maps until `semray calibrate` runs again."""
     pixel = calibration.get("pixel_maps") or {}
-    if "stats" in pixel and not set(PIXEL_FUSION_WEIGHTS) <= set(pixel["stats"]):
+    if "stats" in pixel and not set(PIXEL_FUSION_BASE) <= set(pixel["stats"]):
         del pixel["stats"]
         pixel.get("scores", {}).pop(FUSED_SCORE, None)
     return calibration
@@ -224,6 +227,8 @@ def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu
                                memory_bank=state.get("memory_bank"),  # absent from runs trained before it
                                score_stats=state.get("score_stats") or None)
     detector.texture = TextureModel.from_state(state.get("texture"))  # absent from runs trained before it
+    if detector.texture is not None:  # absent from runs trained before it; it reads the texture model's features
+        detector.defects = DefectModel.from_state(state.get("defects"))
     if detector.texture is not None:  # its maps on the threads torch computes on here (a Ray worker: its CPUs)
         detector.texture.threads = torch.get_num_threads()
     if len(state.get("memory_bank_source", ())) == len(detector.memory_bank):  # absent from runs before it

@@ -60,8 +60,23 @@ FALLBACK_SCORE = "ssim_reconstruction"
 # ssim_reconstruction alone), then that pair and texture 0.5 / 0.5 (bench/texture_probe.py, the
 # texture model of 16 components with coherence from sigma 0.5: AUPRO 0.921 against 0.859 without
 # it, 0.914 at 0.3 and 0.919 at 0.4; the default DAE, bench/RESULTS.md).
+# Runs trained since also have the simulated-defect map (semray.defects: a classifier of the same
+# filter-bank features trained on defects pasted into the normal images), weighted 0.4 beside the
+# three scaled by 0.6 (validation AUPRO 0.934 against 0.924 without it, 0.933 at 0.3 and 0.932 at
+# 0.5; bench/defect_probe.py, bench/RESULTS.md). A run without it, or calibrated before it, fuses
+# the three as before (pixel_fusion_weights).
 PIXEL_MAPS = ("ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth", FUSED_SCORE)
-PIXEL_FUSION_WEIGHTS = {"ssim_reconstruction": 0.3, "knn": 0.2, "texture": 0.5}
+DEFECTS = "defects"
+DEFECTS_PIXEL_WEIGHT = 0.4
+PIXEL_FUSION_BASE = {"ssim_reconstruction": 0.3, "knn": 0.2, "texture": 0.5}
+PIXEL_FUSION_WEIGHTS = {**{k: w * (1 - DEFECTS_PIXEL_WEIGHT) for k, w in PIXEL_FUSION_BASE.items()},
+                        DEFECTS: DEFECTS_PIXEL_WEIGHT}
+
+
+def pixel_fusion_weights(components) -> dict[str, float]:
+    """The fused per-pixel map's weights for the components at hand (the keys of a run's pixel-map
+    statistics): all four where the simulated-defect map is among them, else the three before it."""
+    return PIXEL_FUSION_WEIGHTS if DEFECTS in components else PIXEL_FUSION_BASE
 # The per-pixel map `semray score --map-scale` and `semray predict` draw unless told otherwise: the
 # best on the validation half (above); neither it nor the fallback (a run calibrated before the
 # pixel statistics were stored, or without a memory bank) needs the denoiser.

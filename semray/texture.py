@@ -218,6 +218,18 @@ class TextureModel:
             return raw
         return raw - self.edge_offsets.astype(np.float32)[edge_band(raw.shape, r0, h)]
 
+    def features(self, image: np.ndarray) -> np.ndarray:
+        """The filter bank this model scores with, of a whole image (its own level)."""
+        return filter_bank(image, coherence_sigmas=self.coherence_sigmas)
+
+    def feature_map(self, image: np.ndarray, fn, rows: tuple[int, int] | None = None,
+                    level: tuple[float, float] | None = None, tile: int = TILE) -> np.ndarray:
+        """fn of this model's filter-bank features, (F, h, w) -> (h, w), for every pixel of the image
+        or of rows (r0, r1): computed block by block as score_map is (the same context, threads and
+        memory bound), for another per-pixel model of the same features (semray.defects)."""
+        r0, r1 = rows or (0, image.shape[0])
+        return self._blocks(image, r0, r1, level or image_level(image), tile, fn)
+
     def _raw_map(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int) -> np.ndarray:
         """The -log density of rows r0:r1, before the edge offsets."""
         h, w = image.shape
@@ -236,9 +248,11 @@ class TextureModel:
             kept = maps[key] = (weakref.ref(image, lambda _, key=key: maps.pop(key, None)), whole)
         return kept[1][r0:r1]
 
-    def _blocks(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int) -> np.ndarray:
-        """Rows r0:r1 of the map: rows that fit in one block as a band of rows per thread (each at
-        least 4 x REACH rows, so the context both sides of a band adds at most half its work), and
+    def _blocks(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int,
+                fn=None) -> np.ndarray:
+        """Rows r0:r1 of the map (or of fn of the features, if given): rows that fit in one block as
+        a band of rows per thread (each at least 4 x REACH rows, so the context both sides of a band
+        adds at most half its work), and
         larger ones in tile x tile squares one after another (so a huge scan's memory is one
         square's, however many cores the machine has). Every block is computed from its pixels and
         REACH pixels of context, so the map is the same however it is cut."""
@@ -259,7 +273,7 @@ class TextureModel:
             e0, e1, f0, f1 = max(0, y0 - REACH), min(h, y1 + REACH), max(0, x0 - REACH), min(w, x1 + REACH)
             feats = filter_bank(image[e0:e1, f0:f1], level=level, coherence_sigmas=self.coherence_sigmas
                                 )[:, y0 - e0:y1 - e0, x0 - f0:x1 - f0]
-            out[y0 - r0:y1 - r0, x0:x1] = -self.feature_log_density(feats)
+            out[y0 - r0:y1 - r0, x0:x1] = -self.feature_log_density(feats) if fn is None else fn(feats)
 
         threads = min(self.threads, len(blocks)) if banded else 1
         if threads <= 1:

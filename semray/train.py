@@ -31,6 +31,7 @@ from semray.config import Config
 from semray.data.datasets import load_normal_images, normal_image_paths
 from semray.data.io import pixel_size_um, read_bytes
 from semray.data.patches import grid_coordinates, normalization_of
+from semray.defects import DefectModel
 from semray.device import Precision, cpu_name, memory_format_name, resolve_precision, training_format
 from semray.evaluate import calibrate_run
 from semray.files import join_uri
@@ -445,13 +446,16 @@ def _remote_rates(cfg: dict[str, Any], threads: int) -> dict[str, float]:
 
 def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: Config, run_dir: Path,
                  storage: str | None = None, callbacks: list | None = None,
-                 validate: Callable | None = None, provenance: dict[str, Any] | None = None) -> Path:
+                 validate: Callable | None = None, provenance: dict[str, Any] | None = None,
+                 defects: bool = True) -> Path:
     """Both stages on a running Ray: the one training path of `semray train` and of every Tune trial.
 
     storage: where Ray Train keeps its checkpoints (a path or a cloud URI; default run_dir/ray).
     callbacks: Ray Train callbacks (Tune passes its TuneReportCallback). validate(autoencoder,
     denoiser or None) -> metrics is called on rank 0 after every epoch and its metrics reported.
     provenance: facts about the training data recorded in training.json and model.pt (the SEM pixel size).
+    defects=False: no simulated-defect map (Tune's trials, whose window scores never use it: the
+    search gives its best run one, add_defect_model).
     """
     import ray
 
@@ -478,12 +482,38 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     texture = TextureModel.fit(images, cfg.model.texture_components, cfg.model.texture_pixels, seed=cfg.train.seed,
                                threads=torch.get_num_threads()) if cfg.model.texture_components else None
     model = model_state(cfg, normalization, autoencoder, _ema_or_model(state), training=record, memory_bank=bank,
-                        texture=texture, bank_source=source, bank_images=[image_fingerprint(im) for im in images])
+                        texture=texture, bank_source=source, bank_images=[image_fingerprint(im) for im in images],
+                        defects=fit_defect_model(cfg, texture, images) if defects else None)
     detector, _ = detector_from_state(model, "cpu", warn=False)
     if texture is not None:  # the fitted model, which keeps its maps of these images (its edge offsets took them)
         detector.texture = texture
     model["score_stats"] = score_statistics(detector, images, seed=cfg.train.seed)
     return write_model(run_dir, model)
+
+
+def fit_defect_model(cfg: Config, texture: TextureModel | None, images: list[np.ndarray]) -> DefectModel | None:
+    """The run's simulated-defect map (semray.defects), over its texture model's features, fitted on
+    its training images with its seed; None where it has no texture model or model.defect_pixels is 0."""
+    if texture is None or not cfg.model.defect_pixels:
+        return None
+    return DefectModel.fit(images, texture.features, cfg.model.defect_pixels, seed=cfg.train.seed)
+
+
+def add_defect_model(run_dir: str | Path, images: list[np.ndarray]) -> bool:
+    """Give a trained run that lacks a simulated-defect map one, fitted on `images` (its training
+    images), in its model.pt: Tune's best run, whose trial skipped the fit, or a run trained before
+    semray had it. Then calibrate the run, so its fused pixel map uses it. -> whether one was added."""
+    path = Path(run_dir) / MODEL_FILE
+    state = load_state(path)
+    cfg = Config.from_dict(state["config"])
+    if state.get("defects"):
+        return False
+    defects = fit_defect_model(cfg, TextureModel.from_state(state.get("texture")), images)
+    if defects is None:
+        return False
+    state["defects"] = {k: torch.from_numpy(v) for k, v in defects.as_state().items()}
+    write_model(Path(run_dir), state)
+    return True
 
 
 def _stage_record(state: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ for key, value in TEST_ENV.items():
 
 # Tiny models and budgets: the end-to-end tests check the plumbing, not the accuracy.
 TINY_CONFIG = """\
-model: {width: 8, texture_components: 8, texture_pixels: 10000, latent_dim: 16}  # texture fit ~1 s, not ~20
+model: {width: 8, texture_components: 8, texture_pixels: 10000, defect_pixels: 20000, latent_dim: 16}  # fits ~1 s
 denoiser: {depth: 3, width: 8}
 train: {patches_per_epoch: 1024, denoiser_patches_per_epoch: 512, batch_size: 64}
 eval: {batch_size: 256}

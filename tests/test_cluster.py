@@ -36,7 +36,7 @@ SCORE_ACTOR = "MapWorker(MapBatches(ScoreImages))"
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 
 TRAIN_CONFIG = """\
-model: {width: 8, latent_dim: 16, texture_components: 8, texture_pixels: 10000}
+model: {width: 8, latent_dim: 16, texture_components: 8, texture_pixels: 10000, defect_pixels: 20000}
 denoiser: {depth: 3, width: 8}
 train: {epochs: 10, denoiser_epochs: 2, patches_per_epoch: 1024, denoiser_patches_per_epoch: 1024,
         batch_size: 64, ema_decay: 0}

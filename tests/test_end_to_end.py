@@ -36,6 +36,8 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     assert all(std > 0 for _, std in state["score_stats"].values())
     # the texture map's mixture over normal pixels' filter-bank features (semray.texture), as tensors
     assert state["texture"]["means"].shape == (8, 25) and state["texture"]["covariances"].shape == (8, 25, 25)
+    # the simulated-defect classifier over the same 25 features (semray.defects), as tensors too
+    assert state["defects"]["mean"].shape == (25,) and state["defects"]["weight0"].shape[0] == 25
 
     out = tmp_path / "eval.json"
     evaluation = run_cli("evaluate", "--run", run, "--data", synth_data, "--stride", 8, "--json", out)
@@ -53,12 +55,13 @@ def test_synth_train_evaluate(tmp_path, synth_data, trained_run):
     assert result["smoothing_px"] == 16  # neighbourhood pooling of scores is on by default
     # the per-pixel maps, stitched from windows every 8 px, are part of every evaluation
     assert result["pixel_maps"]["stride"] == 8 and "per-pixel maps" in evaluation.stdout
-    # ... and the fused map of ssim_reconstruction, knn and texture, from the statistics calibration stored
+    # ... and the fused map of ssim_reconstruction, knn, texture and the simulated-defect map, from the
+    # statistics calibration stored
     assert set(result["pixel_maps"]["maps"]) == {"ssim_reconstruction", "ssim_smooth", "reconstruction", "smooth",
                                                  "fused"}
     pixel_calibration = json.loads((run / "threshold.json").read_text())["pixel_maps"]
     assert json.loads((run / "threshold.json").read_text())["training_images"] == 0  # the held-out image
-    assert set(pixel_calibration["stats"]) == {"ssim_reconstruction", "knn", "texture"}
+    assert set(pixel_calibration["stats"]) == {"ssim_reconstruction", "knn", "texture", "defects"}
     assert set(pixel_calibration["scores"]) == set(result["pixel_maps"]["maps"])
     for metrics in result["pixel_maps"]["maps"].values():
         assert all(0.0 <= metrics[k] <= 1.0 for k in ("pixel_auroc", "aupro", "patch_auroc"))

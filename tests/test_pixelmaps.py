@@ -161,13 +161,15 @@ def test_strips_give_the_whole_image_computation(scale):
 def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too():
     """The fused per-pixel map: the ssim_reconstruction map, the windows' knn scores spread over
     their pixels and the texture map, each blurred and standardised by its mean and std on normal
-    pixels, weighted as PIXEL_FUSION_WEIGHTS; computed without the denoiser, in strips as on the
-    whole image; a run without a texture model says so in one line."""
+    pixels, weighted as PIXEL_FUSION_BASE, and with the simulated-defect map as a fourth part where
+    the run has one (weighted as PIXEL_FUSION_WEIGHTS); computed without the denoiser, in strips as
+    on the whole image; a run without a texture model says so in one line."""
+    from semray.defects import DefectModel
     from semray.edges import EDGE_BANDS, edge_band, edge_distance
     from semray.maps import assemble_map, score_image
     from semray.models.memory import build_memory_bank
     from semray.pixelmaps import outputs_for, pixel_map_stats, strip_pixel_maps
-    from semray.scores import FUSED_SCORE, PIXEL_FUSION_WEIGHTS
+    from semray.scores import DEFECTS, FUSED_SCORE, PIXEL_FUSION_BASE, PIXEL_FUSION_WEIGHTS
     from semray.texture import TextureModel
 
     cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
@@ -178,29 +180,49 @@ def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too()
     bank = build_memory_bank(ae, normal, {"mode": "patch", "mean": 0.5, "std": 0.25}, 32, max_windows=500)
     detector = AnomalyDetector(ae, _NoDenoiser(), memory_bank=bank).eval()
     wanted = outputs_for([FUSED_SCORE])
-    assert wanted == ("reconstruction", "knn", "texture")
+    assert wanted == ("reconstruction", "knn", "texture", DEFECTS)
     with pytest.raises(Exception, match="texture model"):
         stitched_outputs(detector, normal[0], 8, outputs=wanted)
     detector.texture = TextureModel.fit(normal, components=2, pixels=4000)
     components = [pixel_maps(im, stitched_outputs(detector, im, 8, outputs=wanted), blur_sigma=2.0,
-                             names=tuple(PIXEL_FUSION_WEIGHTS)) for im in normal]
+                             names=tuple(PIXEL_FUSION_BASE)) for im in normal]
     stats = pixel_map_stats(components)
-    for k in PIXEL_FUSION_WEIGHTS:
+    assert set(stats) == set(PIXEL_FUSION_BASE)  # a run without a simulated-defect map: three parts
+    for k in PIXEL_FUSION_BASE:
         flat = np.concatenate([m[k].ravel() for m in components])
         assert stats[k][:2] == pytest.approx((flat.mean(), flat.std()), rel=1e-5)
         outer = np.concatenate([m[k][edge_distance(m[k].shape) < EDGE_BANDS[0]] for m in components])
         assert stats[k][2][0] == pytest.approx(outer.mean(), rel=1e-5)  # the band nearest the edge
     image = rng.random((120, 72), dtype=np.float32)
     outputs = stitched_outputs(detector, image, 8, outputs=wanted)
+    assert DEFECTS not in outputs
     np.testing.assert_allclose(outputs["texture"], detector.texture.score_map(image))
     windows = score_image(detector, image, 8, names=("knn",))  # the knn map: each window's score over its pixels
     np.testing.assert_allclose(outputs["knn"], assemble_map(windows["knn"], windows["ys"], windows["xs"], 32,
                                                              image.shape), rtol=1e-5, atol=1e-6)
-    maps = pixel_maps(image, outputs, blur_sigma=2.0, names=(FUSED_SCORE, *PIXEL_FUSION_WEIGHTS), stats=stats)
+    maps = pixel_maps(image, outputs, blur_sigma=2.0, names=(FUSED_SCORE, *PIXEL_FUSION_BASE), stats=stats)
     bands = edge_band(image.shape)
-    expected = sum(w * (maps[k] - np.asarray(stats[k][2])[bands]) / stats[k][1]
-                   for k, w in PIXEL_FUSION_WEIGHTS.items())
-    np.testing.assert_allclose(maps[FUSED_SCORE], expected, rtol=1e-4, atol=1e-4)
+
+    def weighted_sum(maps, stats, weights):
+        return sum(w * (maps[k] - np.asarray(stats[k][2])[bands]) / stats[k][1] for k, w in weights.items())
+    np.testing.assert_allclose(maps[FUSED_SCORE], weighted_sum(maps, stats, PIXEL_FUSION_BASE), rtol=1e-4, atol=1e-4)
+    strips = strip_pixel_maps(detector, image, 8, blur=2.0, names=(FUSED_SCORE,), pixels_per_strip=72 * 24,
+                              stats=stats)
+    np.testing.assert_allclose(strips[FUSED_SCORE].astype(np.float32), maps[FUSED_SCORE], rtol=5e-3, atol=5e-3)
+
+    # with a simulated-defect map: its outputs and statistics gain it, and the fused map its fourth part
+    detector.defects = DefectModel.fit(normal, detector.texture.features, pixels=4000)
+    outputs = stitched_outputs(detector, image, 8, outputs=wanted)
+    np.testing.assert_allclose(outputs[DEFECTS], detector.texture.feature_map(image, detector.defects.logit))
+    old_stats = stats  # a run calibrated before it still fuses the three it was calibrated with
+    np.testing.assert_allclose(pixel_maps(image, outputs, blur_sigma=2.0, names=(FUSED_SCORE,), stats=old_stats)
+                               [FUSED_SCORE], maps[FUSED_SCORE], rtol=1e-5, atol=1e-5)
+    stats = pixel_map_stats([pixel_maps(im, stitched_outputs(detector, im, 8, outputs=wanted), blur_sigma=2.0,
+                                        names=tuple(PIXEL_FUSION_WEIGHTS)) for im in normal])
+    assert set(stats) == set(PIXEL_FUSION_WEIGHTS)
+    maps = pixel_maps(image, outputs, blur_sigma=2.0, names=(FUSED_SCORE, *PIXEL_FUSION_WEIGHTS), stats=stats)
+    np.testing.assert_allclose(maps[FUSED_SCORE], weighted_sum(maps, stats, PIXEL_FUSION_WEIGHTS),
+                               rtol=1e-4, atol=1e-4)
     strips = strip_pixel_maps(detector, image, 8, blur=2.0, names=(FUSED_SCORE,), pixels_per_strip=72 * 24,
                               stats=stats)
     np.testing.assert_allclose(strips[FUSED_SCORE].astype(np.float32), maps[FUSED_SCORE], rtol=5e-3, atol=5e-3)

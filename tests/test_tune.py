@@ -26,7 +26,7 @@ from conftest import run_cli
 # Tiny models, one epoch per stage, and a denser validation grid than the default (the synthetic
 # images are small).
 TUNE_YAML = """\
-model: {width: 8, latent_dim: 16, texture_components: 8, texture_pixels: 10000}
+model: {width: 8, latent_dim: 16, texture_components: 8, texture_pixels: 10000, defect_pixels: 20000}
 denoiser: {depth: 3, width: 8}
 train: {epochs: 1, denoiser_epochs: 1, patches_per_epoch: 512, denoiser_patches_per_epoch: 256}
 eval: {batch_size: 256}
@@ -138,5 +138,9 @@ def test_interrupted_search_resumes_and_writes_every_cell_and_a_usable_best_run(
     assert search["finished"] == len({r["trial_id"] for r in finals})
     state = torch.load(out / "best" / "model.pt", weights_only=True)
     assert state["config"]["model"]["kind"] == best["model"]
+    # the trials skip the simulated-defect map (their window scores never use it); the best run has one
+    trial_states = [torch.load(p, weights_only=True) for p in out.rglob("run/model.pt") if "best" not in p.parts]
+    assert len(trial_states) == search["finished"] >= 1
+    assert state["defects"] and not any(s["defects"] for s in trial_states)
     evaluation = run_cli("evaluate", "--run", best["run"], "--data", synth_data)
     assert "feature" in evaluation.stdout

@@ -57,6 +57,9 @@ class AnomalyDetector(nn.Module):
         # the run's semray.texture.TextureModel (runs.detector_from_state), for the fused pixel map and
         # the fused window score's texture component
         self.texture = None
+        # the run's semray.defects.DefectModel (runs.detector_from_state): the fused pixel map's
+        # simulated-defect part, over the texture model's features; None for runs trained before it
+        self.defects = None
         self.memory_format = memory_format  # of the inputs; the caller converts the weights (runs.detector_from_state)
 
     def set_score_stats(self, score_stats: dict[str, tuple[float, float]] | None) -> None:

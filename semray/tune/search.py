@@ -18,6 +18,7 @@ from semray.files import atomic_write, is_uri, join_uri, to_json
 from semray.log import get_logger
 from semray.ray_env import init_ray, wait_for_resources
 from semray.runs import RunError
+from semray.train import add_defect_model
 from semray.tune.results import (
     BEST_FILE,
     BEST_RUN,
@@ -221,6 +222,7 @@ def write_outputs(results, spec: TuneSpec, tune_dir: Path, log: logging.Logger =
         shutil.rmtree(best_run)
     best_result.checkpoint.to_directory(str(best_run))
     normal = [image for _, image in load_normal_images(spec.data, min_size=spec.base.patches.size)]
+    add_defect_model(best_run, normal)  # its trial trained on them all (trial_data) and skipped this fit
     calibrate_run(best_run, normal, f"the training images in {Path(spec.data) / 'Normal'}")
     best.update({"run": str(best_run), "checkpoint": best_result.checkpoint.path,
                  "search": search_summary(rows, results, spec)})

@@ -126,7 +126,7 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
         storage = join_uri(spec_.storage, f"{EXPERIMENT}-train/{context.get_trial_id()}")
     if not (run_dir / MODEL_FILE).exists():  # a restarted trial whose training had finished only scores
         train_stages(data["images"], normalization, cfg, run_dir, storage=storage,
-                     callbacks=[TuneReportCallback()], validate=validator)
+                     callbacks=[TuneReportCallback()], validate=validator, defects=False)
 
     detector, cfg = load_detector(run_dir, pick_device(cfg.train.use_gpu))
     metrics: dict[str, Any] = {}
