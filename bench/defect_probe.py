@@ -16,16 +16,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fusion_probe import components  # noqa: E402  (bench/, beside this script)
-from pixel_quality import map_figures, print_rows  # noqa: E402
+from fusion_probe import components, extra_component  # noqa: E402  (bench/, beside this script)
+from pixel_quality import map_figures  # noqa: E402
 from scipy.ndimage import gaussian_filter
 
 from semray.data.datasets import load_anomalous_images, load_normal_images
 from semray.defects import DefectModel
 from semray.device import pick_device
-from semray.pixelmaps import fuse_pixel_maps, pixel_map_stats
 from semray.runs import load_detector
-from semray.scores import PIXEL_FUSION_BASE
 from semray.texture import filter_bank
 from semray.tune import split_validation_test
 
@@ -62,20 +60,8 @@ def main() -> None:
     for maps, extra in ((normal, normal_maps), (anomalous, anomalous_maps)):
         for m, d in zip(maps, extra):
             m["defects"] = d
-    stats = pixel_map_stats(normal, (*PIXEL_FUSION_BASE, "defects"))
-    candidates = {}
-    for w in (float(x) for x in args.weights.split(",")):
-        weights = {**{c: x * (1 - w) for c, x in PIXEL_FUSION_BASE.items()}, "defects": w}
-        maps = [fuse_pixel_maps(m, stats, weights=weights).astype(np.float32) for m in anomalous]
-        v = map_figures(items, maps, val, cfg)
-        print(f"  defects at {w:g}: validation {v['pixel_auroc']:.4f} / {v['aupro']:.4f} / {v['patch_auroc']:.4f}",
-              flush=True)
-        candidates[w] = (v, maps)
-    pick = max(candidates, key=lambda w: candidates[w][0]["aupro"])
-    rows = {f"defects at {w:g}{' (validation pick)' if w == pick else ''}":
-            {h: map_figures(items, candidates[w][1], idx, cfg) for h, idx in (("val", val), ("test", test))}
-            for w in sorted({0.0, pick})}
-    print_rows(rows, digits=4)
+    extra_component(items, normal, anomalous, val, test, cfg, "defects",
+                    tuple(float(x) for x in args.weights.split(",")))
 
 
 if __name__ == "__main__":

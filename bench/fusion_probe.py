@@ -202,13 +202,14 @@ def component_blurs(items, normal, anomalous, val, test, cfg, sigmas) -> None:
     print_rows(rows, digits=4)
 
 
-def extra_component(items, normal, anomalous, val, test, cfg, name: str) -> None:
+def extra_component(items, normal, anomalous, val, test, cfg, name: str,
+                    candidates_w: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)) -> None:
     """A fourth component beside the shipped three (e.g. ssim_smooth: 1 - SSIM against the denoiser's
     smooth output, which the shipped map leaves out so that it needs no denoiser), weighted w and the
     shipped three (1 - w) x theirs; w chosen on validation AUPRO."""
     candidates = {}
     stats = pixel_map_stats(normal, (*PIXEL_FUSION_BASE, name))
-    for w in (0.0, 0.1, 0.2, 0.3, 0.4):
+    for w in candidates_w:
         weights = {**{c: v * (1 - w) for c, v in PIXEL_FUSION_BASE.items()}, name: w}
         maps = [fuse_pixel_maps(m, stats, weights=weights).astype(np.float32) for m in anomalous]
         v = map_figures(items, maps, val, cfg)

@@ -99,10 +99,10 @@ class DefectModel:
         """features: image -> (F, H, W) float32, the filter bank the model will be scored with.
         pixels: how many it learns from, drawn evenly from the simulated copies, half of them in
         simulated defects (fewer where a copy has fewer)."""
-        pixels_per_class = max(1, pixels // (2 * copies * len(images)))
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPClassifier
 
+        pixels_per_class = max(1, pixels // (2 * copies * len(images)))
         rng = np.random.default_rng(seed)
         xs, ys = [], []
         for image in images:
