@@ -153,14 +153,25 @@ class TextureModel:
         # to the process's compute threads (torch's, which a Ray worker sets to its CPUs); 1 here.
         self.threads = 1
         from scipy.linalg import solve_triangular
+
+        # The mixture as plain arrays: scoring needs nothing of scikit-learn, whose import costs
+        # every process that loads a run (each scoring actor, evaluate, calibrate) ~1.5 CPU-seconds.
+        self.weights, self.means, self.covariances = weights, means, covariances
+        # what scikit-learn's fit() leaves behind for score_samples: the Cholesky factor of each precision matrix
+        eye = np.eye(means.shape[1])
+        self.precisions_cholesky = np.stack([
+            solve_triangular(np.linalg.cholesky(c), eye, lower=True).T for c in covariances])
+
+    @property
+    def gmm(self):
+        """The mixture as scikit-learn's GaussianMixture (built when asked: for checks against
+        its score_samples, not for scoring)."""
         from sklearn.mixture import GaussianMixture
 
-        self.gmm = GaussianMixture(len(weights), covariance_type="full")
-        self.gmm.weights_, self.gmm.means_, self.gmm.covariances_ = weights, means, covariances
-        # what fit() leaves behind for score_samples: the Cholesky factor of each precision matrix
-        eye = np.eye(means.shape[1])
-        self.gmm.precisions_cholesky_ = np.stack([
-            solve_triangular(np.linalg.cholesky(c), eye, lower=True).T for c in covariances])
+        gmm = GaussianMixture(len(self.weights), covariance_type="full")
+        gmm.weights_, gmm.means_, gmm.covariances_ = self.weights, self.means, self.covariances
+        gmm.precisions_cholesky_ = self.precisions_cholesky
+        return gmm
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": {}}  # a detector shipped to Ray workers carries no maps
@@ -303,13 +314,13 @@ class TextureModel:
         are an einsum (no squared temporary), and the log-sum-exp is done in place. Chunks of 4,096
         pixels keep the (pixels x components x features) product in cache: 4x the per-component
         loop it replaced on a 1024 x 700 NanoTWICE image (bench/texture_cost.py)."""
-        gmm = self.gmm
-        components, dim = gmm.means_.shape
+        chol = self.precisions_cholesky
+        components, dim = self.means.shape
         # log N(x | mu_k, Sigma_k) = log w_k - d/2 log 2 pi + log det(P_k^1/2) - |(x - mu_k) P_k^1/2|^2 / 2
-        const = (np.log(gmm.weights_) - 0.5 * dim * np.log(2 * np.pi)
-                 + np.log(np.diagonal(gmm.precisions_cholesky_, axis1=1, axis2=2)).sum(axis=1)).astype(np.float32)
-        shift = np.einsum("kd,kde->ke", gmm.means_, gmm.precisions_cholesky_)
-        stacked = np.concatenate([gmm.precisions_cholesky_, -shift[:, None, :]], axis=1)  # (k, d + 1, d)
+        const = (np.log(self.weights) - 0.5 * dim * np.log(2 * np.pi)
+                 + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)).astype(np.float32)
+        shift = np.einsum("kd,kde->ke", self.means, chol)
+        stacked = np.concatenate([chol, -shift[:, None, :]], axis=1)  # (k, d + 1, d)
         weights = np.ascontiguousarray(stacked.transpose(1, 0, 2).reshape(dim + 1, components * dim), np.float32)
         out = np.empty(len(x), dtype=np.float32)
         step = 1 << 12
@@ -329,7 +340,7 @@ class TextureModel:
         return out
 
     def as_state(self) -> dict[str, Any]:
-        state = {"weights": self.gmm.weights_, "means": self.gmm.means_, "covariances": self.gmm.covariances_,
+        state = {"weights": self.weights, "means": self.means, "covariances": self.covariances,
                  "coherence_sigmas": np.asarray(self.coherence_sigmas, dtype=np.float64)}
         if self.edge_offsets is not None:
             state["edge_offsets"] = self.edge_offsets
