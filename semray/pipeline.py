@@ -457,9 +457,16 @@ def actor_resources(job: ScoreJob) -> dict[str, float]:
     return {"num_cpus": job.cpus_per_worker}
 
 
-def pool_size(job: ScoreJob, files: int) -> int:
-    """--workers, else as many actors as the cluster holds, but no more than there are files: an
-    actor costs a process and a model, and a second one for a single file would only idle."""
+# Input per scoring actor, at least: an actor's start (a process, torch, the model) costs ~3 CPU-seconds,
+# under a second of a 1024 x 704 NanoTWICE image's scoring (0.7 MB, ~4 CPU-s at the default score) but
+# fifty 256 x 256 ones' (64 KB). A job of a few small files is done by one actor before a second is up.
+BYTES_PER_ACTOR = 1 << 20
+
+
+def pool_size(job: ScoreJob, files: int, total_bytes: int | None = None) -> int:
+    """--workers, else as many actors as the cluster holds, but no more than there are files (an
+    actor costs a process and a model, and a second one for a single file would only idle) and one
+    per BYTES_PER_ACTOR of input (total_bytes; None: unknown)."""
     import ray
 
     if job.workers:
@@ -469,7 +476,20 @@ def pool_size(job: ScoreJob, files: int) -> int:
         fit = int(resources.get("GPU", 0) // job.gpus_per_worker)
     else:
         fit = int(resources.get("CPU", 1) // job.cpus_per_worker)
-    return max(1, min(fit, files))
+    return actor_count(fit, files, total_bytes)
+
+
+def actor_count(fit: int, files: int, total_bytes: int | None = None) -> int:
+    """Actors for `files` files of `total_bytes` bytes in all (None: unknown) where `fit` fit: at
+    least one, no more than there are files, one per BYTES_PER_ACTOR of input."""
+    by_size = files if total_bytes is None else -(-total_bytes // BYTES_PER_ACTOR)
+    return max(1, min(fit, files, by_size))
+
+
+def version_bytes(version: str | None) -> int:
+    """A file's size from its version ("SIZE-MTIME_NS", semray.data.io.file_versions); 0 if unknown."""
+    head = (version or "").split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger = LOG) -> dict[str, Any]:
@@ -510,7 +530,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
     started = time.time()
     items = [{"source": p, "source_version": versions[p], "skip_pages": sorted(done.get((p, versions[p]), ()))}
              for p in todo]
-    actors = pool_size(job, len(items))
+    actors = pool_size(job, len(items), sum(version_bytes(versions[p]) for p in todo))
     # Reads and writes ask for no CPU (they wait on storage), so nothing but this bounds how many run
     # at once: without it Ray starts a worker process per block, dozens on a laptop. Two per actor
     # keep the actors fed (and no more than there are files: Ray Data warns about idle slots).

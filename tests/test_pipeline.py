@@ -18,14 +18,17 @@ from semray.data.io import list_inputs, read_image_pages
 from semray.errors import ConfigError
 from semray.maps import anomaly_grid, grid_regions, score_image
 from semray.pipeline import (
+    BYTES_PER_ACTOR,
     ERRORS_SCHEMA,
     MAPS_SCHEMA,
     PATCHES_SCHEMA,
     RECORD_SCHEMA,
     WHOLE_FILE,
     ScoreJob,
+    actor_count,
     finished_pages,
     job_settings,
+    version_bytes,
     write_part,
 )
 from semray.pixelmaps import strip_pixel_maps
@@ -335,6 +338,18 @@ def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive, capsys):
     # (refused before Ray starts, so checked in this process)
     code, _, err = main_in_process(capsys, "score", images, "--run", run_dir, "--out", out, "--score", "smooth")
     assert code == 2 and "another scoring job" in err and f"score: '{DEFAULT_SCORE}'" in err
+
+
+def test_a_small_job_gets_one_actor_and_a_large_one_all_that_fit():
+    """An actor's start costs more than scoring a few small files: one per BYTES_PER_ACTOR of input,
+    no more than there are files or room for, and at least one."""
+    assert actor_count(fit=2, files=3, total_bytes=3 * 65_792) == 1  # three 256 x 256 test images
+    assert actor_count(fit=2, files=2, total_bytes=2 * 716_018) == 2  # two NanoTWICE images
+    assert actor_count(fit=8, files=48, total_bytes=48 * 65_792) == 4
+    assert actor_count(fit=2, files=1000, total_bytes=1000 * BYTES_PER_ACTOR) == 2
+    assert actor_count(fit=4, files=3, total_bytes=None) == 3  # sizes unknown: one per file, as before
+    assert actor_count(fit=4, files=5, total_bytes=0) == 1  # every file missing: one actor records them
+    assert version_bytes("65792-1733500000000000000") == 65_792 and version_bytes("missing") == 0
 
 
 def test_gpus_asked_of_a_machine_without_them_is_a_clear_error(tmp_path, untrained_run, archive, capsys):
