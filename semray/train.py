@@ -71,21 +71,79 @@ TRAIN_NAME = "train"  # Ray Train's run (both stages): its checkpoints are under
 
 
 # ---------------------------------------------------------------- the shared loop
-def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr: float, epochs: int,
+class RayTrainSession:
+    """What the loop asks of whatever runs it, in a Ray Train worker: its rank among the workers, its
+    device, the run's last checkpoint, DDP, and each epoch's report (with a checkpoint on rank 0)."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def last_checkpoint(self) -> dict[str, Any] | None:
+        import ray.train
+
+        return _state_in(ray.train.get_checkpoint())
+
+    def prepare(self, objective: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(objective)  # to device; DDP when world > 1
+
+    def report(self, metrics: dict[str, Any], directory: str | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None)
+
+
+class TuneTrialSession:
+    """The same, in a Tune trial's own process: one worker, Tune's checkpoints and reports. A trial
+    trains on one worker, and a Ray Train worker group around it cost half a dozen actor processes
+    (controller, worker, placement-group cleaner, dataset manager, barrier, report queue: ~12
+    CPU-seconds and ~10 s) for each trial: more than a small trial's training."""
+
+    rank, world = 0, 1
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def last_checkpoint(self) -> dict[str, Any] | None:
+        import ray.tune
+
+        return _state_in(ray.tune.get_checkpoint())  # None after the trial's last report (the run)
+
+    def prepare(self, objective: nn.Module) -> nn.Module:
+        return objective.to(self.device)
+
+    def report(self, metrics: dict[str, Any], directory: str | None) -> None:
+        import ray.tune
+
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory) if directory else None)
+
+
+def _state_in(checkpoint) -> dict[str, Any] | None:
+    """The training state a checkpoint holds, or None (no checkpoint, or one of something else)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        path = Path(d) / STATE_FILE
+        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def _train_stage(loop_cfg: dict[str, Any], session, stage: str, objective: nn.Module, lr: float, epochs: int,
                  patches_per_epoch: int, state: dict[str, Any] | None, carry: dict[str, Any]) -> dict[str, Any]:
-    """One stage inside each Ray Train worker; `run_epoch` is the part without Ray.
+    """One stage in each worker (session: RayTrainSession or TuneTrialSession); `run_epoch` is the
+    part without Ray.
 
     state: this stage's last checkpoint (resume from it), or None. carry: what every checkpoint of
     the stage also holds, so a resume needs nothing else (the denoiser's carry the frozen
     autoencoder). -> the stage's last state, as its last checkpoint holds it.
     """
-    import ray.train
-    import ray.train.torch
-
     cfg = Config.from_dict(loop_cfg["config"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = session.rank, session.world, session.device
     use = "denoiser" if isinstance(objective, DenoiserObjective) else "autoencoder"
     precision, fmt = training_format(cfg.train.precision, device, use)
     objective.to(memory_format=fmt)
@@ -102,7 +160,7 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
         if start_epoch >= epochs:  # the stage had finished: the next one starts from here
             return state
 
-    wrapped = ray.train.torch.prepare_model(objective)  # to device; DDP when world > 1
+    wrapped = session.prepare(objective)
     _move_optimizer_state(optimizer, device)
     batch, ema_decay = cfg.train.batch_and_ema(use)
     ema = make_ema(trainable, ema_decay)
@@ -133,35 +191,32 @@ def _train_stage(loop_cfg: dict[str, Any], stage: str, objective: nn.Module, lr:
                  "loss": mean_loss, "patches_per_s": metrics["patches_per_s"], "precision": precision.name,
                  "memory_format": memory_format_name(fmt), "device": _device_name(device)}
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
             if rank == 0:
                 torch.save(state, Path(tmp) / STATE_FILE)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
                 left = spent / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
                 print(progress_line(stage, epoch + 1, epochs, mean_loss, metrics["patches_per_s"], left), flush=True)
-            ray.train.report(metrics, checkpoint=ckpt)
+            session.report(metrics, tmp if rank == 0 else None)
     return state
 
 
 def training_loop(loop_cfg: dict[str, Any]) -> None:
     """Both stages in one Ray Train run: one worker group, started once (a group costs seconds of
-    process start-up and DDP set-up; two of them were most of a small training's wall time).
+    process start-up and DDP set-up; two of them were most of a small training's wall time)."""
+    _quiet_report_logger()
+    run_stages(loop_cfg, RayTrainSession())
+
+
+def run_stages(loop_cfg: dict[str, Any], session) -> dict[str, Any] | None:
+    """Both stages in this worker -> the last stage's last state.
 
     A restart (a lost worker, or `semray train` again) resumes from the last checkpoint, whichever
     stage wrote it: the denoiser's checkpoints carry the frozen autoencoder. loop_cfg["autoencoder"]
     (weights) skips stage 1; loop_cfg["stages"] = ["autoencoder"] stops after it (benchmarks).
     """
-    import ray.train
-
     cfg = Config.from_dict(loop_cfg["config"])
-    _quiet_report_logger()
     reuse_freed_memory()
     torch.set_num_threads(max(1, int(loop_cfg["threads"])))
-    state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    state = session.last_checkpoint()
 
     autoencoder, ae_record = loop_cfg.get("autoencoder"), None
     if state is not None and state.get("stage") == "denoiser":
@@ -169,20 +224,22 @@ def training_loop(loop_cfg: dict[str, Any]) -> None:
     if autoencoder is None:
         torch.manual_seed(cfg.train.seed)
         objective = AutoencoderObjective(create_autoencoder(cfg.model, cfg.patches.size))
-        ae_state = _train_stage(loop_cfg, f"autoencoder {cfg.model.kind}", objective, cfg.train.lr,
+        ae_state = _train_stage(loop_cfg, session, f"autoencoder {cfg.model.kind}", objective, cfg.train.lr,
                                 cfg.train.epochs, cfg.train.patches_per_epoch, state, {})
         autoencoder, ae_record, state = _ema_or_model(ae_state), _stage_record(ae_state), None
+        if "denoiser" not in loop_cfg.get("stages", ("autoencoder", "denoiser")):
+            return ae_state
     if "denoiser" not in loop_cfg.get("stages", ("autoencoder", "denoiser")):
-        return
+        return state
 
     torch.manual_seed(cfg.train.seed + 1)
     frozen = create_autoencoder(cfg.model, cfg.patches.size)
     frozen.load_state_dict(autoencoder)
     objective = DenoiserObjective(frozen, create_denoiser(cfg.denoiser, cfg.model.init_std),
                                   cfg.denoiser.input_noise, cfg.model.loss)
-    _train_stage(loop_cfg, f"denoiser {cfg.model.kind}", objective, cfg.train.denoiser_lr, cfg.train.denoiser_epochs,
-                 cfg.train.denoiser_patches_per_epoch, state,
-                 {"autoencoder": autoencoder, "autoencoder_record": ae_record})
+    return _train_stage(loop_cfg, session, f"denoiser {cfg.model.kind}", objective, cfg.train.denoiser_lr,
+                        cfg.train.denoiser_epochs, cfg.train.denoiser_patches_per_epoch, state,
+                        {"autoencoder": autoencoder, "autoencoder_record": ae_record})
 
 
 def _device_name(device: torch.device) -> str:
@@ -447,7 +504,7 @@ def _remote_rates(cfg: dict[str, Any], threads: int) -> dict[str, float]:
 def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: Config, run_dir: Path,
                  storage: str | None = None, callbacks: list | None = None,
                  validate: Callable | None = None, provenance: dict[str, Any] | None = None,
-                 defects: bool = True) -> Path:
+                 defects: bool = True, session=None) -> Path:
     """Both stages on a running Ray: the one training path of `semray train` and of every Tune trial.
 
     storage: where Ray Train keeps its checkpoints (a path or a cloud URI; default run_dir/ray).
@@ -456,6 +513,8 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     provenance: facts about the training data recorded in training.json and model.pt (the SEM pixel size).
     defects=False: no simulated-defect map (Tune's trials, whose window scores never use it: the
     search gives its best run one, add_defect_model).
+    session: run the loop in this process with this harness (TuneTrialSession: a Tune trial's, which
+    checkpoints through Tune) instead of in a Ray Train worker group; storage and callbacks unused.
     """
     import ray
 
@@ -463,13 +522,16 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
         wait_for_resources("GPU", cfg.train.num_workers * (cfg.train.gpus_per_worker or 1),
                            f"training with --gpu and {cfg.train.num_workers} worker(s)")
     storage = storage or str(run_dir / "ray")
-    loop_cfg = {"config": cfg.to_dict(), "images": ray.put(images), "normalization": normalization,
-                "threads": worker_threads(cfg), "validate": validate}
+    loop_cfg = {"config": cfg.to_dict(), "images": images if session else ray.put(images),
+                "normalization": normalization, "threads": worker_threads(cfg), "validate": validate}
     ae_path = run_dir / AUTOENCODER_FILE
     record = {**read_training_record(run_dir), **(provenance or {})}
     if ae_path.exists():  # stage 1 finished by a version of semray that ran the stages apart
         loop_cfg["autoencoder"] = load_state(ae_path)
-    state = _fit(training_loop, loop_cfg, cfg, storage, TRAIN_NAME, callbacks)
+    if session is not None:
+        state = run_stages(loop_cfg, session)
+    else:
+        state = _fit(training_loop, loop_cfg, cfg, storage, TRAIN_NAME, callbacks)
     autoencoder = state["autoencoder"]
     record["autoencoder"] = state["autoencoder_record"] or record.get("autoencoder")
     record["denoiser"] = _stage_record(state)

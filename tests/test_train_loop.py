@@ -1,6 +1,8 @@
 """The training loop's pieces without Ray: objectives, one epoch, seeding, the plain baseline."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -81,3 +83,47 @@ def test_a_run_refuses_other_training_settings_but_not_other_resources_or_eval(t
                                            "eval": {"stride": 8, "smoothing_px": 0}}))
     with pytest.raises(RunError, match="model.width"):
         _check_same_run(tmp_path, cfg.updated({"model": {"width": 16}}))
+
+
+class _Harness:
+    """What semray.train.run_stages asks of whatever runs it (RayTrainSession in a Ray Train worker,
+    TuneTrialSession in a Tune trial), without Ray: one CPU worker, each epoch's checkpoint kept."""
+
+    rank, world, device = 0, 1, torch.device("cpu")
+
+    def __init__(self, resume_from=None):
+        self.resume_from, self.reports = resume_from, []
+
+    def last_checkpoint(self):
+        return self.resume_from
+
+    def prepare(self, objective):
+        return objective
+
+    def report(self, metrics, directory):
+        from semray.train import STATE_FILE
+
+        self.reports.append((metrics, torch.load(Path(directory) / STATE_FILE, weights_only=True)))
+
+
+def test_both_stages_resume_from_any_epochs_checkpoint_to_the_same_weights():
+    """The loop as a Tune trial runs it: restarted from an epoch's checkpoint (the autoencoder's
+    last, the denoiser's first), it redoes only what is left and ends with the same weights."""
+    from semray.data.patches import normalization_of
+    from semray.train import run_stages
+
+    train = {**TINY["train"], "denoiser_epochs": 2, "denoiser_patches_per_epoch": 128, "precision": "fp32"}
+    cfg = Config().updated({**TINY, "train": train})
+    images = _images()
+    loop_cfg = {"config": cfg.to_dict(), "images": images, "normalization": normalization_of("patch", images),
+                "threads": 1, "validate": None}
+    whole = _Harness()
+    final = run_stages(loop_cfg, whole)
+    assert [(m["stage"].split()[0], m["epoch"]) for m, _ in whole.reports] == [
+        ("autoencoder", 1), ("autoencoder", 2), ("denoiser", 1), ("denoiser", 2)]
+    for done in (2, 3):
+        resumed = _Harness(resume_from=whole.reports[done - 1][1])
+        again = run_stages(loop_cfg, resumed)
+        assert len(resumed.reports) == 4 - done
+        for part in ("model", "ema", "autoencoder"):
+            assert all(torch.equal(again[part][k], final[part][k]) for k in final[part]), (done, part)

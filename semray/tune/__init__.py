@@ -1,9 +1,10 @@
 """Ray Tune over the nine model/score combinations.
 
 Each trial trains one autoencoder and its denoiser through `semray.train.train_stages` (the same
-Ray Train code as `semray train`; Tune runs the TorchTrainer inside a function trainable, and
-Ray's TuneReportCallback forwards every epoch's report to Tune), then scores held-out images with
-all three scores. Model kind is a grid dimension, so every sample of the search space is tried
+loop as `semray train`, run in the trial's own process, which holds the trial's CPUs or GPU: a
+trial has one worker, and a Ray Train worker group around it cost more processes than a small
+trial's training; every epoch's report and checkpoint goes to Tune), then scores held-out images
+with all three scores. Model kind is a grid dimension, so every sample of the search space is tried
 with AE, DAE and CVAE alike and each of the nine cells gets the same number of trials.
 
 The anomalous images are split once, deterministically, into a validation half (the only labels

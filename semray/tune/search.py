@@ -54,9 +54,9 @@ def grace_period(spec: TuneSpec) -> int:
 
 
 def concurrency(spec: TuneSpec) -> int:
-    """Trials at once: as many as the cluster's CPUs (and GPUs) hold at the per-trial resources.
-    Ray Train's workers take their own placement groups outside Tune's accounting, so Tune cannot
-    bound this by itself."""
+    """Trials at once: as many as the cluster's CPUs (and GPUs) hold at the per-trial resources
+    (what Tune's own accounting allows too; said here, so a search can print it and a GPU search
+    can wait for that many GPUs)."""
     import ray
 
     s = spec.settings
@@ -70,7 +70,7 @@ def concurrency(spec: TuneSpec) -> int:
 
 
 def _trial_resources(spec: TuneSpec) -> dict[str, Any]:
-    """Per-trial resources, applied to the Train worker (the trial's own actor only waits)."""
+    """Per-trial resources, as the trial's training reads them (its threads, its device)."""
     s = spec.settings
     return {"train.cpus_per_worker": s.cpus_per_trial, "train.use_gpu": s.gpus_per_trial > 0,
             "train.gpus_per_worker": s.gpus_per_trial, "train.num_workers": 1}
@@ -86,10 +86,10 @@ def ray_parts(spec: TuneSpec, log: logging.Logger = LOG) -> tuple[Any, list]:
     from ray import tune
 
     trainable = tune.with_parameters(run_trial, spec=spec.to_dict(), data=trial_data(spec))
-    # The trial's actor only drives its TorchTrainer: the CPUs/GPUs go to the Train worker. It asks
-    # for no CPU (even 0.01 each would leave two 1-CPU workers one short on a 2-core machine); Tune
-    # refuses an empty request, so it asks for a token of memory instead.
-    return tune.with_resources(trainable, {"cpu": 0, "memory": 2**20}), [_trial_log(log)]
+    # A trial trains in its own process (semray.train.TuneTrialSession): its CPUs and GPU are its own.
+    s = spec.settings
+    resources = {"cpu": s.cpus_per_trial, **({"gpu": s.gpus_per_trial} if s.gpus_per_trial else {})}
+    return tune.with_resources(trainable, resources), [_trial_log(log)]
 
 
 def make_scheduler(spec: TuneSpec):
@@ -122,6 +122,9 @@ def _tuner(spec: TuneSpec, tune_dir: Path, log: logging.Logger, restore: bool):
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=_storage(spec, tune_dir),
                                   callbacks=callbacks, verbose=0,
+                                  # a trial checkpoints every epoch: keep the last few, as semray train does
+                                  checkpoint_config=tune.CheckpointConfig(
+                                      num_to_keep=spec.base.train.checkpoints_to_keep or None),
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
@@ -183,9 +186,11 @@ def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None
             raise SemrayError(f"{tune_dir} already holds a search; continue it with --resume {tune_dir}, "
                              "or choose another --out")
         (tune_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    init_ray(address)
+    # No dashboard on a private Ray (2 s and ~3 CPU-seconds of its start): it hosted the State API
+    # that Ray Train's placement-group cleaner polls, and trials no longer run Ray Train.
+    init_ray(address, dashboard=False)
     settings = spec.settings
-    if settings.gpus_per_trial:  # trials' GPUs must be up before Ray Train's one-minute start timeout
+    if settings.gpus_per_trial:  # a search that cannot get its trials' GPUs says so, not pends forever
         wait_for_resources("GPU", settings.gpus_per_trial * (settings.max_concurrent_trials or 1),
                            f"tuning with --gpus-per-trial {settings.gpus_per_trial:g}")
     if resume and is_uri(spec.storage):

@@ -20,7 +20,6 @@ from semray.data.patches import iter_patch_batches, normalization_of, normalize_
 from semray.device import Precision, pick_device
 from semray.errors import SemrayError
 from semray.evaluate import summarize
-from semray.files import is_uri, join_uri
 from semray.log import get_logger
 from semray.maps import score_image
 from semray.metrics import auroc
@@ -28,7 +27,7 @@ from semray.models import AnomalyDetector
 from semray.models.detector import FP32
 from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, load_detector, save_config
 from semray.scores import reconstruction_score
-from semray.train import train_stages
+from semray.train import TuneTrialSession, train_stages
 from semray.tune.space import TuneSpec, trial_config
 
 EXPERIMENT = "search"  # Tune's experiment name: TUNE_DIR/search/
@@ -107,7 +106,6 @@ def pick_objective(aurocs: dict[str, float], score: str = "best") -> str:
 def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]) -> None:
     """Train, then score both halves and report everything with the run as the Tune checkpoint."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     # Ray logs "Checkpoint successfully created at: ..." at INFO for every report with a checkpoint,
     # and the trial's process forwards it to the user's console: the [tune] lines say it already.
@@ -121,14 +119,14 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
     normalization = {**data["normalization"], "mode": cfg.patches.normalization}  # the trial's own mode
     validator = EpochValidator(data["val"], cfg.patches.size, spec_.settings.val_stride, normalization,
                                cfg.eval.min_defect_pixels, spec_.settings.score)
-    storage = None
-    if is_uri(spec_.storage):  # the run directory is local to this node; checkpoints go to the cloud
-        storage = join_uri(spec_.storage, f"{EXPERIMENT}-train/{context.get_trial_id()}")
+    device = pick_device(cfg.train.use_gpu)
+    _restore_finished_run(ray.tune.get_checkpoint(), run_dir)
     if not (run_dir / MODEL_FILE).exists():  # a restarted trial whose training had finished only scores
-        train_stages(data["images"], normalization, cfg, run_dir, storage=storage,
-                     callbacks=[TuneReportCallback()], validate=validator, defects=False)
+        # in this process, checkpointing each epoch through Tune (its storage: a bucket if named)
+        train_stages(data["images"], normalization, cfg, run_dir, validate=validator, defects=False,
+                     session=TuneTrialSession(device))
 
-    detector, cfg = load_detector(run_dir, pick_device(cfg.train.use_gpu))
+    detector, cfg = load_detector(run_dir, device)
     metrics: dict[str, Any] = {}
     aurocs = {}
     for split in ("val", "test"):
@@ -146,6 +144,17 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
         for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE):
             shutil.copy2(run_dir / f, Path(tmp) / f)
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+
+
+def _restore_finished_run(checkpoint, run_dir: Path) -> None:
+    """A trial restarted where its run directory is gone (another node) after its last report: the
+    run comes back from that report's checkpoint, and is scored, not trained again."""
+    if checkpoint is None or (run_dir / MODEL_FILE).exists():
+        return
+    with checkpoint.as_directory() as d:
+        if (Path(d) / MODEL_FILE).exists():
+            for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE):
+                shutil.copy2(Path(d) / f, run_dir / f)
 
 
 def trial_data(spec: TuneSpec) -> dict[str, Any]:
