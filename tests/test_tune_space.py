@@ -58,6 +58,17 @@ def test_recipe_and_config_together_are_refused(tmp_path, synth_data, capsys):
     assert code == 2 and "--recipe and --config" in err
 
 
+def test_more_cpus_per_trial_than_the_machine_has_is_one_line_before_ray_starts(tmp_path, synth_data, capsys,
+                                                                                monkeypatch):
+    """A trial holds its own CPUs: on a private Ray one that asks for more than the machine has
+    would wait forever, so it is refused before anything starts or is written."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, _, err = main_in_process(capsys, "tune", "--data", synth_data, "--out", tmp_path / "t",
+                                   "--cpus-per-trial", 4096)
+    assert code == 2 and "--cpus-per-trial 4096 is more than this machine's" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "t").exists()
+
+
 def test_an_unknown_recipe_is_refused():
     with pytest.raises(ValueError, match="laptop, gpu"):
         recipe_path("cluster")

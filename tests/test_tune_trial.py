@@ -43,3 +43,27 @@ def test_epoch_validator_reports_an_auroc(synth_data):
     assert stage1["val_score"] == "reconstruction" and 0 <= stage1[OBJECTIVE] <= 1
     stage2 = validator(autoencoder, create_denoiser(cfg.denoiser).eval())
     assert stage2["val_score"] in SCORE_NAMES and 0 <= stage2[OBJECTIVE] <= 1
+
+
+def test_a_trial_restarted_without_its_run_directory_gets_the_run_back_from_its_last_checkpoint(tmp_path):
+    """Its last report's checkpoint holds the run: scored again, not trained again. An epoch's
+    checkpoint (training state) restores nothing: the loop resumes from it instead."""
+    from ray.tune import Checkpoint
+
+    from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE
+    from semray.train import STATE_FILE, _state_in
+    from semray.tune.trial import _restore_finished_run
+
+    final, epoch, run = tmp_path / "final", tmp_path / "epoch", tmp_path / "run"
+    for d in (final, epoch, run):
+        d.mkdir()
+    for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE):
+        (final / f).write_bytes(f.encode())
+    torch.save({"stage": "denoiser", "epoch": 3}, epoch / STATE_FILE)
+
+    _restore_finished_run(Checkpoint.from_directory(str(epoch)), run)
+    assert not (run / MODEL_FILE).exists()
+    assert _state_in(Checkpoint.from_directory(str(epoch)))["epoch"] == 3
+    assert _state_in(Checkpoint.from_directory(str(final))) is None and _state_in(None) is None
+    _restore_finished_run(Checkpoint.from_directory(str(final)), run)
+    assert all((run / f).read_bytes() == f.encode() for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE))

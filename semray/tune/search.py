@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from semray.errors import SemrayError
 from semray.evaluate import calibrate_run, format_cells
 from semray.files import atomic_write, is_uri, join_uri, to_json
 from semray.log import get_logger
-from semray.ray_env import init_ray, wait_for_resources
+from semray.ray_env import cluster_address, init_ray, wait_for_resources
 from semray.runs import RunError
 from semray.train import add_defect_model
 from semray.tune.results import (
@@ -179,6 +180,12 @@ class SearchInterrupted(RuntimeError):
 def tune_search(spec: TuneSpec, tune_dir: str | Path, address: str | None = None, resume: bool = False,
                 log: logging.Logger = LOG) -> dict[str, Any]:
     """Run (or resume) a search; write results.parquet, best.json and best/ -> the best.json dict."""
+    cpus = os.cpu_count() or 1  # a private Ray's (semray.ray_env.init_ray)
+    if cluster_address(address) is None and spec.settings.cpus_per_trial > cpus:
+        # Tune would wait for them forever, printing that no trial fits
+        raise SemrayError(f"--cpus-per-trial {spec.settings.cpus_per_trial:g} is more than this machine's {cpus} "
+                          "CPU(s), and no Ray cluster was named (--address or RAY_ADDRESS): no trial could "
+                          "start; ask for fewer")
     tune_dir = Path(tune_dir).resolve()
     tune_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
