@@ -3,7 +3,8 @@
 # with a GPU, once, with one summary line per step:
 #   install (timed on its own: it may fetch CUDA torch), synthetic data, `semray train --gpu` (both
 #   stages), a second run with 2 Ray Train workers sharing the GPU (train.gpus_per_worker: 0.5),
-#   `semray score` with GPU scoring actors (--gpus-per-worker 0.5), and fp32 against bf16 throughput
+#   `semray score` with GPU scoring actors (--gpus-per-worker 0.5), `semray tune` with four trials
+#   per GPU (--gpus-per-trial 0.25), and fp32 against bf16 throughput
 #   (bench/precision.py --device cuda).
 # Aim: under 8 minutes once installed. Logs of every step: $OUT/*.log (default bench/out/gpu_check).
 #
@@ -71,6 +72,15 @@ if step score $SEMRAY score "$OUT/data/Anomalous/images" --run "$OUT/run" --out 
 fi
 if step evaluate $SEMRAY evaluate --run "$OUT/run" --data "$OUT/data" --gpu; then
   echo "[gpu_check]   $(grep -E '^\[evaluate\]' "$OUT/evaluate.log" | tail -1)"
+fi
+# Tune trials sharing the GPU: each trial trains in its own process on its quarter of it
+# (semray.train.TuneTrialSession), then the best run gets its defect map and calibration.
+cat >"$OUT/tune.yaml" <<'EOF'
+train: {epochs: 2, patches_per_epoch: 8192, denoiser_epochs: 1, denoiser_patches_per_epoch: 4096, batch_size: 256}
+tune: {samples: 1, scheduler: fifo}
+EOF
+if step tune $SEMRAY tune --data "$OUT/data" --out "$OUT/tune" --config "$OUT/tune.yaml" --gpus-per-trial 0.25; then
+  echo "[gpu_check]   $(grep -E '^\[tune\] (best|[0-9]+ trials)' "$OUT/tune.log" | tr '\n' ' ')"
 fi
 # At the package's training batch (64) and at the GPU configs' (256): what auto picks must hold at both.
 for batch in 64 256; do
