@@ -156,7 +156,8 @@ def pixel_map_metrics(detector: AnomalyDetector, scored: list[tuple[LabelledImag
     stats = (pixel_calibration or {}).get("stats") if (pixel_calibration or {}).get("blur") == blur else None
     names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or stats)
     for item, r in _progress(scored, progress, f"per-pixel maps {cfg.model.kind}"):
-        outputs = stitched_outputs(detector, item.image, pixel_stride, cfg.eval.batch_size, outputs=outputs_for(names))
+        outputs = stitched_outputs(detector, item.image, pixel_stride, cfg.eval.batch_size,
+                                   outputs=outputs_for(names, stats))
         for name, m in pixel_maps(item.image, outputs, blur_sigma=blur, names=names, stats=stats).items():
             maps.setdefault(name, []).append(m)
             window_scores.setdefault(name, []).append(window_means(m, r["ys"], r["xs"], size))

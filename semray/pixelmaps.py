@@ -45,12 +45,15 @@ class _Stitcher:
             return np.where(self.count > 0, self.sum / np.maximum(self.count, 1), np.nan).astype(np.float32)
 
 
-def outputs_for(names) -> tuple[str, ...]:
+def outputs_for(names, stats: dict[str, tuple] | None = None) -> tuple[str, ...]:
     """The stitched outputs the per-pixel maps `names` compare the image with (the fused map: the
     knn score too, spread over each window's pixels, the texture map, and the simulated-defect map
-    where the run has one)."""
+    where the run has one). stats: the statistics the fused map will be standardised with, where
+    known: a calibration made before the simulated-defect map fuses without it, so it is not computed."""
     base = OUTPUTS if needs_denoiser(names) else ("reconstruction",)
-    return (*base, "knn", "texture", DEFECTS) if FUSED_SCORE in names else base
+    if FUSED_SCORE not in names:
+        return base
+    return (*base, "knn", "texture", *((DEFECTS,) if stats is None or DEFECTS in stats else ()))
 
 
 @torch.no_grad()
@@ -121,7 +124,8 @@ def strip_pixel_maps(detector, image: np.ndarray, stride: int, blur: float, scal
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
-        outputs = stitched_outputs(detector, image, stride, batch_size, rows=(e0, e1), outputs=outputs_for(names))
+        outputs = stitched_outputs(detector, image, stride, batch_size, rows=(e0, e1),
+                                   outputs=outputs_for(names, stats))
         for name, m in pixel_maps(image[e0:e1], outputs, blur_sigma=blur, names=names, stats=stats,
                                   strip=(e0, h)).items():
             parts[name].append(downsample(m[r0 - e0:r1 - e0], scale))

@@ -214,7 +214,8 @@ def test_the_fused_map_is_the_standardised_weighted_sum_and_strips_give_it_too()
     detector.defects = DefectModel.fit(normal, detector.texture.features, pixels=4000)
     outputs = stitched_outputs(detector, image, 8, outputs=wanted)
     np.testing.assert_allclose(outputs[DEFECTS], detector.texture.feature_map(image, detector.defects.logit))
-    old_stats = stats  # a run calibrated before it still fuses the three it was calibrated with
+    old_stats = stats  # a run calibrated before it still fuses the three it was calibrated with...
+    assert outputs_for([FUSED_SCORE], old_stats) == ("reconstruction", "knn", "texture")  # ...and skips the map
     np.testing.assert_allclose(pixel_maps(image, outputs, blur_sigma=2.0, names=(FUSED_SCORE,), stats=old_stats)
                                [FUSED_SCORE], maps[FUSED_SCORE], rtol=1e-5, atol=1e-5)
     stats = pixel_map_stats([pixel_maps(im, stitched_outputs(detector, im, 8, outputs=wanted), blur_sigma=2.0,
