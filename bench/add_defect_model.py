@@ -14,7 +14,7 @@ from pathlib import Path
 
 from semray.data.datasets import load_normal_images
 from semray.runs import load_detector
-from semray.train import add_defect_model
+from semray.train import add_defect_model, split_normal_images
 
 HERE = Path(__file__).resolve().parent
 
@@ -26,10 +26,9 @@ def main() -> None:
     args = p.parse_args()
     run = Path(args.run)
     _, cfg = load_detector(run, "cpu")
-    hold = cfg.train.holdout_normal_images
-    normal = [image for _, image in load_normal_images(args.data, min_size=cfg.patches.size)]
+    trained_on, _ = split_normal_images(load_normal_images(args.data, min_size=cfg.patches.size), cfg, args.data)
     started = time.time()
-    if not add_defect_model(run, normal[:len(normal) - hold] if hold else normal):  # what the run trained on
+    if not add_defect_model(run, [image for _, image in trained_on]):
         raise SystemExit(f"{run}: has a simulated-defect map already, or no texture model to give it features")
     print(f"{run / 'model.pt'}: simulated-defect map fitted in {time.time() - started:.1f} s and added; "
           "now run `semray calibrate` on it")

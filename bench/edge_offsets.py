@@ -17,6 +17,7 @@ import torch
 from semray.data.datasets import load_normal_images
 from semray.models.fusion import score_statistics
 from semray.runs import load_detector, load_state, write_model
+from semray.train import split_normal_images
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,9 +30,8 @@ def main() -> None:
     run = Path(args.run)
     detector, cfg = load_detector(run, "cpu")
     state = load_state(run / "model.pt")
-    hold = cfg.train.holdout_normal_images
-    normal = [image for _, image in load_normal_images(args.data, min_size=cfg.patches.size)]
-    images = normal[:len(normal) - hold] if hold else normal  # what the run trained on
+    trained_on, _ = split_normal_images(load_normal_images(args.data, min_size=cfg.patches.size), cfg, args.data)
+    images = [image for _, image in trained_on]
     texture = detector.texture
     texture.edge_offsets = texture.measure_edge_offsets(images)
     print(f"{run}: texture map edge offsets by band (semray.edges.EDGE_BANDS): {np.round(texture.edge_offsets, 3)}")

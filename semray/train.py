@@ -395,13 +395,9 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
         for use in ("autoencoder", "denoiser"):  # a bad value fails here, not in a worker
             precision = resolve_precision(cfg.train.precision, device, log, use=use)
             log.info(f"[train] {use}: precision {precision.name} ({precision.reason})")
-    normal = load_normal_images(data_dir, min_size=cfg.patches.size)
-    hold = cfg.train.holdout_normal_images
-    if hold and len(normal) <= hold:
-        raise RunError(f"{data_dir}: {len(normal)} normal image(s); holding out {hold} for calibration "
-                       "would leave none to train on")
-    held_out = normal[len(normal) - hold:] if hold else []
-    images = [image for _, image in normal[:len(normal) - hold]]
+    train_part, held_out = split_normal_images(load_normal_images(data_dir, min_size=cfg.patches.size), cfg,
+                                               data_dir)
+    images = [image for _, image in train_part]
     normalization = normalization_of(cfg.patches.normalization, images)
 
     # The throughput probe wants a quiet machine: a private Ray's own processes take most of two
@@ -433,6 +429,16 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     log.info(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
              + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return path
+
+
+def split_normal_images(normal: list, cfg: Config, data_dir: str | Path = "the data") -> tuple[list, list]:
+    """A data set's normal images (load_normal_images' order) -> (those the run trains on, those
+    train.holdout_normal_images holds out for calibration: the last ones)."""
+    hold = cfg.train.holdout_normal_images
+    if hold and len(normal) <= hold:
+        raise RunError(f"{data_dir}: {len(normal)} normal image(s); holding out {hold} for calibration "
+                       "would leave none to train on")
+    return (normal[:len(normal) - hold], normal[len(normal) - hold:]) if hold else (normal, [])
 
 
 def training_pixel_size(data_dir: str | Path, log: logging.Logger = LOG) -> float | None:

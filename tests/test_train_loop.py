@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from semray.config import Config
@@ -127,3 +128,15 @@ def test_both_stages_resume_from_any_epochs_checkpoint_to_the_same_weights():
         assert len(resumed.reports) == 4 - done
         for part in ("model", "ema", "autoencoder"):
             assert all(torch.equal(again[part][k], final[part][k]) for k in final[part]), (done, part)
+
+
+def test_the_held_out_normal_images_are_the_last_and_at_least_one_is_left_to_train_on():
+    from semray.runs import RunError
+    from semray.train import split_normal_images
+
+    normal = [("a.tif", 0), ("b.tif", 1), ("c.tif", 2)]
+    assert split_normal_images(normal, Config()) == (normal, [])
+    held = Config().updated({"train": {"holdout_normal_images": 1}})
+    assert split_normal_images(normal, held) == (normal[:2], normal[2:])
+    with pytest.raises(RunError, match="d/: 3 normal image.*would leave none"):
+        split_normal_images(normal, Config().updated({"train": {"holdout_normal_images": 3}}), "d/")
