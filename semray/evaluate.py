@@ -25,7 +25,15 @@ from semray.maps import assemble_map, calibrate_threshold, neighbourhood_mean, s
 from semray.metrics import at_threshold, aupro, auroc, held_out_f1, image_auroc, patch_metrics, pixel_auroc
 from semray.models import AnomalyDetector
 from semray.models.memory import bank_without
-from semray.pixelmaps import fuse_pixel_maps, outputs_for, pixel_map_stats, pixel_maps, stitched_outputs, window_means
+from semray.pixelmaps import (
+    fuse_pixel_maps,
+    keep_texture_maps,
+    outputs_for,
+    pixel_map_stats,
+    pixel_maps,
+    stitched_outputs,
+    window_means,
+)
 from semray.runs import load_detector, read_threshold, save_threshold
 from semray.scores import DEFECTS, FUSED_SCORE, PIXEL_MAPS, SCORE_NAMES
 
@@ -33,11 +41,25 @@ LOG = get_logger("evaluate")
 
 
 def score_dataset(detector: AnomalyDetector, cfg: Config, data_dir: str | Path, stride: int,
-                  progress: bool = True) -> list[tuple[LabelledImage, dict[str, np.ndarray]]]:
-    """Every anomalous image of data_dir with its window scores (the expensive part, done once)."""
+                  progress: bool = True, pixel_maps: tuple | None = None
+                  ) -> list[tuple[LabelledImage, dict[str, np.ndarray]]]:
+    """Every anomalous image of data_dir with its window scores (the expensive part, done once).
+    pixel_maps=(names, stats): the per-pixel maps that will follow (see pixel_map_names), whose
+    texture maps are computed with the window scores' (semray.pixelmaps.keep_texture_maps)."""
     images = load_anomalous_images(data_dir, min_size=cfg.patches.size)
-    return [(item, score_image(detector, item.image, stride, cfg.eval.batch_size))
-            for item in _progress(images, progress, f"scoring {cfg.model.kind}")]
+
+    def scores(image: np.ndarray) -> dict[str, np.ndarray]:
+        if pixel_maps:
+            keep_texture_maps(detector, image, *pixel_maps)
+        return score_image(detector, image, stride, cfg.eval.batch_size)
+    return [(item, scores(item.image)) for item in _progress(images, progress, f"scoring {cfg.model.kind}")]
+
+
+def pixel_map_names(pixel_calibration: dict[str, Any] | None, blur: float) -> tuple[tuple[str, ...], dict | None]:
+    """(the per-pixel maps evaluated, the statistics the fused one is standardised with): the fused
+    map where the run's calibration has its statistics at this blur."""
+    stats = (pixel_calibration or {}).get("stats") if (pixel_calibration or {}).get("blur") == blur else None
+    return tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or stats), stats
 
 
 @dataclass
@@ -127,8 +149,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None =
     detector, cfg = load_detector(run_dir, pick_device(use_gpu), precision)
     log_precision(log, "evaluate", detector)
     stride = stride or cfg.eval.stride
-    scored = score_dataset(detector, cfg, data_dir, stride, progress)
     calibration = read_threshold(Path(run_dir))
+    pixel_stride = cfg.eval.pixel_stride if pixel_stride is None else pixel_stride
+    pixel_maps = pixel_map_names((calibration or {}).get("pixel_maps"), cfg.eval.pixel_blur) if pixel_stride else None
+    scored = score_dataset(detector, cfg, data_dir, stride, progress, pixel_maps)
     min_defect_pixels = min_defect_pixels or cfg.eval.min_defect_pixels
     windows = pool_windows(scored, cfg.patches.size, min_defect_pixels,
                            cfg.eval.smoothing_px if smoothing_px is None else smoothing_px)
@@ -136,7 +160,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, stride: int | None =
                        thresholds=calibration["scores"] if calibration else None, pixel=True, windows=windows)
     if calibration:
         result["calibration"] = {k: calibration[k] for k in ("fpr", "stride", "windows", "images", "source")}
-    pixel_stride = cfg.eval.pixel_stride if pixel_stride is None else pixel_stride
     if pixel_stride:
         result["pixel_maps"] = pixel_map_metrics(detector, scored, cfg, pixel_stride, cfg.eval.pixel_blur,
                                                  windows.labels, progress, (calibration or {}).get("pixel_maps"))
@@ -152,9 +175,7 @@ def pixel_map_metrics(detector: AnomalyDetector, scored: list[tuple[LabelledImag
     size = cfg.patches.size
     maps: dict[str, list[np.ndarray]] = {}
     window_scores: dict[str, list[np.ndarray]] = {}
-    # the fused map where the run's calibration has its statistics at this blur
-    stats = (pixel_calibration or {}).get("stats") if (pixel_calibration or {}).get("blur") == blur else None
-    names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE or stats)
+    names, stats = pixel_map_names(pixel_calibration, blur)
     for item, r in _progress(scored, progress, f"per-pixel maps {cfg.model.kind}"):
         outputs = stitched_outputs(detector, item.image, pixel_stride, cfg.eval.batch_size,
                                    outputs=outputs_for(names, stats))
@@ -182,6 +203,8 @@ def calibrate_run(run_dir: str | Path, images: list[np.ndarray], source: str, fp
     pooled: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_NAMES}
     windows = training = 0
     for image in images:
+        if cfg.eval.pixel_stride and fuses_pixel_maps(detector):  # the maps follow: see keep_texture_maps
+            keep_texture_maps(detector, image, PIXEL_MAPS)
         with bank_without(detector, image) as held_out:  # a training image meets the bank as a new one would
             r = score_image(detector, image, stride, cfg.eval.batch_size)
         training += held_out
@@ -206,9 +229,7 @@ def calibrate_pixel_maps(detector: AnomalyDetector, images: list[np.ndarray], cf
     """The per-pixel maps' thresholds, as the windows' are: the (1 - fpr) quantile of each map's
     pixels over the defect-free images, so that about a fraction fpr of normal pixels is flagged
     (what `semray score --map-scale` and the overlays colour against)."""
-    # the fused map's components need the memory bank (knn) and the texture model (and its
-    # simulated-defect map, where the run has one)
-    fused = "knn" in detector.available_scores and detector.texture is not None
+    fused = fuses_pixel_maps(detector)
     components = ("knn", "texture", *((DEFECTS,) if detector.defects is not None else ())) if fused else ()
     names = tuple(k for k in PIXEL_MAPS if k != FUSED_SCORE) + components
     per_image = []
@@ -225,6 +246,12 @@ def calibrate_pixel_maps(detector: AnomalyDetector, images: list[np.ndarray], cf
     result["scores"] = {k: calibrate_threshold([m[k] for m in per_image], fpr)
                         for k in PIXEL_MAPS if k in per_image[0]}
     return result
+
+
+def fuses_pixel_maps(detector: AnomalyDetector) -> bool:
+    """Whether the run can make the fused per-pixel map: its components need the memory bank (knn)
+    and the texture model (and its simulated-defect map, where the run has one)."""
+    return "knn" in detector.available_scores and detector.texture is not None
 
 
 def log_precision(log: logging.Logger, what: str, detector: AnomalyDetector) -> None:

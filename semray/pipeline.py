@@ -211,6 +211,10 @@ def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict
     from semray.maps import image_record, score_image
 
     size = cfg.patches.size
+    if s.get("map_scale"):
+        from semray.pixelmaps import keep_texture_maps
+
+        keep_texture_maps(detector, image, (s["pixel_map"],), s.get("pixel_stats"))
     # only the mapped score, unless every window's scores are written (--patches): the default needs no denoiser
     scores = score_image(detector, image, s["stride"], s["batch_size"], names=None if s["patches"] else (s["score"],))
     record = {"source": source, "page": page, "height": image.shape[0], "width": image.shape[1],

@@ -29,7 +29,7 @@ from semray.log import get_logger
 from semray.maps import IMAGE_SCORE, image_record, pixel_size_mismatch, score_image
 from semray.models import AnomalyDetector
 from semray.overlay import render_overlay
-from semray.pixelmaps import strip_pixel_maps
+from semray.pixelmaps import keep_texture_maps, strip_pixel_maps
 from semray.runs import RunError, calibrated_threshold, load_detector, read_threshold, read_training_record
 from semray.scores import PIXEL_MAPS, SCORE_NAMES, default_pixel_map, default_score
 
@@ -113,6 +113,8 @@ class Run:
         if pixel_size_mismatch(pixel_size, self.trained_pixel_size):
             LOG.warning(f"{source}: pixel size {pixel_size:.4g} um, more than 20% from the training images' "
                         f"{self.trained_pixel_size:.4g} um: another magnification, its scores mean little")
+        if self.pixel_map:
+            keep_texture_maps(self.detector, pixels, (self.pixel_map,), self.pixel_stats)
         scores = score_image(self.detector, pixels, self.stride, self.cfg.eval.batch_size, names=(self.score,))
         record = image_record(scores, self.score, self.cfg.patches.size, self.stride, self.cfg.eval.smoothing_px, t,
                               pixel_size_um=pixel_size)

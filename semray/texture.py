@@ -222,12 +222,7 @@ class TextureModel:
         for an image up to 2 tiles' worth of pixels; else tile x tile squares), each from its pixels
         and REACH pixels of context on every side, so any block equals the whole image's computation
         and memory follows the block: 23 features of a 20000-pixel-wide strip would be 1.8 MB a row."""
-        h = image.shape[0]
-        r0, r1 = rows or (0, h)
-        raw = self._raw_map(image, r0, r1, level or image_level(image), tile)
-        if self.edge_offsets is None:
-            return raw
-        return raw - self.edge_offsets.astype(np.float32)[edge_band(raw.shape, r0, h)]
+        return self.feature_maps(image, (None,), rows, level, tile)[0]
 
     def features(self, image: np.ndarray) -> np.ndarray:
         """The filter bank this model scores with, of a whole image (its own level)."""
@@ -238,39 +233,75 @@ class TextureModel:
         """fn of this model's filter-bank features, (F, h, w) -> (h, w), for every pixel of the image
         or of rows (r0, r1): computed block by block as score_map is (the same context, threads and
         memory bound), for another per-pixel model of the same features (semray.defects)."""
-        r0, r1 = rows or (0, image.shape[0])
-        return self._blocks(image, r0, r1, level or image_level(image), tile, fn)
+        return self.feature_maps(image, (fn,), rows, level, tile)[0]
+
+    def feature_maps(self, image: np.ndarray, fns, rows: tuple[int, int] | None = None,
+                     level: tuple[float, float] | None = None, tile: int = TILE) -> list[np.ndarray]:
+        """[score_map if fn is None else feature_map(fn) for fn in fns], from one pass of the filter
+        bank: the bank is most of each map's cost (~1.1 of a NanoTWICE image's ~2.2 CPU-s each)."""
+        h = image.shape[0]
+        r0, r1 = rows or (0, h)
+        level = level or image_level(image)
+        if self.one_block(image, tile):
+            whole = self._whole_maps(image, level, tile, fns)
+            maps = [whole[fn][r0:r1] for fn in fns]
+        else:
+            maps = self._blocks(image, r0, r1, level, tile, fns)
+        if self.edge_offsets is None:
+            return maps
+        return [m - self.edge_offsets.astype(np.float32)[edge_band(m.shape, r0, h)] if fn is None else m
+                for fn, m in zip(fns, maps)]
+
+    def keep_maps(self, image: np.ndarray, fns) -> None:
+        """For an image of one block, compute its score map and the maps of fns now, from one pass of
+        the filter bank, and keep them while the image lives (see _whole_maps): for a caller that
+        will ask for them one after another (the window scores' texture, then the fused pixel map's
+        simulated-defect map). A larger image's maps are computed when asked, block by block."""
+        if self.one_block(image):
+            self._whole_maps(image, image_level(image), TILE, (None, *fns))
+
+    @staticmethod
+    def one_block(image: np.ndarray, tile: int = TILE) -> bool:
+        h, w = image.shape
+        return h * w <= 2 * tile * tile
 
     def _raw_map(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int) -> np.ndarray:
         """The -log density of rows r0:r1, before the edge offsets."""
-        h, w = image.shape
-        if h * w > 2 * tile * tile:
-            return self._blocks(image, r0, r1, level, tile)
-        # An image of one block: its whole map, kept while the image lives. Scoring asks twice (the
-        # fused window score's texture means, then the fused pixel map; evaluate and calibrate after
-        # all the images' window scores), and the map is most of a default scoring's CPU time.
-        # Read-only, so no caller edits the copy kept.
+        if self.one_block(image, tile):
+            return self._whole_maps(image, level, tile, (None,))[None][r0:r1]
+        return self._blocks(image, r0, r1, level, tile)[0]
+
+    def _whole_maps(self, image: np.ndarray, level: tuple[float, float], tile: int, fns) -> dict:
+        """{fn: its whole map} (None: the -log density, before the edge offsets) of an image of one
+        block, kept while the image lives, those not kept yet computed together. Scoring asks more
+        than once (the fused window score's texture means, then the fused pixel map; evaluate and
+        calibrate after all the images' window scores), and the maps are most of a default
+        scoring's CPU time. Read-only, so no caller edits the copies kept."""
         key = (id(image), level, tile)
         kept = self._maps.get(key)
         if kept is None or kept[0]() is not image:
-            whole = self._blocks(image, 0, h, level, tile)
-            whole.flags.writeable = False
             maps = self._maps
-            kept = maps[key] = (weakref.ref(image, lambda _, key=key: maps.pop(key, None)), whole)
-        return kept[1][r0:r1]
+            kept = maps[key] = (weakref.ref(image, lambda _, key=key: maps.pop(key, None)), {})
+        whole = kept[1]
+        missing = tuple(dict.fromkeys(fn for fn in fns if fn not in whole))
+        if missing:
+            for fn, m in zip(missing, self._blocks(image, 0, image.shape[0], level, tile, missing)):
+                m.flags.writeable = False
+                whole[fn] = m
+        return whole
 
     def _blocks(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int,
-                fn=None) -> np.ndarray:
-        """Rows r0:r1 of the map (or of fn of the features, if given): rows that fit in one block as
-        a band of rows per thread (each at least 4 x REACH rows, so the context both sides of a band
-        adds at most half its work), and
+                fns=(None,)) -> list[np.ndarray]:
+        """Rows r0:r1 of the map of each fn of the features (None: the -log density): rows that fit
+        in one block as a band of rows per thread (each at least 4 x REACH rows, so the context both
+        sides of a band adds at most half its work), and
         larger ones in tile x tile squares one after another (so a huge scan's memory is one
         square's, however many cores the machine has). Every block is computed from its pixels and
         REACH pixels of context, so the map is the same however it is cut."""
         h, w = image.shape
-        out = np.empty((max(0, r1 - r0), w), dtype=np.float32)
+        outs = [np.empty((max(0, r1 - r0), w), dtype=np.float32) for _ in fns]
         if r1 <= r0:
-            return out
+            return outs
         banded = (r1 - r0) * w <= 2 * tile * tile
         if banded:
             bands = max(1, min(self.threads, (r1 - r0) // (4 * REACH)))
@@ -284,7 +315,8 @@ class TextureModel:
             e0, e1, f0, f1 = max(0, y0 - REACH), min(h, y1 + REACH), max(0, x0 - REACH), min(w, x1 + REACH)
             feats = filter_bank(image[e0:e1, f0:f1], level=level, coherence_sigmas=self.coherence_sigmas
                                 )[:, y0 - e0:y1 - e0, x0 - f0:x1 - f0]
-            out[y0 - r0:y1 - r0, x0:x1] = -self.feature_log_density(feats) if fn is None else fn(feats)
+            for fn, out in zip(fns, outs):
+                out[y0 - r0:y1 - r0, x0:x1] = -self.feature_log_density(feats) if fn is None else fn(feats)
 
         threads = min(self.threads, len(blocks)) if banded else 1
         if threads <= 1:
@@ -293,7 +325,7 @@ class TextureModel:
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix="semray-texture") as pool:
                 list(pool.map(lambda b: block(*b), blocks))  # list(): a block's exception is raised here
-        return out
+        return outs
 
     def feature_log_density(self, feats: np.ndarray) -> np.ndarray:
         """log_density of a (features, H, W) stack -> (H, W), a few rows at a time (no copy of the stack)."""

@@ -79,3 +79,39 @@ def test_it_finds_the_generators_beads_and_films_and_survives_model_pt(fitted):
     again = DefectModel.from_state(torch.load(buffer, weights_only=True))
     np.testing.assert_allclose(texture.feature_map(image, again.logit), maps[0], rtol=1e-5, atol=1e-5)
     assert DefectModel.from_state({}) is None  # a run trained before it
+
+
+def test_the_texture_and_simulated_defect_maps_share_one_pass_of_the_filter_bank(fitted, monkeypatch):
+    """Scoring an image's windows (the texture map) and then its fused pixel map (the simulated-defect
+    map too) filters it once: keep_texture_maps computes both maps of an image of one block from one
+    filter bank and keeps them; a larger image's blocks give both maps from each block's bank. The
+    maps are those computed one by one."""
+    import semray.texture
+    from semray.config import Config
+    from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
+    from semray.pixelmaps import keep_texture_maps
+    from semray.scores import FUSED_SCORE
+
+    texture, model = fitted
+    image = _images(1, True, seed=5)[0][0]
+    alone = texture.score_map(image.copy()), texture.feature_map(image.copy(), model.logit)
+    in_tiles = texture.score_map(image.copy(), tile=64), texture.feature_map(image.copy(), model.logit, tile=64)
+    banks = []
+    bank = semray.texture.filter_bank
+    monkeypatch.setattr(semray.texture, "filter_bank", lambda *a, **k: banks.append(1) or bank(*a, **k))
+
+    cfg = Config()
+    detector = AnomalyDetector(create_autoencoder(cfg.model), create_denoiser(cfg.denoiser))
+    detector.texture, detector.defects = texture, model
+    keep_texture_maps(detector, image, ("ssim_reconstruction",))  # no fused map to follow: nothing done
+    assert banks == []
+    keep_texture_maps(detector, image, (FUSED_SCORE,))
+    assert len(banks) == 1
+    np.testing.assert_array_equal(texture.score_map(image), alone[0])
+    np.testing.assert_array_equal(texture.feature_map(image, model.logit), alone[1])
+    np.testing.assert_array_equal(texture.feature_map(image, model.logit, rows=(30, 120)), alone[1][30:120])
+    assert len(banks) == 1  # all three served from the one pass
+    both = texture.feature_maps(image.copy(), (None, model.logit), tile=64)  # 160 x 192 in 64 x 64 squares: 9
+    assert len(banks) == 1 + 9
+    np.testing.assert_array_equal(both[0], in_tiles[0])
+    np.testing.assert_array_equal(both[1], in_tiles[1])

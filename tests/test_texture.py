@@ -75,7 +75,7 @@ def test_an_images_map_is_computed_once_while_the_image_lives(model, monkeypatch
     monkeypatch.setattr(TextureModel, "_blocks", lambda self, *a: calls.append(a[1:3]) or blocks(self, *a))
     whole = model.score_map(image)
     np.testing.assert_array_equal(model.score_map(image, rows=(10, 90)), whole[10:90])
-    kept = next(iter(model._maps.values()))[1]  # the map kept: read-only, whatever a caller does with its copy
+    kept = next(iter(model._maps.values()))[1][None]  # the map kept: read-only, whatever a caller does with its copy
     assert len(calls) == 1 and not kept.flags.writeable
     assert len(pickle.loads(pickle.dumps(model))._maps) == 0  # shipped to a Ray worker without it
     model.score_map(image.copy())  # another array: computed for itself
