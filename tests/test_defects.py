@@ -16,6 +16,10 @@ from semray.metrics import pixel_auroc
 from semray.texture import TextureModel
 
 
+# one xdist worker fits the module's models once for all its tests (`make test`: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("defects")
+
+
 def _images(n: int, defects: bool, seed: int = 0):
     rng = np.random.default_rng(seed)
     cfg = SynthConfig(height=160, width=192)
