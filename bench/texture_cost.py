@@ -1,17 +1,21 @@
 """What the texture model (semray.texture) costs, before and after its speed-ups, in one run.
 
-    .venv/bin/python bench/texture_cost.py [--data ../shared/data/nanotwice] [--rounds 3]
+    .venv/bin/python bench/texture_cost.py [--data ../shared/data/nanotwice] [--rounds 3] [--maps-only]
 
 On NanoTWICE's 5 normal images, best of --rounds each: the filter bank of one image as ndimage's
-filters called one by one (what it was) against the shipped filter_bank (shared separable passes, the
-same values), and the Gaussian mixture's EM in float64 (what it was) against float32 (shipped), with
-the held-out log-likelihood of each (pixels not fitted on), the mixture's log density of one image's
-pixels as a loop over components (what it was) against the shipped one product per chunk, then one
-image's whole texture map on one thread and on two (row bands).
+filters called one by one (what it was first), as shared separable passes made by ndimage (what it
+was next) and as shipped (the same shared passes, each semray.texture.gaussian_pass: a BLAS axpy per
+tap), with the largest differences; ndimage's 1-D pass against gaussian_pass along either axis;
+the Gaussian mixture's EM in float64 (what it was) against float32 (shipped), with the held-out
+log-likelihood of each (pixels not fitted on), the mixture's log density of one image's pixels as a
+loop over components (what it was) against the shipped one product per chunk, then one image's
+whole texture map on one thread and on two (row bands), with BLAS limited to one thread inside the
+bands (shipped) and with its own threads on top. --maps-only: the filters and the maps, no EM.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import warnings
 from pathlib import Path
@@ -20,8 +24,9 @@ import numpy as np
 from scipy import ndimage
 from sklearn.mixture import GaussianMixture
 
+import semray.texture
 from semray.data.datasets import load_normal_images
-from semray.texture import COHERENCE_SIGMAS, SIGMAS, TextureModel, filter_bank, image_level
+from semray.texture import COHERENCE_SIGMAS, SIGMAS, TextureModel, filter_bank, gaussian_pass, image_level
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,6 +41,29 @@ def filters_one_by_one(image: np.ndarray) -> np.ndarray:
         local_var = ndimage.gaussian_filter(x * x, 2 * s) - ndimage.gaussian_filter(x, 2 * s) ** 2
         out += [ndimage.gaussian_filter(x, s), ndimage.gaussian_gradient_magnitude(x, s) * s,
                 ndimage.gaussian_laplace(x, s) * s * s, np.sqrt(np.maximum(local_var, 0)),
+                (hxx * hyy - hxy * hxy) * s ** 4]
+    gy, gx = ndimage.sobel(x, 0), ndimage.sobel(x, 1)
+    for s in COHERENCE_SIGMAS:
+        jxx, jyy, jxy = (ndimage.gaussian_filter(a, s) for a in (gx * gx, gy * gy, gx * gy))
+        out.append(np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-6))
+    return np.stack(out)
+
+
+def shared_passes_by_ndimage(image: np.ndarray) -> np.ndarray:
+    """The filter bank as it was next: the shared separable passes, each ndimage's gaussian_filter1d
+    (or gaussian_filter), in float64 inside, line by line."""
+    median, spread = image_level(image)
+    x = (np.asarray(image, dtype=np.float32) - median) / spread
+    g = ndimage.gaussian_filter1d
+    rows0 = {s: g(x, s, axis=0) for s in sorted(set(SIGMAS) | {2 * s for s in SIGMAS})}
+    smooth = {s: g(r, s, axis=1) for s, r in rows0.items()}
+    out = []
+    for s in SIGMAS:
+        rows1, rows2 = (g(x, s, axis=0, order=o) for o in (1, 2))
+        gy, gx = g(rows1, s, axis=1), g(rows0[s], s, axis=1, order=1)
+        hyy, hxx, hxy = g(rows2, s, axis=1), g(rows0[s], s, axis=1, order=2), g(rows1, s, axis=1, order=1)
+        local_var = ndimage.gaussian_filter(x * x, 2 * s) - smooth[2 * s] ** 2
+        out += [smooth[s], np.sqrt(gy * gy + gx * gx) * s, (hyy + hxx) * s * s, np.sqrt(np.maximum(local_var, 0)),
                 (hxx * hyy - hxy * hxy) * s ** 4]
     gy, gx = ndimage.sobel(x, 0), ndimage.sobel(x, 1)
     for s in COHERENCE_SIGMAS:
@@ -77,13 +105,27 @@ def main() -> None:
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "nanotwice"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--components", type=int, default=16)
+    p.add_argument("--maps-only", action="store_true", help="the filters and the maps only, no EM")
     args = p.parse_args()
     images = [im for _, im in load_normal_images(args.data)]
     image = images[0]
-    old, a = best_of(args.rounds, lambda: filters_one_by_one(image))
-    new, b = best_of(args.rounds, lambda: filter_bank(image))
-    print(f"filter bank, one {image.shape[1]} x {image.shape[0]} image: one by one {old:.2f} s, shared passes "
-          f"{new:.2f} s ({old / new:.2f}x), equal: {np.array_equal(a, b)}")
+    first, a = best_of(args.rounds, lambda: filters_one_by_one(image))
+    then, b = best_of(args.rounds, lambda: shared_passes_by_ndimage(image))
+    new, c = best_of(args.rounds, lambda: filter_bank(image))
+    print(f"filter bank, one {image.shape[1]} x {image.shape[0]} image: one by one {first:.2f} s, shared passes "
+          f"by ndimage {then:.2f} s ({first / then:.2f}x, equal: {np.array_equal(a, b)}), by gaussian_pass "
+          f"{new:.2f} s ({then / new:.2f}x more; largest difference {np.abs(c - b).max():.1e})")
+    x = (image.astype(np.float32) - image_level(image)[0]) / image_level(image)[1]
+    for sigma in (1.0, 4.0, 16.0):
+        line = []
+        for axis in (0, 1):
+            old, a = best_of(args.rounds, lambda s=sigma, a=axis: ndimage.gaussian_filter1d(x, s, axis=a))
+            new, b = best_of(args.rounds, lambda s=sigma, a=axis: gaussian_pass(x, s, a))
+            line.append(f"axis {axis}: {old * 1e3:.1f} -> {new * 1e3:.1f} ms ({old / new:.1f}x)")
+        print(f"  one pass at sigma {sigma:g}, ndimage -> gaussian_pass: " + "; ".join(line))
+    if args.maps_only:
+        model = TextureModel.fit(images, args.components)
+        return map_threads(model, image, args.rounds)
 
     rng = np.random.default_rng(0)
     fit, held = [], []
@@ -113,10 +155,21 @@ def main() -> None:
     print(f"log density of one image's {len(pixels):,} pixels, {args.components} components: per component "
           f"{old:.2f} s, one product per chunk {new:.2f} s ({old / new:.2f}x), largest difference "
           f"{np.abs(a - b).max():.1e} (values up to {np.abs(a).max():.0f})")
+    map_threads(model, image, args.rounds)
+
+
+def map_threads(model: TextureModel, image: np.ndarray, rounds: int) -> None:
+    shipped = semray.texture.threadpool_limits
     for threads in (1, 2):
         model.threads = threads
-        seconds, _ = best_of(args.rounds, lambda: model.score_map(image.copy()))
-        print(f"one image's texture map on {threads} thread(s): {seconds:.2f} s")
+        seconds, _ = best_of(rounds, lambda: model.score_map(image.copy()))
+        semray.texture.threadpool_limits = lambda *a, **k: contextlib.nullcontext()  # BLAS's own threads too
+        try:
+            own, _ = best_of(rounds, lambda: model.score_map(image.copy()))
+        finally:
+            semray.texture.threadpool_limits = shipped
+        print(f"one image's texture map on {threads} thread(s): {seconds:.2f} s with BLAS on one thread in "
+              f"each (shipped), {own:.2f} s with its own threads on top")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from threadpoolctl import threadpool_limits
 
 from semray.edges import band_means, edge_band
 
@@ -59,34 +60,68 @@ def filter_bank(image: np.ndarray, sigmas: tuple[float, ...] = SIGMAS,
     out = np.empty((5 * len(sigmas) + len(coherence_sigmas), *x.shape), dtype=np.float32)  # filled in place
     # Gaussian derivatives as separable 1-D passes, rows then columns: the passes ndimage's
     # gaussian_filter, gaussian_gradient_magnitude and gaussian_laplace make, in their order, so the
-    # same float32 values (a test holds them equal), but each shared where those functions repeat
-    # it: 9 passes a scale (2 of them the local contrast's x^2) plus 2 for each smoothing scale, where
-    # they make 20 a scale (bench/texture_cost.py: 1.47x).
-    gauss1d = ndimage.gaussian_filter1d
-    rows0 = {s: gauss1d(x, s, axis=0) for s in sorted(set(sigmas) | {2 * s for s in sigmas})}
-    smooth = {s: gauss1d(r, s, axis=1) for s, r in rows0.items()}
+    # same values (a test holds them equal), but each shared where those functions repeat it: 9
+    # passes a scale (2 of them the local contrast's x^2) plus 2 for each smoothing scale, where they
+    # make 20 a scale (bench/texture_cost.py: 1.47x). Each pass is gaussian_pass's, not ndimage's.
+    rows0 = {s: gaussian_pass(x, s, 0) for s in sorted(set(sigmas) | {2 * s for s in sigmas})}
+    smooth = {s: gaussian_pass(r, s, 1) for s, r in rows0.items()}
     i = 0
     for s in sigmas:
-        rows1, rows2 = (gauss1d(x, s, axis=0, order=o) for o in (1, 2))
-        gy, gx = gauss1d(rows1, s, axis=1), gauss1d(rows0[s], s, axis=1, order=1)
-        hyy, hxx, hxy = (gauss1d(rows2, s, axis=1), gauss1d(rows0[s], s, axis=1, order=2),
-                         gauss1d(rows1, s, axis=1, order=1))
+        rows1, rows2 = (gaussian_pass(x, s, 0, order=o) for o in (1, 2))
+        gy, gx = gaussian_pass(rows1, s, 1), gaussian_pass(rows0[s], s, 1, order=1)
+        hyy, hxx, hxy = (gaussian_pass(rows2, s, 1), gaussian_pass(rows0[s], s, 1, order=2),
+                         gaussian_pass(rows1, s, 1, order=1))
         out[i] = smooth[s]
         gradient = gy * gy
         gradient += gx * gx
         out[i + 1] = np.sqrt(gradient) * s
         out[i + 2] = (hyy + hxx) * s * s
-        local_var = ndimage.gaussian_filter(x * x, 2 * s) - smooth[2 * s] ** 2
+        local_var = gaussian_pass(gaussian_pass(x * x, 2 * s, 0), 2 * s, 1) - smooth[2 * s] ** 2
         out[i + 3] = np.sqrt(np.maximum(local_var, 0))
         out[i + 4] = (hxx * hyy - hxy * hxy) * s ** 4
         i += 5
     if coherence_sigmas:
         gy, gx = ndimage.sobel(x, 0), ndimage.sobel(x, 1)
         for s in coherence_sigmas:
-            jxx, jyy, jxy = (ndimage.gaussian_filter(a, s) for a in (gx * gx, gy * gy, gx * gy))
+            jxx, jyy, jxy = (gaussian_pass(gaussian_pass(a, s, 0), s, 1) for a in (gx * gx, gy * gy, gx * gy))
             out[i] = np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-6)
             i += 1
     return out
+
+
+def gaussian_pass(x: np.ndarray, sigma: float, axis: int, order: int = 0) -> np.ndarray:
+    """ndimage.gaussian_filter1d(x, sigma, axis, order=order) of a 2-D float32 array (its default
+    'reflect' boundary and truncation at 4 sigma), as one BLAS axpy per tap of the kernel, each over
+    the whole array shifted by whole rows (a pass along axis 1 is one along axis 0 of the transpose).
+    ndimage filters each line on its own, in float64: along axis 0, across the rows' stride, 4-20x
+    slower than this (bench/texture_cost.py); its values are these to float32's rounding (a test)."""
+    from scipy.linalg.blas import saxpy
+
+    if axis == 1:
+        return gaussian_pass(np.ascontiguousarray(x.T), sigma, 0, order).T
+    radius = int(4.0 * sigma + 0.5)
+    weights = _gaussian_kernel(sigma, order, radius)[::-1].astype(np.float32)  # correlated, as ndimage does
+    h, w = x.shape
+    padded = np.pad(np.asarray(x, dtype=np.float32), ((radius, radius), (0, 0)), mode="symmetric").ravel()
+    out = np.zeros(h * w, dtype=np.float32)
+    for k, weight in enumerate(weights):
+        if weight:  # a derivative kernel's zero taps
+            out = saxpy(padded[k * w:(k + h) * w], out, a=weight)
+    return out.reshape(h, w)
+
+
+def _gaussian_kernel(sigma: float, order: int, radius: int) -> np.ndarray:
+    """scipy.ndimage's Gaussian kernel (or its first or second derivative), taps -radius..radius."""
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    phi = np.exp(-0.5 / (sigma * sigma) * x * x)
+    phi /= phi.sum()
+    if order == 0:
+        return phi
+    if order == 1:
+        return -x / sigma ** 2 * phi
+    if order == 2:
+        return (x * x / sigma ** 4 - 1 / sigma ** 2) * phi
+    raise ValueError(f"derivative order {order}: 0, 1 or 2")
 
 
 def image_level(image: np.ndarray) -> tuple[float, float]:
@@ -319,12 +354,16 @@ class TextureModel:
                 out[y0 - r0:y1 - r0, x0:x1] = -self.feature_log_density(feats) if fn is None else fn(feats)
 
         threads = min(self.threads, len(blocks)) if banded else 1
-        if threads <= 1:
-            for b in blocks:
-                block(*b)
-        else:
-            with ThreadPoolExecutor(threads, thread_name_prefix="semray-texture") as pool:
-                list(pool.map(lambda b: block(*b), blocks))  # list(): a block's exception is raised here
+        # The bands are the map's parallelism: BLAS (the filters' axpys, the density's products) runs
+        # one thread in each. Its own threads on top, on the same cores, made the map 1.3x slower
+        # (two bands) or gained nothing (one; bench/texture_cost.py).
+        with threadpool_limits(1, user_api="blas"):
+            if threads <= 1:
+                for b in blocks:
+                    block(*b)
+            else:
+                with ThreadPoolExecutor(threads, thread_name_prefix="semray-texture") as pool:
+                    list(pool.map(lambda b: block(*b), blocks))  # list(): a block's exception is raised here
         return outs
 
     def feature_log_density(self, feats: np.ndarray) -> np.ndarray:
