@@ -93,8 +93,9 @@ def gaussian_pass(x: np.ndarray, sigma: float, axis: int, order: int = 0) -> np.
     """ndimage.gaussian_filter1d(x, sigma, axis, order=order) of a 2-D float32 array (its default
     'reflect' boundary and truncation at 4 sigma), as one BLAS axpy per tap of the kernel, each over
     the whole array shifted by whole rows (a pass along axis 1 is one along axis 0 of the transpose).
-    ndimage filters each line on its own, in float64: along axis 0, across the rows' stride, 4-20x
-    slower than this (bench/texture_cost.py); its values are these to float32's rounding (a test)."""
+    ndimage filters each line on its own, in float64: along axis 0, across the rows' stride, 4-9x
+    slower than this on a NanoTWICE image, along axis 1 about as fast at sigma 1 to 4, 3x slower at
+    16 (bench/texture_cost.py). Its values are these to float32's rounding (a test)."""
     from scipy.linalg.blas import saxpy
 
     if axis == 1:
