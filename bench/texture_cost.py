@@ -51,25 +51,14 @@ def filters_one_by_one(image: np.ndarray) -> np.ndarray:
 
 def shared_passes_by_ndimage(image: np.ndarray) -> np.ndarray:
     """The filter bank as it was next: the shared separable passes, each ndimage's gaussian_filter1d
-    (or gaussian_filter), in float64 inside, line by line."""
-    median, spread = image_level(image)
-    x = (np.asarray(image, dtype=np.float32) - median) / spread
-    g = ndimage.gaussian_filter1d
-    rows0 = {s: g(x, s, axis=0) for s in sorted(set(SIGMAS) | {2 * s for s in SIGMAS})}
-    smooth = {s: g(r, s, axis=1) for s, r in rows0.items()}
-    out = []
-    for s in SIGMAS:
-        rows1, rows2 = (g(x, s, axis=0, order=o) for o in (1, 2))
-        gy, gx = g(rows1, s, axis=1), g(rows0[s], s, axis=1, order=1)
-        hyy, hxx, hxy = g(rows2, s, axis=1), g(rows0[s], s, axis=1, order=2), g(rows1, s, axis=1, order=1)
-        local_var = ndimage.gaussian_filter(x * x, 2 * s) - smooth[2 * s] ** 2
-        out += [smooth[s], np.sqrt(gy * gy + gx * gx) * s, (hyy + hxx) * s * s, np.sqrt(np.maximum(local_var, 0)),
-                (hxx * hyy - hxy * hxy) * s ** 4]
-    gy, gx = ndimage.sobel(x, 0), ndimage.sobel(x, 1)
-    for s in COHERENCE_SIGMAS:
-        jxx, jyy, jxy = (ndimage.gaussian_filter(a, s) for a in (gx * gx, gy * gy, gx * gy))
-        out.append(np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-6))
-    return np.stack(out)
+    (in float64 inside, line by line) where semray.texture.gaussian_pass is now."""
+    shipped = semray.texture.gaussian_pass
+    semray.texture.gaussian_pass = lambda x, sigma, axis, order=0: ndimage.gaussian_filter1d(
+        x, sigma, axis=axis, order=order)
+    try:
+        return filter_bank(image)
+    finally:
+        semray.texture.gaussian_pass = shipped
 
 
 def log_density_per_component(model: TextureModel, x: np.ndarray) -> np.ndarray:

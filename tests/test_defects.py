@@ -15,7 +15,6 @@ from semray.defects import DefectModel, simulate_defects
 from semray.metrics import pixel_auroc
 from semray.texture import TextureModel
 
-
 # one xdist worker fits the module's models once for all its tests (`make test`: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("defects")
 

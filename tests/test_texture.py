@@ -19,7 +19,6 @@ from semray.texture import (
     window_statistics,
 )
 
-
 # one xdist worker fits the module's models once for all its tests (`make test`: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("texture")
 
