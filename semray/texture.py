@@ -248,7 +248,8 @@ class TextureModel:
     def measure_edge_offsets(self, images: list[np.ndarray]) -> np.ndarray:
         """How much higher than inside this model's map reads on normal images in each band of
         distance to the edge (semray.edges): the edge_offsets a fit records."""
-        means = np.asarray(band_means([self._raw_map(im, 0, im.shape[0], image_level(im), TILE) for im in images]))
+        means = np.asarray(band_means([self._raw_maps(im, (None,), 0, im.shape[0], image_level(im), TILE)[0]
+                                       for im in images]))
         return means - means[-1]
 
     def score_map(self, image: np.ndarray, rows: tuple[int, int] | None = None,
@@ -277,12 +278,7 @@ class TextureModel:
         bank: the bank is most of each map's cost (~1.1 of a NanoTWICE image's ~2.2 CPU-s each)."""
         h = image.shape[0]
         r0, r1 = rows or (0, h)
-        level = level or image_level(image)
-        if self.one_block(image, tile):
-            whole = self._whole_maps(image, level, tile, fns)
-            maps = [whole[fn][r0:r1] for fn in fns]
-        else:
-            maps = self._blocks(image, r0, r1, level, tile, fns)
+        maps = self._raw_maps(image, fns, r0, r1, level or image_level(image), tile)
         if self.edge_offsets is None:
             return maps
         return [m - self.edge_offsets.astype(np.float32)[edge_band(m.shape, r0, h)] if fn is None else m
@@ -301,11 +297,14 @@ class TextureModel:
         h, w = image.shape
         return h * w <= 2 * tile * tile
 
-    def _raw_map(self, image: np.ndarray, r0: int, r1: int, level: tuple[float, float], tile: int) -> np.ndarray:
-        """The -log density of rows r0:r1, before the edge offsets."""
+    def _raw_maps(self, image: np.ndarray, fns, r0: int, r1: int, level: tuple[float, float], tile: int
+                  ) -> list[np.ndarray]:
+        """Rows r0:r1 of each fn's map (None: the -log density, before the edge offsets): an image of
+        one block's from its kept whole maps, a larger one's block by block."""
         if self.one_block(image, tile):
-            return self._whole_maps(image, level, tile, (None,))[None][r0:r1]
-        return self._blocks(image, r0, r1, level, tile)[0]
+            whole = self._whole_maps(image, level, tile, fns)
+            return [whole[fn][r0:r1] for fn in fns]
+        return self._blocks(image, r0, r1, level, tile, fns)
 
     def _whole_maps(self, image: np.ndarray, level: tuple[float, float], tile: int, fns) -> dict:
         """{fn: its whole map} (None: the -log density, before the edge offsets) of an image of one

@@ -31,6 +31,8 @@ from semray.train import TuneTrialSession, train_stages
 from semray.tune.space import TuneSpec, trial_config
 
 EXPERIMENT = "search"  # Tune's experiment name: TUNE_DIR/search/
+# What a trial's final report checkpoints: its run, to restore or to become the search's best/
+RUN_FILES = (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE)
 METRICS = ("auroc", "average_precision", "precision", "recall", "f1", "threshold")
 OBJECTIVE = "val_auroc"
 LOG = get_logger("tune")
@@ -141,7 +143,7 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
     name = pick_objective(aurocs, spec_.settings.score)
     metrics.update({OBJECTIVE: aurocs[name], "val_score": name, "stage": "final"})
     with tempfile.TemporaryDirectory() as tmp:
-        for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE):
+        for f in RUN_FILES:
             shutil.copy2(run_dir / f, Path(tmp) / f)
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
@@ -153,7 +155,7 @@ def _restore_finished_run(checkpoint, run_dir: Path) -> None:
         return
     with checkpoint.as_directory() as d:
         if (Path(d) / MODEL_FILE).exists():
-            for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE):
+            for f in RUN_FILES:
                 shutil.copy2(Path(d) / f, run_dir / f)
 
 
