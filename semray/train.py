@@ -124,9 +124,20 @@ class TuneTrialSession:
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory) if directory else None)
 
 
+def checkpoint_holds(checkpoint, name: str) -> bool:
+    """Whether a Ray checkpoint holds the file `name`, asked of its storage (a bucket's listing):
+    as_directory() would download the whole checkpoint to find out. A restarted Tune trial asks
+    first whether its checkpoint is the finished run, then for the training state to resume from,
+    and opens only the one it holds."""
+    import pyarrow.fs
+
+    info = checkpoint.filesystem.get_file_info(f"{checkpoint.path.rstrip('/')}/{name}")
+    return info.type != pyarrow.fs.FileType.NotFound
+
+
 def _state_in(checkpoint) -> dict[str, Any] | None:
     """The training state a checkpoint holds, or None (no checkpoint, or one of something else)."""
-    if checkpoint is None:
+    if checkpoint is None or not checkpoint_holds(checkpoint, STATE_FILE):
         return None
     with checkpoint.as_directory() as d:
         path = Path(d) / STATE_FILE

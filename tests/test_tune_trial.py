@@ -67,3 +67,50 @@ def test_a_trial_restarted_without_its_run_directory_gets_the_run_back_from_its_
     assert _state_in(Checkpoint.from_directory(str(final))) is None and _state_in(None) is None
     _restore_finished_run(Checkpoint.from_directory(str(final)), run)
     assert all((run / f).read_bytes() == f.encode() for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE))
+
+
+def test_a_restarted_trial_downloads_only_the_checkpoint_it_restores(tmp_path):
+    """With checkpoints in a bucket, asking whether one is the finished run or an epoch's training
+    state is a listing, not a download: an epoch checkpoint's files are read once (to resume), the
+    finished run's once (to restore it), never both for one question. A pyarrow filesystem over
+    fsspec's in-memory store stands in for the bucket, counting the files opened for reading."""
+    import fsspec
+    import pyarrow.fs
+    from ray.tune import Checkpoint
+
+    from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE
+    from semray.train import STATE_FILE, _state_in
+    from semray.tune.trial import _restore_finished_run
+
+    opened: list[str] = []
+
+    class CountingHandler(pyarrow.fs.FSSpecHandler):
+        def open_input_stream(self, path):
+            opened.append(path)
+            return super().open_input_stream(path)
+
+        def open_input_file(self, path):
+            opened.append(path)
+            return super().open_input_file(path)
+
+    store = fsspec.filesystem("memory")
+    bucket = pyarrow.fs.PyFileSystem(CountingHandler(store))
+    for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE):
+        store.pipe(f"/semray-test/final/{f}", f.encode())
+    state = tmp_path / STATE_FILE
+    torch.save({"stage": "denoiser", "epoch": 3}, state)
+    store.pipe(f"/semray-test/epoch/{STATE_FILE}", state.read_bytes())
+    epoch = Checkpoint("/semray-test/epoch", filesystem=bucket)
+    final = Checkpoint("/semray-test/final", filesystem=bucket)
+    run = tmp_path / "run"
+    run.mkdir()
+    try:
+        _restore_finished_run(epoch, run)  # an epoch's checkpoint is not the finished run: nothing read
+        assert opened == [] and not (run / MODEL_FILE).exists()
+        assert _state_in(final) is None and opened == []  # the finished run holds no training state
+        assert _state_in(epoch)["epoch"] == 3 and len(opened) == 1
+        _restore_finished_run(final, run)
+        assert all((run / f).read_bytes() == f.encode() for f in (MODEL_FILE, CONFIG_FILE, AUTOENCODER_FILE))
+        assert len(opened) == 4
+    finally:
+        store.rm("/semray-test", recursive=True)

@@ -27,7 +27,7 @@ from semray.models import AnomalyDetector
 from semray.models.detector import FP32
 from semray.runs import AUTOENCODER_FILE, CONFIG_FILE, MODEL_FILE, load_detector, save_config
 from semray.scores import reconstruction_score
-from semray.train import TuneTrialSession, train_stages
+from semray.train import TuneTrialSession, checkpoint_holds, train_stages
 from semray.tune.space import TuneSpec, trial_config
 
 EXPERIMENT = "search"  # Tune's experiment name: TUNE_DIR/search/
@@ -151,12 +151,11 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any], data: dict[str, Any]
 def _restore_finished_run(checkpoint, run_dir: Path) -> None:
     """A trial restarted where its run directory is gone (another node) after its last report: the
     run comes back from that report's checkpoint, and is scored, not trained again."""
-    if checkpoint is None or (run_dir / MODEL_FILE).exists():
+    if checkpoint is None or (run_dir / MODEL_FILE).exists() or not checkpoint_holds(checkpoint, MODEL_FILE):
         return
     with checkpoint.as_directory() as d:
-        if (Path(d) / MODEL_FILE).exists():
-            for f in RUN_FILES:
-                shutil.copy2(Path(d) / f, run_dir / f)
+        for f in RUN_FILES:
+            shutil.copy2(Path(d) / f, run_dir / f)
 
 
 def trial_data(spec: TuneSpec) -> dict[str, Any]:
