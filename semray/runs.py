@@ -231,7 +231,8 @@ def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu
         detector.defects = DefectModel.from_state(state.get("defects"))
     if detector.texture is not None:  # its maps on the threads torch computes on here (a Ray worker: its CPUs)
         detector.texture.threads = torch.get_num_threads()
-    if len(state.get("memory_bank_source", ())) == len(detector.memory_bank):  # absent from runs before it
-        detector.bank_source = state["memory_bank_source"].to(torch.int16)
+    source = state.get("memory_bank_source")  # absent from runs trained before it, the bank too
+    if source is not None and len(source) == len(detector.memory_bank):
+        detector.bank_source = source.to(torch.int16)
         detector.bank_images = list(state.get("memory_bank_images", []))
     return detector.to(device, memory_format=fmt).eval(), cfg

@@ -104,6 +104,23 @@ def test_an_autoencoder_saved_with_the_full_first_kernel_loads_and_scores_the_sa
     torch.testing.assert_close(again(x), model(x))
 
 
+def test_a_run_saved_before_the_memory_bank_and_the_texture_model_loads_and_scores():
+    """model.pt of the first runs: weights and normalisation only, none of what later versions added
+    (the memory bank and its sources, the fused score's statistics, the texture and defect models)."""
+    from semray.config import Config
+    from semray.runs import detector_from_state, model_state
+
+    cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
+    state = model_state(cfg, {"mode": "patch", "mean": 0.5, "std": 0.25},
+                        create_autoencoder(cfg.model).state_dict(), create_denoiser(cfg.denoiser).state_dict())
+    for key in ("memory_bank", "memory_bank_source", "memory_bank_images", "score_stats", "texture", "defects"):
+        del state[key]
+    detector, _ = detector_from_state(state, warn=False)
+    assert detector.memory_bank.numel() == 0 and detector.texture is None and len(detector.bank_source) == 0
+    scores = detector(torch.rand(4, 1, 32, 32))["scores"]
+    assert scores["reconstruction"].shape == (4,) and not scores["knn"].any()
+
+
 @pytest.mark.parametrize("size", [32, 64])
 @pytest.mark.parametrize("kind", KINDS)
 def test_autoencoder_output_shape_and_training_loss(kind, size):
