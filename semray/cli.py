@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the score the maps, regions and threshold use (default: {DEFAULT_SCORE}, or "
                         f"{FALLBACK_SCORE} for a run trained before it)")
     b.add_argument("--workers", type=int, help="scoring actors (default: one per CPU, or per GPU share)")
-    b.add_argument("--cpus-per-worker", type=float, help="CPUs per scoring actor (default 1)")
+    b.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs (threads) per scoring actor (default 1; a GPU actor: its GPU share of its node's CPUs)")
     b.add_argument("--gpus-per-worker", type=float,
                    help="GPUs per scoring actor (fractions share a GPU; default 0: CPU actors)")
     b.add_argument("--batch-size", type=int, help="windows per forward pass (default 512)")

@@ -110,7 +110,7 @@ class ScoreJob:
     stride: int | None = None
     score: str | None = None  # None: the run's default score
     workers: int = 0  # actors in the pool; 0 = as many as the cluster's CPUs (or GPUs) hold
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # None: 1 per CPU actor; a GPU actor its share of its node's CPUs
     gpus_per_worker: float = 0.0
     batch_size: int = 512  # windows per forward pass
     threshold: float | None = None  # overrides the run's calibrated threshold
@@ -166,8 +166,10 @@ class ScoreImages:
 
         reuse_freed_memory()
         self.s = settings
-        threads = max(1, int(settings["cpus_per_worker"]))
-        torch.set_num_threads(threads)
+        gpus = settings["gpus_per_worker"]
+        torch.set_num_threads(actor_threads(settings["cpus_per_worker"], gpus,
+                                            _this_node_resources() if gpus and settings["cpus_per_worker"] is None
+                                            else None))
         if isinstance(model, ray.ObjectRef):
             model = ray.get(model)
         state = read_model(model)[0] if isinstance(model, (str, Path)) else model
@@ -378,6 +380,8 @@ def job_settings(job: ScoreJob, run_dir: str, checkpoint_sha256: str,
         raise ConfigError(f"--max-pixels must be positive, got {job.max_pixels}")
     if job.map_scale < 0:
         raise ConfigError(f"--map-scale must be 0 (off) or a positive factor, got {job.map_scale}")
+    if job.cpus_per_worker is not None and job.cpus_per_worker <= 0:
+        raise ConfigError(f"--cpus-per-worker must be positive, got {job.cpus_per_worker:g}")
     cfg = read_config(run_dir)
     if cfg is None:
         raise RunError(f"{run_dir}: no config.yaml; is this a `semray train` run directory?")
@@ -453,12 +457,30 @@ def actor_precision(requested: str, gpu: bool) -> tuple[Precision, str]:
 
 
 def actor_resources(job: ScoreJob) -> dict[str, float]:
-    """What one scoring actor asks Ray for: its GPU share on a GPU job (its threads still follow
-    cpus_per_worker; Ray Data warns that asking for CPUs and GPUs together is experimental), else
-    its CPUs."""
+    """What one scoring actor asks Ray for: its GPU share on a GPU job (Ray Data warns that asking
+    for CPUs and GPUs together is experimental; its threads: actor_threads), else its CPUs."""
     if job.gpus_per_worker:
         return {"num_gpus": job.gpus_per_worker}
-    return {"num_cpus": job.cpus_per_worker}
+    return {"num_cpus": job.cpus_per_worker or 1.0}
+
+
+def actor_threads(cpus_per_worker: float | None, gpus_per_worker: float, node: dict[str, float] | None) -> int:
+    """Threads of one scoring actor: its --cpus-per-worker (default 1). A GPU actor asks Ray for its
+    GPU share only, yet the default score's texture and simulated-defect maps run on its CPU (~1-2
+    CPU-s a NanoTWICE image, against a fraction of that for the networks on a GPU): unless
+    --cpus-per-worker says otherwise it takes the same share of its node's CPUs (node: that node's
+    Ray resources) as of its GPUs, not one thread beside an idle GPU."""
+    if cpus_per_worker is not None or not gpus_per_worker or not node or not node.get("GPU"):
+        return max(1, int(cpus_per_worker or 1))
+    return max(1, int(node.get("CPU", 1) * min(gpus_per_worker / node["GPU"], 1.0)))
+
+
+def _this_node_resources() -> dict[str, float]:
+    """The Ray resources of the node this process runs on."""
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    return next((n["Resources"] for n in ray.nodes() if n["NodeID"] == me), {})
 
 
 # Input per scoring actor, at least: an actor's start (a process, torch, the model) costs ~3 CPU-seconds,
@@ -479,7 +501,7 @@ def pool_size(job: ScoreJob, files: int, total_bytes: int | None = None) -> int:
     if job.gpus_per_worker:
         fit = int(resources.get("GPU", 0) // job.gpus_per_worker)
     else:
-        fit = int(resources.get("CPU", 1) // job.cpus_per_worker)
+        fit = int(resources.get("CPU", 1) // (job.cpus_per_worker or 1.0))
     return actor_count(fit, files, total_bytes)
 
 

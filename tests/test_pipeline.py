@@ -26,6 +26,8 @@ from semray.pipeline import (
     WHOLE_FILE,
     ScoreJob,
     actor_count,
+    actor_resources,
+    actor_threads,
     finished_pages,
     job_settings,
     version_bytes,
@@ -175,7 +177,8 @@ def test_the_scoring_actor_stores_the_per_pixel_map_and_the_overlay_colours_it(u
 
 
 def test_map_scale_and_pixel_map_are_checked_before_anything_runs(tmp_path, untrained_run):
-    for bad, words in (({"map_scale": -1}, "--map-scale"), ({"map_scale": 4, "pixel_map": "feature"}, "--pixel-map")):
+    for bad, words in (({"map_scale": -1}, "--map-scale"), ({"map_scale": 4, "pixel_map": "feature"}, "--pixel-map"),
+                       ({"cpus_per_worker": 0}, "--cpus-per-worker")):
         job = ScoreJob(inputs=[], run=str(untrained_run), out=str(tmp_path), **bad)
         with pytest.raises(ConfigError, match=words):
             job_settings(job, str(untrained_run), "0" * 16)
@@ -350,6 +353,20 @@ def test_a_small_job_gets_one_actor_and_a_large_one_all_that_fit():
     assert actor_count(fit=4, files=3, total_bytes=None) == 3  # sizes unknown: one per file, as before
     assert actor_count(fit=4, files=5, total_bytes=0) == 1  # every file missing: one actor records them
     assert version_bytes("65792-1733500000000000000") == 65_792 and version_bytes("missing") == 0
+
+
+def test_a_gpu_actor_takes_its_gpu_share_of_its_nodes_cpus_unless_told():
+    """A GPU actor reserves no CPU, yet the default maps' texture part runs on its CPU: by default
+    it takes the share of its node's CPUs that it has of the node's GPUs (not one thread beside an
+    idle GPU); --cpus-per-worker decides where given, and a CPU actor keeps its CPUs (default 1)."""
+    node = {"CPU": 48.0, "GPU": 4.0}
+    assert actor_threads(None, 1.0, node) == 12 and actor_threads(None, 0.5, node) == 6
+    assert actor_threads(None, 8.0, node) == 48  # more GPUs than the node has: the node, no more
+    assert actor_threads(2.0, 1.0, node) == 2  # told
+    assert actor_threads(None, 0.0, node) == 1 and actor_threads(3.0, 0.0, None) == 3  # CPU actors
+    assert actor_threads(None, 1.0, {"CPU": 2.0}) == 1  # a node without GPUs (resources unknown)
+    assert actor_resources(ScoreJob(inputs=[], run="r", out="o")) == {"num_cpus": 1.0}
+    assert actor_resources(ScoreJob(inputs=[], run="r", out="o", gpus_per_worker=0.5)) == {"num_gpus": 0.5}
 
 
 def test_gpus_asked_of_a_machine_without_them_is_a_clear_error(tmp_path, untrained_run, archive, capsys):
