@@ -174,6 +174,8 @@ def _rate(step, batch: int, seconds: float, device: torch.device, enough: int | 
     while warm < 3 or more(warm, started, seconds / 4):
         step()
         warm += 1
+    if device.type == "cuda":  # the warm-up's kernels finish before the clock starts
+        torch.cuda.synchronize(device)
     n, started = 0, time.perf_counter()
     while n < 1 or more(n, started, seconds):
         step()

@@ -79,7 +79,7 @@ def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim
     raw = sample_patches(images, n_patches, cfg.patches.size, generator, cfg.patches.min_patch_std,
                          cfg.patches.flips, cfg.patches.transposes)
     x_all = normalize_patches(raw, **norm)
-    total, steps = 0.0, 0
+    total, steps = torch.zeros((), device=x_all.device), 0  # summed where the loss is: no host sync a step
     for x in x_all.split(batch_size or cfg.train.batch_size):
         with precision.autocast(x.device):
             loss = objective(x.contiguous(memory_format=fmt))
@@ -88,9 +88,9 @@ def run_epoch(objective: nn.Module, trainable: nn.Module, optimizer: torch.optim
         optimizer.step()
         if ema is not None:
             ema.update_parameters(trainable)
-        total += float(loss.detach())
+        total += loss.detach().float()
         steps += 1
-    return total / max(steps, 1), time.perf_counter() - started
+    return float(total) / max(steps, 1), time.perf_counter() - started
 
 
 def plain_autoencoder_loop(cfg: Config, images: list[np.ndarray], epochs: int | None = None,

@@ -327,6 +327,19 @@ def _check_same_run(run_dir: Path, cfg: Config) -> None:
                        "use a new --run directory, or the same settings to resume it")
 
 
+def _on_cpu(value: Any) -> Any:
+    """A state (nested dicts, lists and tuples of tensors) with every tensor on the CPU: model.pt and
+    autoencoder.pt hold CPU tensors whatever the device trained on, and load with plain torch.load
+    on a machine without a GPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 def _ema_or_model(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The weights to use at test time: the EMA's averaged module when there is one."""
     if state["ema"]:
@@ -436,7 +449,8 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
         calibration_images = [image for _, image in held_out]
     else:  # optimistic (the autoencoder saw them; the bank leaves each one's own windows out): held-out is better
         source, calibration_images = f"the training images in {Path(data_dir).resolve() / 'Normal'}", images
-    c = calibrate_run(run_dir, calibration_images, source, use_gpu=cfg.train.use_gpu or None)
+    # on this process's GPU where it has one: a CPU head node of a GPU cluster calibrates on its CPU
+    c = calibrate_run(run_dir, calibration_images, source, use_gpu=None)
     log.info(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
              + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return path
@@ -545,8 +559,8 @@ def train_stages(images: list[np.ndarray], normalization: dict[str, Any], cfg: C
     record = {**read_training_record(run_dir), **(provenance or {})}
     if ae_path.exists():  # stage 1 finished by a version of semray that ran the stages apart
         loop_cfg["autoencoder"] = load_state(ae_path)
-    if session is not None:
-        state = run_stages(loop_cfg, session)
+    if session is not None:  # this process trained on its device (a Tune trial's GPU): written as the
+        state = _on_cpu(run_stages(loop_cfg, session))  # Ray Train path writes them, CPU tensors
     else:
         state = _fit(training_loop, loop_cfg, cfg, storage, TRAIN_NAME, callbacks)
     autoencoder = state["autoencoder"]

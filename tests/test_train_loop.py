@@ -51,6 +51,22 @@ def test_run_epoch_is_seeded_and_learns():
     (l1, s1), (l2, s2) = one(7), one(7)
     assert l1 == l2 and all(torch.equal(s1[k], s2[k]) for k in s1)  # repeatable
     assert l1[-1] < l1[0]
+    assert all(type(loss) is float for loss in l1)  # a plain number (summed on the device, read once)
+
+
+def test_what_a_run_writes_holds_cpu_tensors_whatever_trained_it():
+    """train_stages moves a state trained in its own process (a Tune trial on a GPU) to the CPU, as
+    the Ray Train path's checkpoints come back, with the nesting of an optimizer's state kept."""
+    from semray.train import _on_cpu
+
+    w = torch.ones(2, requires_grad=True) * 2
+    state = {"model": {"w": w}, "pair": (torch.zeros(1), "x"), "epoch": 4,
+             "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-3}]}}
+    moved = _on_cpu(state)
+    assert moved["epoch"] == 4 and moved["optimizer"]["param_groups"] == [{"lr": 1e-3}]
+    assert moved["model"]["w"].device.type == "cpu" and not moved["model"]["w"].requires_grad
+    assert torch.equal(moved["model"]["w"], w.detach()) and moved["optimizer"]["state"][0]["step"] == 3
+    assert isinstance(moved["pair"], tuple) and moved["pair"][1] == "x"
 
 
 def test_run_epoch_steps_in_the_batch_it_is_given():
