@@ -105,7 +105,7 @@ def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Co
             at = at_threshold(y, flat[k], thresholds[k])
             scores[k].update({f"calibrated_{m}": at[m] for m in ("precision", "recall", "f1", "threshold")})
         if pixel:
-            maps = [assemble_map(p[k], r["ys"], r["xs"], size, item.image.shape)
+            maps = [uncovered_as_normal(assemble_map(p[k], r["ys"], r["xs"], size, item.image.shape))
                     for (item, r), p in zip(scored, pooled)]
             scores[k].update({"pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
                               "image_auroc": image_auroc(masks, maps)})
@@ -120,6 +120,14 @@ def summarize(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], cfg: Co
         "smoothing_px": smoothing_px,
         "images": len(scored),
     }
+
+
+def uncovered_as_normal(pixel_map: np.ndarray) -> np.ndarray:
+    """An assembled window map with the pixels no window covered (NaN: cover_edges off, as the
+    study's preset has it, or a stride above the patch) read as the image's most normal pixel, as
+    the per-pixel maps compare them (equal to themselves): pixel metrics need a score everywhere."""
+    missing = np.isnan(pixel_map)
+    return np.where(missing, np.nanmin(pixel_map), pixel_map) if missing.any() and not missing.all() else pixel_map
 
 
 def window_labels(scored: list[tuple[LabelledImage, dict[str, np.ndarray]]], size: int,

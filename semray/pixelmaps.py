@@ -97,8 +97,10 @@ def stitched_outputs(detector, image: np.ndarray, stride: int, batch_size: int =
     r0, r1 = rows or (0, h)
     ys, xs = tile_positions(h, w, size, stride, edges)
     ys = ys[(ys + size > r0) & (ys < r1)]
-    top = int(ys.min())
-    region = image[top:int(ys.max()) + size]
+    # rows r0..r1 and every window over them: with cover_edges off, or a stride above the patch,
+    # some rows meet no window, and their outputs stay NaN (pixel_maps compares them as equal)
+    top = min(r0, int(ys.min())) if ys.size else r0
+    region = image[top:max(r1, int(ys.max()) + size) if ys.size else r1]
     stitchers = {k: _Stitcher(region.shape) for k in outputs}
     mode, mean, std = detector.normalization, detector.mean, detector.std
     for patches, by, bx in iter_windows(region, ys - top, xs, size, batch_size):
@@ -260,11 +262,14 @@ def window_maxes(pixel_map: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: in
 
 def downsample(pixel_map: np.ndarray, scale: int) -> np.ndarray:
     """A per-pixel map shrunk by `scale` (mean of each scale x scale block; the last partial rows and
-    columns averaged over what they hold), as float16: what `semray score` stores beside the grid."""
-    if scale <= 1:
-        return pixel_map.astype(np.float16)
-    h, w = pixel_map.shape
-    ys, xs = tile_positions(h, w, 1, scale, cover_edges=False)
-    sums = np.add.reduceat(np.add.reduceat(pixel_map.astype(np.float64), ys, axis=0), xs, axis=1)
-    counts = np.add.reduceat(np.add.reduceat(np.ones((h, w)), ys, axis=0), xs, axis=1)
-    return (sums / counts).astype(np.float16)
+    columns averaged over what they hold), as float16: what `semray score` stores beside the grid.
+    Values beyond float16's range (65504: a frame far from anything normal can read 1e6) are stored
+    as its largest, not as inf."""
+    if scale > 1:
+        h, w = pixel_map.shape
+        ys, xs = tile_positions(h, w, 1, scale, cover_edges=False)
+        sums = np.add.reduceat(np.add.reduceat(pixel_map.astype(np.float64), ys, axis=0), xs, axis=1)
+        counts = np.add.reduceat(np.add.reduceat(np.ones((h, w)), ys, axis=0), xs, axis=1)
+        pixel_map = sums / counts
+    top = float(np.finfo(np.float16).max)
+    return np.clip(pixel_map, -top, top).astype(np.float16)

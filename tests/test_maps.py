@@ -178,3 +178,27 @@ def test_neighbourhood_mean_keeps_a_constant_and_order():
 def test_neighbourhood_mean_rejects_a_partial_grid():
     with pytest.raises(ValueError, match="grid"):
         neighbourhood_mean(np.ones(3), np.array([0, 0, 16]), np.array([0, 16, 0]), 16)
+
+
+def test_the_studys_uncovered_edges_still_give_pixel_metrics():
+    """cover_edges off (the study preset) leaves the rows and columns past the last window NaN in an
+    assembled map; the pixel metrics read them as the image's most normal pixel instead of failing."""
+    from pathlib import Path
+
+    from semray.data.datasets import LabelledImage
+    from semray.evaluate import summarize, uncovered_as_normal
+
+    cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8},
+                            "eval": {"cover_edges": False}})
+    torch.manual_seed(0)
+    det = AnomalyDetector(create_autoencoder(cfg.model), create_denoiser(cfg.denoiser), cover_edges=False).eval()
+    rng = np.random.default_rng(0)
+    scored = []
+    for i in range(2):
+        image, mask = rng.random((100, 90)).astype(np.float32), np.zeros((100, 90), bool)
+        mask[40:60, 40:60] = True
+        scored.append((LabelledImage(Path(f"x{i}.tif"), image, mask), score_image(det, image, 16)))
+    table = summarize(scored, cfg, 16, 1, pixel=True)
+    assert all(np.isfinite(table["scores"][k][m]) for k in table["scores"] for m in ("pixel_auroc", "aupro"))
+    m = np.array([[np.nan, 2.0], [1.0, 3.0]])
+    np.testing.assert_array_equal(uncovered_as_normal(m), [[1.0, 2.0], [1.0, 3.0]])

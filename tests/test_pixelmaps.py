@@ -45,6 +45,35 @@ def test_stitching_a_real_detector_covers_every_pixel():
     np.testing.assert_allclose(out["smooth"] - out["reconstruction"], out["feature_mask"], atol=1e-5)
 
 
+@pytest.mark.parametrize("cover_edges, stride", [(False, 16), (True, 64)])
+def test_rows_no_window_reaches_give_full_size_maps_and_strips_equal_the_whole(cover_edges, stride):
+    """With cover_edges off (the study preset) or a stride above the patch, some rows meet no window:
+    every output is still the image's size (those pixels NaN, compared as equal to themselves), and
+    strips that start inside such a gap give the whole image's map."""
+    from semray.pixelmaps import strip_pixel_maps
+
+    cfg = Config.from_dict({"model": {"width": 8, "latent_dim": 16}, "denoiser": {"depth": 3, "width": 8}})
+    torch.manual_seed(0)
+    detector = AnomalyDetector(create_autoencoder(cfg.model), create_denoiser(cfg.denoiser),
+                               cover_edges=cover_edges).eval()
+    image = np.random.default_rng(3).random((200, 70)).astype(np.float32)
+    out = stitched_outputs(detector, image, stride, outputs=("reconstruction",))
+    assert out["reconstruction"].shape == image.shape and np.isnan(out["reconstruction"]).any()
+    whole = strip_pixel_maps(detector, image, stride, blur=2.0, names=("ssim_reconstruction",))
+    strips = strip_pixel_maps(detector, image, stride, blur=2.0, names=("ssim_reconstruction",),
+                              pixels_per_strip=70 * 8)
+    m = whole["ssim_reconstruction"]
+    assert m.shape == image.shape and np.isfinite(m).all()
+    np.testing.assert_allclose(strips["ssim_reconstruction"].astype(np.float32), m.astype(np.float32), atol=1e-3)
+
+
+def test_a_stored_map_saturates_at_float16s_largest_value():
+    """A frame far from anything normal can read 1e6; float16 would store inf."""
+    stored = downsample(np.array([[1e6, -1e6], [np.nan, 0.5]], dtype=np.float32), 1)
+    assert stored.dtype == np.float16 and stored[0, 0] == 65504 and stored[0, 1] == -65504
+    assert np.isnan(stored[1, 0]) and stored[1, 1] == np.float16(0.5)
+
+
 class _NoDenoiser(torch.nn.Module):
     def forward(self, x):
         raise AssertionError("the denoiser ran")
