@@ -530,6 +530,10 @@ def test_the_fused_score_is_the_weighted_sum_of_scores_standardised_on_normal_wi
     # none of the windows it measures is one the bank holds (those have knn 0): half a stride off
     assert stats["knn"][0] > 1e-3
     assert score_statistics(det, images, max_windows=7, seed=0) != stats  # a random subset
+    # training images too small to shift half a stride (the loader takes 32 px): their windows as
+    # they are, rather than a crash at the end of a whole training
+    small = score_statistics(det, [im[:32, :80] for im in images], seed=0)
+    assert set(small) == set(stats) and all(np.isfinite(m) for m, _ in small.values())
 
     assert FUSED_SCORE not in det.available_scores and "knn" in det.available_scores  # a bank, no statistics
     det.set_score_stats(stats)

@@ -34,6 +34,19 @@ def model() -> TextureModel:
     return TextureModel.fit([im for im, _ in _images(3, False)], components=4, pixels=20_000)
 
 
+def test_a_frame_mostly_of_one_value_keeps_its_texture_map_finite_and_bounded(model):
+    """Over 90% black with a few bright lines spreads over nothing between its 5th and 95th
+    percentiles: scaled by that, its features (and map) reached 1e19; now by MIN_SPREAD at least."""
+    from semray.texture import MIN_SPREAD, image_level
+
+    frame = np.zeros((160, 192), np.float32)
+    frame[60:66, :] = 0.8
+    assert image_level(frame) == (0.0, MIN_SPREAD)
+    assert image_level(_images(1, False)[0][0])[1] > MIN_SPREAD  # a fibre mat: its own spread
+    m = model.score_map(frame)
+    assert np.isfinite(m).all() and m.max() < 1e6
+
+
 def test_its_float32_density_is_scikit_learns(model):
     image, _ = _images(1, True, seed=1)[0]
     feats = filter_bank(image)

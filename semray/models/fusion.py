@@ -39,12 +39,13 @@ def score_statistics(detector, images: Sequence[np.ndarray], max_windows: int = 
     size = detector.patch_size
     patches, texture = [], {TEXTURE: [], TEXTURE_MAX: []}
     for image in images:
-        if min(image.shape) < size + offset:
-            continue
-        cut = list(iter_patch_batches(image[offset:, offset:], size, BANK_STRIDE, batch_size, cover_edges=False))
+        # between the bank's windows where the image is large enough; a training image too small to
+        # shift gives its windows as they are (the statistics, not a crash after the whole training)
+        shift = offset if min(image.shape) >= size + offset else 0
+        cut = list(iter_patch_batches(image[shift:, shift:], size, BANK_STRIDE, batch_size, cover_edges=False))
         patches.append(np.concatenate([p for p, _, _ in cut]))
         if detector.texture is not None:  # the same windows, in the whole image's coordinates
-            ys, xs = (np.concatenate([c[i] for c in cut]) + offset for i in (1, 2))
+            ys, xs = (np.concatenate([c[i] for c in cut]) + shift for i in (1, 2))
             stats = window_statistics(detector.texture, image, ys, xs, size)
             texture[TEXTURE].append(stats["mean"])
             texture[TEXTURE_MAX].append(stats["max"])
