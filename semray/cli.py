@@ -10,6 +10,7 @@ is a bug and keeps its traceback (exit 1).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,28 @@ from semray.errors import EXIT_CODES, ConfigError, NothingDoneError, PartialFail
 from semray.files import atomic_write, to_json
 from semray.log import configure, duration
 from semray.scores import DEFAULT_PIXEL_MAP, DEFAULT_SCORE, FALLBACK_PIXEL_MAP, FALLBACK_SCORE, PIXEL_MAPS, SCORE_NAMES
+
+
+def _number(cast: type, ok=lambda v: True, expected: str = "a finite number"):
+    """An argparse `type=`: a finite number that passes `ok`, so an out-of-range flag ends in argparse's
+    error naming it (exit 2) before any work starts, Ray included, instead of being silently replaced by
+    a default downstream (`stride or cfg.eval.stride`) or failing deep inside with a traceback."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive whole number")
+non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
+finite_float = _number(float)
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -143,22 +166,54 @@ def cmd_predict(args) -> int:
                    precision=args.precision,
                    pixel_map=None if args.pixel_map == "none" else (args.pixel_map or RUN_DEFAULT))
     out = Path(args.png) if args.png else None
-    results = []
-    for image in args.images:
-        p = run.predict(image, threshold=args.threshold)
+    results, failures = [], []
+    for image, name in zip(args.images, _overlay_names(args.images)):
+        try:
+            p = run.predict(image, threshold=args.threshold)
+        except SemrayError as e:  # one unreadable image must not cost the others (as in `semray score`)
+            if len(args.images) > 1:
+                print(f"semray predict: failed: {e}", file=sys.stderr)
+            results.append({"source": image, "page": 0, "error": getattr(e, "reason", str(e))})
+            failures.append(e)
+            continue
         line = (f"{image}: {'DEFECTS' if p.defective else 'no defect'}: image score {p.score:.4g} "
                 f"(threshold {p.threshold:.4g}), {len(p.regions)} region(s)")
+        result = p.to_dict()
         if out:
             out.mkdir(parents=True, exist_ok=True)
-            png = out / f"{Path(image).stem}-defects.png"
+            png = out / name
             run.overlay(p).save(png)
             line += f"; {png}"
+            result["overlay"] = str(png)
         print(line)
-        results.append(p.to_dict())
+        results.append(result)
     if args.json:
         atomic_write(args.json, to_json(results))
         print(f"wrote {args.json}")
+    if len(args.images) == 1 and failures:
+        raise failures[0]  # the one image given is the bad input: its own one-line error, exit 2
+    where = "listed above" + (f" and in {args.json}" if args.json else "")
+    if len(failures) == len(args.images):
+        raise NothingDoneError(f"none of the {len(failures)} images could be scored ({where})")
+    if failures:
+        raise PartialFailureError(f"{len(failures)} of {len(args.images)} images could not be scored ({where}); "
+                                  "the others' results are written")
     return 0
+
+
+def _overlay_names(images: list[str]) -> list[str]:
+    """IMAGE-defects.png for each image, numbered (IMAGE-2-defects.png, ...) where two images share a
+    file name (A/x.tif and B/x.tif), so that no overlay silently replaces another in the one folder."""
+    names, used = [], set()
+    for image in images:
+        stem, n = Path(image).stem, 1
+        name = f"{stem}-defects.png"
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}-defects.png"
+        used.add(name)
+        names.append(name)
+    return names
 
 
 def cmd_export(args) -> int:
@@ -186,7 +241,7 @@ def cmd_overlay(args) -> int:
 
     record = find_record(args.out_dir, args.image, args.page)
     image = read_image(record["source"], record["page"])
-    render_overlay(image, record).save(args.png)
+    render_overlay(image, record).save(args.png, format="PNG")  # else PIL picks it by suffix: none for `ov`
     print(f"wrote {args.png} ({record['regions_count']} region(s) at threshold {record['threshold']:.4g})")
     return 0
 
@@ -285,11 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("synth", parents=[common], help="write a synthetic SEM data set in the NanoTWICE layout")
     s.add_argument("out_dir", help="directory to write (Normal/, Anomalous/images/, Anomalous/gt/)")
-    s.add_argument("--normal", type=int, default=5, help="defect-free images")
-    s.add_argument("--anomalous", type=int, default=10, help="images with beads and films, and their masks")
-    s.add_argument("--height", type=int, default=384, help="image height in pixels")
-    s.add_argument("--width", type=int, default=512, help="image width in pixels")
-    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same images")
+    s.add_argument("--normal", type=non_negative_int, default=5, help="defect-free images")
+    s.add_argument("--anomalous", type=non_negative_int, default=10,
+                   help="images with beads and films, and their masks")
+    s.add_argument("--height", type=int, default=384, help="image height in pixels (at least 32)")
+    s.add_argument("--width", type=int, default=512, help="image width in pixels (at least 32)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="random seed: the same seed writes the same images")
     s.set_defaults(func=cmd_synth)
 
     t = command("train", parents=[common, precision], help="train an autoencoder and its denoiser with Ray Train")
@@ -297,12 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=["ae", "dae", "cvae"], help="autoencoder kind (default: the config's, dae)")
     t.add_argument("--run", required=True, help="run directory (created; resumed if it exists)")
     t.add_argument("--config", help="YAML file overriding config sections (see README)")
-    t.add_argument("--epochs", type=int, help="autoencoder epochs (default: the config's, 30)")
-    t.add_argument("--denoiser-epochs", type=int, help="denoiser epochs (default: the config's, 24)")
-    t.add_argument("--workers", type=int,
+    t.add_argument("--epochs", type=positive_int, help="autoencoder epochs (default: the config's, 30)")
+    t.add_argument("--denoiser-epochs", type=positive_int, help="denoiser epochs (default: the config's, 24)")
+    t.add_argument("--workers", type=positive_int,
                    help="Ray Train workers (data-parallel; default: the config's train.num_workers, 1)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    t.add_argument("--seed", type=int, help="random seed of weights and patches (default 0)")
+    t.add_argument("--seed", type=non_negative_int, help="random seed of weights and patches (default 0)")
     t.add_argument("--max-failures", type=int,
                    help="worker failures to survive by restarting from the last checkpoint (default 0)")
     t.add_argument("--storage", help="Ray Train checkpoint root (s3://, gs:// or a shared path; needed on a "
@@ -315,12 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = command("evaluate", parents=[common, precision], help="patch-level AUROC/precision/recall/F1 of a run")
     e.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/)")
     e.add_argument("--data", required=True, help="data directory whose Anomalous/ images and masks to score")
-    e.add_argument("--stride", type=int, help="window stride in pixels (default: the run's eval.stride, 16)")
-    e.add_argument("--min-defect-pixels", type=int, help="defect pixels that make a patch anomalous (default 1)")
-    e.add_argument("--smoothing-px", type=int,
+    e.add_argument("--stride", type=positive_int, help="window stride in pixels (default: the run's eval.stride, 16)")
+    e.add_argument("--min-defect-pixels", type=positive_int,
+                   help="defect pixels that make a patch anomalous (default: the run's eval.min_defect_pixels, 1)")
+    e.add_argument("--smoothing-px", type=non_negative_int,
                    help="average each window's score with neighbours within this many pixels (0 = off; "
                         "default: the run's eval.smoothing_px, 16)")
-    e.add_argument("--pixel-stride", type=int,
+    e.add_argument("--pixel-stride", type=non_negative_int,
                    help="stride of the windows stitched into per-pixel maps (default: the run's eval.pixel_stride, "
                         "8; 0 = window grid only)")
     e.add_argument("--json", help="also write the results to this JSON file")
@@ -334,10 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--recipe", choices=["laptop", "gpu"],
                    help="a search shipped with semray: laptop (6 trials, ~50 min on 2 CPU cores) or gpu "
                         "(18 full-budget trials, 4 per GPU)")
-    u.add_argument("--samples", type=int, help="samples of the space; each is tried with every model kind (default 1)")
-    u.add_argument("--cpus-per-trial", type=float, help="CPUs per trial's Ray Train worker (default 1)")
-    u.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (default 0)")
-    u.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources hold)")
+    u.add_argument("--samples", type=positive_int,
+                   help="samples of the space; each is tried with every model kind (default 1)")
+    u.add_argument("--cpus-per-trial", type=positive_float, help="CPUs per trial's Ray Train worker (default 1)")
+    u.add_argument("--gpus-per-trial", type=non_negative_float,
+                   help="GPUs per trial; fractions share a GPU (default 0)")
+    u.add_argument("--max-concurrent", type=non_negative_int,
+                   help="trials at once (0 or default: as many as resources hold)")
     u.add_argument("--score", choices=["best", *SCORE_NAMES],
                    help="objective: validation AUROC of this score (default: the best of them)")
     u.add_argument("--scheduler", choices=["asha", "fifo"],
@@ -351,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="thresholds from normal images at a target false-positive rate")
     c.add_argument("--run", required=True, help="trained run directory; thresholds go to RUN/threshold.json")
     c.add_argument("--data", required=True, help="data directory whose Normal/ images to calibrate on")
-    c.add_argument("--fpr", type=float, help="fraction of normal windows to flag (default: eval.threshold_fpr, 0.01)")
-    c.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride, 16)")
+    c.add_argument("--fpr", type=finite_float,
+                   help="fraction of normal windows to flag (default: eval.threshold_fpr, 0.01)")
+    c.add_argument("--stride", type=positive_int, help="window stride (default: the run's eval.stride, 16)")
     c.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
     c.set_defaults(func=cmd_calibrate)
 
@@ -361,19 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--run", required=True,
                    help="trained run directory (semray train, or a tune's best/), a path or a URI (s3://...)")
     b.add_argument("--out", required=True, help="output directory (re-run to resume: finished images are skipped)")
-    b.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride)")
+    b.add_argument("--stride", type=positive_int, help="window stride (default: the run's eval.stride)")
     b.add_argument("--score", choices=SCORE_NAMES,
                    help=f"the score the maps, regions and threshold use (default: {DEFAULT_SCORE}, or "
                         f"{FALLBACK_SCORE} for a run trained before it)")
-    b.add_argument("--workers", type=int, help="scoring actors (default: one per CPU, or per GPU share)")
-    b.add_argument("--cpus-per-worker", type=float,
+    b.add_argument("--workers", type=positive_int, help="scoring actors (default: one per CPU, or per GPU share)")
+    b.add_argument("--cpus-per-worker", type=positive_float,
                    help="CPUs (threads) per scoring actor (default 1; a GPU actor: its GPU share of its node's CPUs)")
-    b.add_argument("--gpus-per-worker", type=float,
+    b.add_argument("--gpus-per-worker", type=non_negative_float,
                    help="GPUs per scoring actor (fractions share a GPU; default 0: CPU actors)")
-    b.add_argument("--batch-size", type=int, help="windows per forward pass (default 512)")
-    b.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
+    b.add_argument("--batch-size", type=positive_int, help="windows per forward pass (default 512)")
+    b.add_argument("--threshold", type=finite_float, help="override the run's calibrated threshold")
     b.add_argument("--patches", action="store_true", help="also write one row per window to patches/")
-    b.add_argument("--map-scale", type=int, default=0,
+    b.add_argument("--map-scale", type=non_negative_int, default=0,
                    help="also store the per-pixel map, downsampled by this factor (e.g. 4; float16), beside the "
                         "window grid; stitched from windows at the run's eval.pixel_stride (8: about 4x the "
                         "scoring work of stride 16). 0 = off")
@@ -381,12 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which per-pixel map --map-scale stores (1 - SSIM or squared residual, against the "
                         f"reconstruction or the smooth output, or their fusion with knn; default: {DEFAULT_PIXEL_MAP}, "
                         f"or {FALLBACK_PIXEL_MAP} for a run calibrated before it)")
-    b.add_argument("--images-per-file", type=int,
+    b.add_argument("--images-per-file", type=positive_int,
                    help="images per Parquet part (default 64); fewer means less work redone after a crash")
-    b.add_argument("--max-pixels", type=int,
+    b.add_argument("--max-pixels", type=positive_int,
                    help="pixels per image page above which a file is an error row, checked from its header "
                         "before any pixel is read (default: 625000000, a 25000 x 25000 page)")
-    b.add_argument("--max-failed-fraction", type=float, default=0.01,
+    b.add_argument("--max-failed-fraction", type=finite_float, default=0.01,
                    help="fraction of failed images (over the whole --out) above which the command exits 3, "
                         "after writing everything it could")
     b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -395,21 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
     o = command("overlay", parents=[common], help="draw an image's anomaly map and regions from a score output")
     o.add_argument("out_dir", help="a `semray score --out` directory")
     o.add_argument("--image", required=True, help="the image, as given to semray score")
-    o.add_argument("--page", type=int, default=0, help="page of a multi-page TIFF")
-    o.add_argument("--png", required=True, help="the picture to write")
+    o.add_argument("--page", type=non_negative_int, default=0, help="page of a multi-page TIFF")
+    o.add_argument("--png", required=True, help="the picture to write (PNG, whatever its suffix)")
     o.set_defaults(func=cmd_overlay)
 
     q = command("predict", parents=[common, precision],
                 help="score a few images in this process (no Ray) and draw their defects")
     q.add_argument("images", nargs="+", help="TIFF or PNG files (page 0 of a multi-page TIFF)")
     q.add_argument("--run", required=True, help="trained run directory (semray train, or a tune's best/)")
-    q.add_argument("--png", metavar="DIR", help="write IMAGE-defects.png overlays into this directory")
-    q.add_argument("--json", help="also write every image's score and regions to this JSON file")
+    q.add_argument("--png", metavar="DIR", help="write IMAGE-defects.png overlays into this directory "
+                                               "(IMAGE-2-defects.png, ... for a file name given twice)")
+    q.add_argument("--json", help="also write every image's score and regions (or why it failed) to this JSON file")
     q.add_argument("--score", choices=SCORE_NAMES,
                    help=f"the score the map, regions and threshold use (default: {DEFAULT_SCORE}, or "
                         f"{FALLBACK_SCORE} for a run trained before it)")
-    q.add_argument("--stride", type=int, help="window stride (default: the run's eval.stride, 16)")
-    q.add_argument("--threshold", type=float, help="override the run's calibrated threshold")
+    q.add_argument("--stride", type=positive_int, help="window stride (default: the run's eval.stride, 16)")
+    q.add_argument("--threshold", type=finite_float, help="override the run's calibrated threshold")
     q.add_argument("--pixel-map", choices=[*PIXEL_MAPS, "none"],
                    help=f"the per-pixel map the overlays colour (default: {DEFAULT_PIXEL_MAP}, or {FALLBACK_PIXEL_MAP} "
                         "for a run calibrated before it; none: the window grid's, less work)")
@@ -419,14 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
     x = command("export", parents=[common], help="write a trained run as an ONNX model (image in, score maps out)")
     x.add_argument("--run", required=True, help="trained run directory")
     x.add_argument("--out", required=True, help="the .onnx file to write")
-    x.add_argument("--stride", type=int, help="window stride baked into the model (default: the run's eval.stride)")
+    x.add_argument("--stride", type=positive_int,
+                   help="window stride baked into the model (default: the run's eval.stride)")
     x.set_defaults(func=cmd_export)
 
     g = command("triage", parents=[common], help="one HTML page about a scored archive: counts, failures, "
                                                   "score histogram, the most anomalous images")
     g.add_argument("out_dir", help="a `semray score --out` directory (a path or a URI)")
     g.add_argument("--out", required=True, help="page directory (index.html and its pictures)")
-    g.add_argument("--top", type=int, default=50, help="most anomalous images shown with their overlays")
+    g.add_argument("--top", type=non_negative_int, default=50,
+                   help="most anomalous images shown with their overlays (0: counts and histogram only)")
     g.set_defaults(func=cmd_triage)
 
     r = command("report", parents=[common, precision],
@@ -434,15 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run", action="append", required=True, help="run directory (repeat for several models)")
     r.add_argument("--data", required=True, help="data directory whose anomalous images to evaluate on")
     r.add_argument("--out", required=True, help="report directory (index.html and its PNGs)")
-    r.add_argument("--stride", type=int, help="window stride (default: each run's eval.stride, 16)")
-    r.add_argument("--examples", type=int, default=3, help="test images shown stage by stage")
+    r.add_argument("--stride", type=positive_int, help="window stride (default: each run's eval.stride, 16)")
+    r.add_argument("--examples", type=non_negative_int, default=3, help="test images shown stage by stage (0: none)")
     r.add_argument("--gpu", action="store_true", help="score on the GPU (an error if there is none)")
     r.set_defaults(func=cmd_report)
 
     d = command("demo", parents=[common, precision], help="synthetic data -> train AE, DAE, CVAE -> the 3x3 table")
     d.add_argument("--out", default="demo", help="directory for the synthetic data and the three runs")
     d.add_argument("--config", help="YAML replacing the demo's small settings")
-    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    d.add_argument("--seed", type=non_negative_int, default=0, help="seed of the synthetic data")
     d.add_argument("--gpu", action="store_true", help="train and score on the GPU")
     d.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     d.set_defaults(func=cmd_demo)

@@ -7,6 +7,7 @@ error (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import yaml
 
 from semray.errors import ConfigError
-from semray.scores import SCORE_NAMES
+from semray.scores import SCORE_NAMES, SSIM_WINDOW
 
 PRECISIONS = ("auto", "fp32", "bf16")  # see semray.device
 
@@ -184,7 +185,8 @@ def _build(cls, data: dict[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
+        # key=str: YAML keys may be numbers as well as strings (`{1: 2, foo: 3}`), which do not sort together
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)}; known: {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
         ftype = fields[name].type
@@ -206,9 +208,10 @@ def _checked(section: str, name: str, ftype: str, value: Any) -> Any:
     work starts. YAML reads `1e-3` as a string (PyYAML follows YAML 1.1, which wants `1.0e-3`), so
     numeric strings become numbers; anything else of the wrong type is an error naming the field."""
     key = label = f"{section}.{name}"
+    given = value  # as written: "1e400" says more than the inf it becomes
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{label}: expected {expected}, got {value!r}")
+        return ConfigError(f"{label}: expected {expected}, got {given!r}")
     if ftype == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -220,10 +223,16 @@ def _checked(section: str, name: str, ftype: str, value: Any) -> Any:
                 value = float(value.strip())
             except ValueError:
                 raise bad("a number") from None
-        if not isinstance(value, (int, float)) or value != value:  # NaN
+        if not isinstance(value, (int, float)):
             raise bad("a number")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int too large for a float (10**400)
+            finite = False
+        if not finite:  # NaN, .inf or "1e400" would pass every `>` rule, then fail deep in training or scoring
+            raise bad("a finite number")
         if ftype == "int":
-            if float(value) != int(value):
+            if isinstance(value, float) and not value.is_integer():
                 raise bad("a whole number")
             value = int(value)
         else:
@@ -264,7 +273,8 @@ CHOICES: dict[str, tuple] = {
     "tune.scheduler": ("asha", "fifo"),
 }
 RULES: dict[str, tuple[Any, str]] = {
-    "patches.size": (lambda v: v >= 8 and v & (v - 1) == 0, "a power of two >= 8"),
+    "patches.size": (lambda v: v >= SSIM_WINDOW and v & (v - 1) == 0,
+                     f"a power of two >= 16 (the SSIM scores' {SSIM_WINDOW}-pixel window must fit in a patch)"),
     "patches.min_patch_std": (_at_least(0), "a number >= 0"),
     "model.width": (_positive, "a positive number"), "model.latent_dim": (_positive, "a positive number"),
     "model.init_std": (_positive, "a positive number"), "model.dae_sigma": (_at_least(0), "a number >= 0"),
@@ -301,6 +311,8 @@ RULES: dict[str, tuple[Any, str]] = {
 
 def budget_ok(value: Any) -> bool:
     """train.budget: auto, full, or a positive, finite number of minutes per model (or its string)."""
+    if isinstance(value, bool):  # YAML's true/yes/on: float(True) would read as 1 minute
+        return False
     if value in ("auto", "full"):
         return True
     try:
@@ -333,8 +345,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file that must hold a mapping (empty file = {}), with the file named in any error."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:  # UnicodeDecodeError: binary, or not UTF-8
         reason = " ".join(str(e).split())[:200]  # YAML's messages span lines, with a caret drawing
         raise ConfigError(f"{path}: cannot read config ({reason})") from None
     if not isinstance(data, dict):
@@ -350,6 +362,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None, where: str = "config") -> Config:
     data = dict(data)
     preset = data.pop("preset", "default")
+    if not isinstance(preset, str):  # `preset: [study]` is unhashable: a TypeError on the lookup below
+        raise ConfigError(f"{where}: preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     if preset not in PRESETS:
         raise ConfigError(f"{where}: unknown preset {preset!r}; known: {sorted(PRESETS)}")
     overrides = overrides or {}

@@ -14,6 +14,7 @@ bulk scoring applies (semray.maps.image_record): the same map, regions and thres
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ class Run:
         if pixels.ndim != 2:
             raise ConfigError(f"{source}: expected a 2-D gray image, got shape {pixels.shape}")
         t = float(self.thresholds[self.score] if threshold is None else threshold)
+        if not math.isfinite(t):  # NaN or inf: no window can be compared with it
+            raise ConfigError(f"threshold must be a finite number, got {t}")
         pixel_size = None if isinstance(image, np.ndarray) else pixel_size_um(read_bytes(image))
         if pixel_size_mismatch(pixel_size, self.trained_pixel_size):
             LOG.warning(f"{source}: pixel size {pixel_size:.4g} um, more than 20% from the training images' "

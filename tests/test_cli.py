@@ -183,3 +183,77 @@ def test_quiet_turns_off_the_progress_bars():
         assert list(_progress(items, True, "scoring")) == items
     finally:
         configure(0)
+
+
+@pytest.mark.parametrize("text", [
+    "train: {epochs: .inf}", "train: {epochs: '1e400'}", "train: {lr: .inf}", "eval: {pixel_blur: .inf}",
+    "train: {budget: true}", "preset: [study]", "train: {1: 2, foo: 3}", "patches: {size: 8}", b"# caf\xe9\n",
+])
+def test_a_config_that_used_to_crash_is_one_line(tmp_path, capsys, text):
+    """Each of these was a traceback (OverflowError, TypeError, UnicodeDecodeError) or was printed back
+    as valid (an infinite learning rate, a budget of `true`, patches the SSIM window does not fit)."""
+    config = tmp_path / "c.yaml"
+    config.write_bytes(text if isinstance(text, bytes) else text.encode() + b"\n")
+    code, out, err = main_in_process(capsys, "train", "--data", tmp_path / "data", "--run", tmp_path / "run",
+                                     "--config", config, "--print-config")
+    assert code == 2 and not out and err.count("\n") == 1 and str(config) in err, err
+    assert not (tmp_path / "run").exists()
+
+
+# Flags out of range: each was silently replaced by a default (`stride or cfg.eval.stride`), ran with
+# nonsense (every patch anomalous at --min-defect-pixels -1) or crashed deep inside (a NaN threshold).
+# argparse refuses them before any file is read or Ray starts.
+BAD_FLAGS = [
+    ("evaluate --run R --data D", "--min-defect-pixels", "-1"),
+    ("evaluate --run R --data D", "--min-defect-pixels", "0"),
+    ("evaluate --run R --data D", "--stride", "0"), ("evaluate --run R --data D", "--smoothing-px", "-5"),
+    ("evaluate --run R --data D", "--pixel-stride", "-8"),
+    ("predict x.tif --run R", "--stride", "0"), ("predict x.tif --run R", "--threshold", "nan"),
+    ("export --run R --out e.onnx", "--stride", "0"), ("triage O --out T", "--top", "-1"),
+    ("calibrate --run R --data D", "--stride", "-16"), ("calibrate --run R --data D", "--fpr", "nan"),
+    ("overlay O --image x.tif --png p.png", "--page", "-1"), ("report --run R --data D --out O", "--examples", "-1"),
+    ("train --data D --run R", "--epochs", "0"), ("train --data D --run R", "--workers", "-1"),
+    ("train --data D --run R", "--seed", "-1"), ("tune --data D --out O", "--samples", "0"),
+    ("tune --data D --out O", "--cpus-per-trial", "0"), ("demo", "--seed", "-1"),
+    *[("score x.tif --run R --out O", flag, value) for flag, value in [
+        ("--batch-size", "0"), ("--images-per-file", "0"), ("--workers", "0"), ("--threshold", "nan"),
+        ("--threshold", "inf"), ("--stride", "0"), ("--max-pixels", "0"), ("--map-scale", "-1"),
+        ("--cpus-per-worker", "0"), ("--gpus-per-worker", "-1"), ("--max-failed-fraction", "nan")]],
+]
+
+
+@pytest.mark.parametrize("command, flag, value", BAD_FLAGS)
+def test_a_flag_out_of_range_is_refused_naming_it(capsys, command, flag, value):
+    with pytest.raises(SystemExit) as info:
+        main_in_process(capsys, *command.split(), flag, value)
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert info.value.code == 2 and f"error: argument {flag}: expected " in last and last.endswith(f"got '{value}'")
+
+
+def test_zero_is_accepted_where_the_help_says_what_it_means():
+    from semray.cli import build_parser
+
+    parser = build_parser()
+    for argv, dest in [("evaluate --run R --data D --pixel-stride 0", "pixel_stride"),
+                       ("evaluate --run R --data D --smoothing-px 0", "smoothing_px"),
+                       ("triage O --out T --top 0", "top"), ("score x --run R --out O --map-scale 0", "map_scale"),
+                       ("tune --max-concurrent 0", "max_concurrent"), ("synth D --normal 0", "normal")]:
+        assert getattr(parser.parse_args(argv.split()), dest) == 0, argv
+
+
+@pytest.mark.parametrize("name", ["ov", "ov.xyz", "ov.jpg"])
+def test_overlay_writes_png_whatever_the_suffix(tmp_path, untrained_run, synth_data, capsys, name):
+    """PIL picks the format by suffix: none (`--png ov`) or an unknown one was a ValueError traceback.
+    The score output is the part file `semray score` would write for the image (without Ray)."""
+    import pyarrow as pa
+
+    import semray
+    from semray.pipeline import RECORD_SCHEMA, write_part
+
+    image = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
+    record = {**semray.load_run(untrained_run, pixel_map=None).predict(image).record,
+              "source": str(image.resolve()), "page": 0}
+    write_part(pa.Table.from_pylist([record], schema=RECORD_SCHEMA), str(tmp_path / "scored"), {}, patches=False)
+    code, out, err = main_in_process(capsys, "overlay", tmp_path / "scored", "--image", image, "--png", tmp_path / name)
+    assert code == 0 and f"wrote {tmp_path / name}" in out, err
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

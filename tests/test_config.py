@@ -216,6 +216,19 @@ def test_yaml_numeric_strings_become_numbers(tmp_path):
     ("train: {ema_decay: 1.0}", "train.ema_decay"),
     ("train: {budget: soon}", "train.budget"),
     ("train: {resolved_budget: 3}", "train.resolved_budget: expected a mapping"),
+    # non-finite numbers pass every `> 0` rule, then fail deep in training (int(inf): OverflowError)
+    ("train: {epochs: .inf}", "train.epochs: expected a finite number, got inf"),
+    ("train: {epochs: '1e400'}", "train.epochs: expected a finite number, got '1e400'"),
+    ("train: {epochs: 1" + "0" * 400 + "}", "train.epochs: expected a finite number"),
+    ("train: {lr: .inf}", "train.lr: expected a finite number"),
+    ("eval: {pixel_blur: .inf}", "eval.pixel_blur: expected a finite number"),
+    ("eval: {pixel_blur: .nan}", "eval.pixel_blur: expected a finite number"),
+    ("train: {budget: true}", "train.budget: expected auto, full or a positive number"),  # not 1 minute
+    ("train: {budget: .inf}", "train.budget"),
+    ("train: {epochs: true}", "train.epochs: expected a number"),
+    ("patches: {size: 8}", "patches.size: expected a power of two >= 16 (the SSIM scores' 11-pixel window"),
+    ("preset: [study]", "preset: expected one of ['default', 'study'], got ['study']"),
+    ("train: {1: 2, foo: 3}", "unknown key(s) [1, 'foo']"),
 ])
 def test_bad_values_are_refused_at_load_naming_file_and_field(tmp_path, text, words):
     from semray.errors import ConfigError
@@ -239,3 +252,21 @@ def test_budget_accepts_auto_full_and_minutes(tmp_path):
     for value in ("auto", "full", 15, 7.5):
         path.write_text(f"train: {{budget: {value}}}\n")
         assert load_config(path).train.budget == value
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path):
+    from semray.errors import ConfigError
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# caf\u00e9\ntrain: {epochs: 3}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="utf-8") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_presets_and_the_defaults_pass_the_patch_size_rule():
+    """patches.size must fit the SSIM window (>= 16): nothing shipped may rely on the old minimum, 8."""
+    assert Config().patches.size >= 16
+    for name in PRESETS:
+        assert load_config(None, PRESETS[name]).patches.size >= 16, name
+    assert Config.from_dict({"patches": {"size": 16}}).patches.size == 16

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,62 @@ def test_a_score_the_run_cannot_compute_is_one_line(untrained_run, synth_data, c
     code, _, err = main_in_process(capsys, "predict", image, "--run", untrained_run, "--score", "fused")
     assert code == 2 and err.count("\n") == 1
     assert "no calibrated threshold for the fused score" in err and "ssim_reconstruction" in err
+
+
+def test_a_bad_image_among_several_is_recorded_and_the_rest_scored(tmp_path, untrained_run, synth_data, capsys):
+    """It used to end the command (exit 2) at the bad image: the images after it unscored, no JSON."""
+    good = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[:2]
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"garbage")
+    code, out, err = main_in_process(capsys, "predict", good[0], bad, good[1], "--run", untrained_run,
+                                     "--json", tmp_path / "p.json", "--png", tmp_path / "png", "--pixel-map", "none")
+    assert code == 3, err
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"semray predict: failed: {bad}: ")
+    assert "1 of 3 images could not be scored" in lines[1]
+    results = json.loads((tmp_path / "p.json").read_text())
+    assert [r["source"] for r in results] == [str(good[0]), str(bad), str(good[1])]
+    assert results[1]["error"] and "image_score" not in results[1]
+    assert all("image_score" in r and "error" not in r for r in (results[0], results[2]))
+    assert all(f"{path}: " in out for path in good) and len(list((tmp_path / "png").iterdir())) == 2
+    # not one of several images scorable: nothing done (4), the failures still written
+    gone = tmp_path / "gone.tif"
+    code, _, err = main_in_process(capsys, "predict", bad, gone, "--run", untrained_run, "--json", tmp_path / "q.json")
+    assert code == 4 and err.count("\n") == 3 and "none of the 2 images could be scored" in err
+    assert [r["source"] for r in json.loads((tmp_path / "q.json").read_text())] == [str(bad), str(gone)]
+    # the one image given is the bad input: its own error, one line, exit 2 (tests/test_hostile.py)
+    code, _, err = main_in_process(capsys, "predict", bad, "--run", untrained_run)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"semray predict: error: {bad}: ")
+
+
+def test_images_of_the_same_name_get_overlays_of_their_own(tmp_path, untrained_run, synth_data, capsys):
+    """A/x.tif and B/x.tif both went to x-defects.png, the second silently replacing the first."""
+    import shutil
+
+    import semray
+
+    sources = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[:2]
+    images = []
+    for folder, source in zip("AB", sources):
+        (tmp_path / folder).mkdir()
+        images.append(shutil.copy(source, tmp_path / folder / "x.tif"))
+    code, _, err = main_in_process(capsys, "predict", *images, "--run", untrained_run, "--png", tmp_path / "png",
+                                   "--json", tmp_path / "p.json", "--pixel-map", "none")
+    assert code == 0, err
+    overlays = [r["overlay"] for r in json.loads((tmp_path / "p.json").read_text())]
+    assert [Path(o).name for o in overlays] == ["x-defects.png", "x-2-defects.png"]
+    run = semray.load_run(untrained_run, pixel_map=None)
+    for image, overlay in zip(images, overlays):  # each overlay is its own image's
+        expected = run.overlay(run.predict(image))
+        assert np.array_equal(np.asarray(Image.open(overlay)), np.asarray(expected))
+
+
+def test_a_threshold_that_is_not_finite_is_refused(untrained_run, synth_data):
+    import semray
+    from semray.errors import ConfigError
+
+    image = sorted((synth_data / "Anomalous" / "images").glob("*.tif"))[0]
+    run = semray.load_run(untrained_run, pixel_map=None)
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="threshold must be a finite number"):
+            run.predict(image, threshold=value)

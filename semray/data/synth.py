@@ -15,6 +15,13 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from semray.errors import ConfigError
+
+# The smallest height and width written: the default patch size (config.PatchConfig.size), as no
+# smaller image can be trained on or scored; the drawing itself needs more than 16 (a bead keeps 8 px
+# from the borders).
+MIN_SIZE = 32
+
 
 @dataclass
 class SynthConfig:
@@ -29,6 +36,11 @@ class SynthConfig:
     films: tuple[int, int] = (0, 2)  # per anomalous image
     noise: float = 0.04  # SEM shot noise std
     blur: float = 0.8  # gaussian blur sigma (px)
+
+    def __post_init__(self):
+        if min(self.height, self.width) < MIN_SIZE:
+            raise ConfigError(f"--height {self.height} x --width {self.width}: synthetic images must be at least "
+                              f"{MIN_SIZE} x {MIN_SIZE} pixels (the default patch size)")
 
 
 @dataclass
@@ -151,7 +163,9 @@ def _draw_bead(rng, img, mask, f: _Fibre, avoid: np.ndarray) -> None:
 def _draw_film(rng, img, mask) -> None:
     """Flattened film: irregular union of ellipses filled by a smooth grey sheet hiding the fibres."""
     h, w = img.shape
-    size = rng.uniform(30, 80)
+    # no larger than the image: a film (up to 80 px across) in a smaller image left no room for its
+    # centre (numpy's "high - low < 0"); a no-op wherever it fits, so every image drawn before is unchanged
+    size = min(rng.uniform(30, 80), h, w)
     cy, cx = rng.uniform(size / 2, h - size / 2), rng.uniform(size / 2, w - size / 2)
     rmin = None
     for _ in range(int(rng.integers(3, 6))):
