@@ -668,7 +668,16 @@ def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
     directory = f"{out}/{MAPS}"
     if not Path(directory).is_dir():
         raise InputError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?")
-    table = pads.dataset(directory, format="parquet").to_table(filter=(pc.field("page") == page))
+    try:
+        dataset = pads.dataset(directory, format="parquet")
+        if "page" not in dataset.schema.names:  # no parts at all (an empty folder has no columns)
+            raise InputError(f"{directory}: no score parts (*.parquet) in it; is this a `semray score --out` "
+                             "directory?")
+        table = dataset.to_table(filter=(pc.field("page") == page))
+    except pa.ArrowException as e:  # a part that is not Parquet or was cut short; pyarrow names it
+        reason = " ".join(str(e).split())[:300]
+        raise InputError(f"{directory}: a score part cannot be read ({reason}); rerun the same `semray score` "
+                         "command: it sets the part aside and scores its images again") from None
     rows = table.to_pylist()
     want = image if is_uri(image) else os.path.abspath(image)
     hits = [r for r in rows if r["source"] == want]

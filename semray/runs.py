@@ -29,7 +29,7 @@ from semray.data.io import ImageReadError, read_bytes
 from semray.defects import DefectModel
 from semray.device import memory_format, resolve_precision
 from semray.errors import SemrayError
-from semray.files import atomic_path, atomic_write, is_uri, join_uri, to_json
+from semray.files import atomic_path, atomic_write, is_uri, join_uri, to_json, uri_filesystem
 from semray.models import AnomalyDetector, create_autoencoder, create_denoiser
 from semray.scores import FUSED_SCORE, PIXEL_FUSION_BASE
 from semray.texture import TextureModel
@@ -39,6 +39,8 @@ AUTOENCODER_FILE = "autoencoder.pt"
 CONFIG_FILE = "config.yaml"
 THRESHOLD_FILE = "threshold.json"
 TRAINING_FILE = "training.json"
+# What every model.pt holds (model_state); the other parts came later and may be absent.
+MODEL_PARTS = ("config", "normalization", "autoencoder", "denoiser")
 
 
 class RunError(SemrayError):
@@ -60,8 +62,21 @@ def load_state(path: str | Path) -> dict[str, Any]:
 def read_model(run_dir: str | Path) -> tuple[dict[str, Any], str]:
     """A run's model.pt, read once: its state, and the short content hash recorded beside every
     output made with it."""
-    state, data = _load_checkpoint(join_uri(run_dir, MODEL_FILE))
+    state, data = _load_model(run_dir)
     return state, hashlib.sha256(data).hexdigest()[:16]
+
+
+def _load_model(run_dir: str | Path) -> tuple[dict[str, Any], bytes]:
+    """model.pt, checked to be a semray model: any other checkpoint (a bare tensor, someone's own
+    state dict) loads just as well with weights_only, and would fail later as a KeyError far from
+    the file."""
+    path = join_uri(run_dir, MODEL_FILE)
+    state, data = _load_checkpoint(path)
+    missing = [k for k in MODEL_PARTS if k not in state] if isinstance(state, dict) else None
+    if missing is None or missing:
+        what = f"a {type(state).__name__}" if missing is None else f"it has no {', '.join(missing)}"
+        raise RunError(f"{path}: not a semray model ({what}); train the run again or restore the file")
+    return state, data
 
 
 def _load_checkpoint(path: str | Path) -> tuple[dict[str, Any], bytes]:
@@ -87,10 +102,29 @@ def _read_file(path: str | Path) -> bytes | None:
         return read_bytes(p)
     except ImageReadError as e:
         if is_uri(p):  # pyarrow reports a missing object as an OSError like any other failure
-            filesystem, inner = pafs.FileSystem.from_uri(p)
-            if filesystem.get_file_info(inner).type == pafs.FileType.NotFound:
-                return None
+            filesystem, inner = uri_filesystem(p)
+            try:
+                if filesystem.get_file_info(inner).type == pafs.FileType.NotFound:
+                    return None
+            except OSError:  # the store cannot be asked either: the read's own reason says more
+                pass
         raise RunError(f"{p}: {e.reason}") from None
+
+
+def _read_json(path: str, what: str, fix: str) -> dict[str, Any] | None:
+    """A run's JSON file as the object it must hold, or None when there is none; any other content
+    (truncated by a full disk, edited by hand, another tool's file) is a RunError naming it, not
+    a KeyError or AttributeError in whichever command reads it first."""
+    data = _read_file(path)
+    if data is None:
+        return None
+    try:
+        obj = json.loads(data)
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+        raise RunError(f"{path}: unreadable {what} ({e}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise RunError(f"{path}: unreadable {what} (it holds {json.dumps(obj)[:40]}, not a JSON object); {fix}")
+    return obj
 
 
 def save_config(run_dir: Path, cfg: Config) -> None:
@@ -160,8 +194,8 @@ def save_training_record(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_training_record(run_dir: str | Path) -> dict[str, Any]:
-    data = _read_file(join_uri(run_dir, TRAINING_FILE))
-    return json.loads(data) if data else {}
+    return _read_json(join_uri(run_dir, TRAINING_FILE), "training record",
+                      "restore it, or train the run again") or {}
 
 
 def save_threshold(run_dir: Path, calibration: dict[str, Any]) -> None:
@@ -169,14 +203,26 @@ def save_threshold(run_dir: Path, calibration: dict[str, Any]) -> None:
 
 
 def read_threshold(run_dir: str | Path) -> dict[str, Any] | None:
+    """threshold.json, or None when the run has none; every command reads its scores (and
+    pixel_maps' scores) as name -> number tables, so a file whose tables are not is refused here."""
     path = join_uri(run_dir, THRESHOLD_FILE)
-    data = _read_file(path)
-    if data is None:
+    fix = "run `semray calibrate` again"
+    calibration = _read_json(path, "threshold file", fix)
+    if calibration is None:
         return None
-    try:
-        return _usable(json.loads(data))
-    except ValueError as e:
-        raise RunError(f"{path}: unreadable threshold file ({e}); run `semray calibrate` again") from e
+    pixel = calibration.get("pixel_maps") or {}  # absent from a run calibrated without per-pixel maps
+    bad = ("scores" if not _thresholds(calibration.get("scores")) else
+           "pixel_maps.scores" if not (isinstance(pixel, dict) and _thresholds(pixel.get("scores", {}))) else None)
+    if bad:
+        raise RunError(f"{path}: unreadable threshold file (its \"{bad}\" is not a table of score name -> threshold); "
+                       f"{fix}")
+    return _usable(calibration)
+
+
+def _thresholds(table: Any) -> bool:
+    """Whether a table maps score names to thresholds; null is one: to_json writes a NaN as null."""
+    return isinstance(table, dict) and all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           for v in table.values())
 
 
 def _usable(calibration: dict[str, Any]) -> dict[str, Any]:
@@ -198,14 +244,17 @@ def calibrated_threshold(calibration: dict[str, Any], score: str, run_dir: str |
         have = ", ".join(calibration["scores"])
         raise RunError(f"{run_dir}: no calibrated threshold for the {score} score, which this run cannot compute "
                        f"(trained or calibrated before semray had it; `semray calibrate` again, or train anew); "
-                       f"it has: {have}") from None
+                       + (f"it has: {have}" if have else "it has none")) from None
+    except TypeError:  # null: the score was NaN on the normal images
+        raise RunError(f"{run_dir}: the calibrated threshold of the {score} score is undefined (null in "
+                       f"{THRESHOLD_FILE}); `semray calibrate` again, or choose another score") from None
 
 
 def load_detector(run_dir: str | Path, device: str | torch.device = "cpu",
                   precision: str | None = None) -> tuple[AnomalyDetector, Config]:
     """The trained detector of a run, in eval mode on `device`, with the config it was trained with.
     precision: auto | fp32 | bf16 (default: the run's eval.precision); see semray.device."""
-    return detector_from_state(load_state(join_uri(run_dir, MODEL_FILE)), device, precision)
+    return detector_from_state(_load_model(run_dir)[0], device, precision)
 
 
 def detector_from_state(state: dict[str, Any], device: str | torch.device = "cpu",

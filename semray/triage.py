@@ -3,27 +3,31 @@
     semray triage scored/ --out triage/ [--top 50]      # then open triage/index.html
 
 Built from the Parquet output alone: nothing is scored again. The maps/ and errors/ tables are read
-in a stream of batches and only the columns the page needs (not the maps), keeping the newest row
-per source and page, so 100,000 images take memory for their names and scores only. Only the top N
-images are read again from their sources, to draw their overlays. The page: counts (scored,
-flagged at the calibrated threshold, failed by reason, every failed file with its reason), a
-histogram of the image scores (each map's maximum) with the threshold drawn, and the N most
-anomalous images, most anomalous first, as thumbnails linking to full-size overlays.
+part by part and only the columns the page needs (not the maps), keeping the newest row per source
+and page, so 100,000 images take memory for their names and scores only. A part that cannot be read
+is set aside and named on the page, as `semray score` does (its next run over the same --out scores
+its images again): one broken file does not cost the page. Only the top N images are read again
+from their sources, to draw their overlays. The page: counts (scored, flagged at the calibrated
+threshold, failed by reason, every failed file with its reason), a histogram of the image scores
+(each map's maximum) with the threshold drawn, and the N most anomalous images, most anomalous
+first, as thumbnails linking to full-size overlays.
 """
 from __future__ import annotations
 
 import html
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
+from pyarrow import fs as pafs
 
 from semray.data.io import read_image
 from semray.errors import InputError
-from semray.files import is_uri
+from semray.files import is_uri, uri_filesystem
 from semray.log import get_logger
 from semray.maps import IMAGE_SCORE
 from semray.overlay import render_overlay
@@ -44,30 +48,75 @@ def _when(row: dict[str, Any]) -> datetime:
     return row.get("scored_at") or _EPOCH
 
 
-def _newest(directory: str, columns: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
-    """(source, page) -> its newest row, streamed batch by batch over the given columns."""
-    if not is_uri(directory) and not Path(directory).is_dir():
-        return {}
-    dataset = ds.dataset(directory, format="parquet")
-    have = set(dataset.schema.names)
+def _filesystem(directory: str) -> tuple[pafs.FileSystem, str]:
+    return uri_filesystem(directory) if is_uri(directory) else (pafs.LocalFileSystem(), os.path.abspath(directory))
+
+
+def _parts(directory: str) -> tuple[pafs.FileSystem, list[str]]:
+    """A maps/ or errors/ folder's Parquet parts, sorted; none when it does not exist. Hidden files are
+    not parts: temporaries being written, parts set aside as unreadable."""
+    filesystem, root = _filesystem(directory)
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        return filesystem, []
+    return filesystem, sorted(f.path for f in filesystem.get_file_info(pafs.FileSelector(root))
+                              if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
+                              and not f.base_name.startswith("."))
+
+
+class Parts:
+    """The readable parts of a score output's folders. An unreadable one (not Parquet, cut short by a
+    full disk or a killed upload) is set aside under a hidden name, as semray.pipeline.read_parts
+    does, and remembered for the page: the others still count."""
+
+    def __init__(self, log):
+        self.log, self.broken = log, []
+
+    def read(self, filesystem: pafs.FileSystem, path: str, columns: list[str] | None = None,
+             filters: Any = None) -> pa.Table | None:
+        """The part's columns that exist (parts written before a column existed lack it), or None."""
+        try:
+            if columns is not None:
+                have = set(pq.read_schema(path, filesystem=filesystem).names)
+                columns = [c for c in columns if c in have]
+            return pq.read_table(path, filesystem=filesystem, columns=columns, filters=filters)
+        except (OSError, pa.ArrowException) as e:
+            folder, name = path.rsplit("/", 1)
+            aside = f"{folder}/.{name}.unreadable"
+            try:
+                filesystem.move(path, aside)
+                what = f"moved to {aside}; rerun the same `semray score` command to score its images again"
+            except OSError:  # a read-only store: leave it, it is skipped all the same
+                what = "skipped"
+            self.log.warning(f"[triage] {path}: unreadable part ({e}); {what}")
+            self.broken.append((path, f"{e}"))
+            return None
+
+
+def _newest(directory: str, columns: list[str], parts: Parts) -> dict[tuple[str, int], dict[str, Any]]:
+    """(source, page) -> its newest row, read part by part over the given columns."""
+    filesystem, paths = _parts(directory)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for batch in dataset.to_batches(columns=[c for c in columns if c in have], batch_size=4096):
-        for r in batch.to_pylist():
-            key = (r["source"], r["page"])
-            if key not in rows or _when(r) >= _when(rows[key]):
-                rows[key] = r
+    for path in paths:
+        table = parts.read(filesystem, path, columns)
+        for batch in table.to_batches(max_chunksize=4096) if table is not None else ():
+            for r in batch.to_pylist():
+                key = (r["source"], r["page"])
+                if key not in rows or _when(r) >= _when(rows[key]):
+                    rows[key] = r
     return rows
 
 
-def _full_rows(directory: str, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+def _full_rows(directory: str, wanted: list[tuple[str, int]], parts: Parts) -> dict[tuple[str, int], dict[str, Any]]:
     """The complete maps/ rows (maps included) of a few images, newest per source and page."""
-    table = ds.dataset(directory, format="parquet").to_table(
-        filter=pc.field("source").isin(sorted({s for s, _ in wanted})))
+    filesystem, paths = _parts(directory)
+    sources = sorted({s for s, _ in wanted})
     best: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in table.to_pylist():
-        key = (r["source"], r["page"])
-        if key in wanted and (key not in best or _when(r) >= _when(best[key])):
-            best[key] = r
+    for path in paths:
+        table = parts.read(filesystem, path, filters=[("source", "in", sources)])
+        for r in table.to_pylist() if table is not None else ():
+            key = (r["source"], r["page"])
+            if key in wanted and (key not in best or _when(r) >= _when(best[key])):
+                best[key] = r
     return best
 
 
@@ -91,12 +140,17 @@ def _histogram(scores: list[float], threshold: float | None, path: Path) -> None
 def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=LOG) -> Path:
     """Write page_dir/index.html (and its pictures) about a `semray score --out` directory."""
     out = str(out_dir)
-    if not is_uri(out) and not (Path(out) / MAPS).is_dir() and not (Path(out) / ERRORS).is_dir():
+    filesystem, root = _filesystem(out)
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        raise InputError(f"{out}: no such directory; give the --out directory of a `semray score` run")
+    if not any(filesystem.get_file_info(f"{root.rstrip('/')}/{name}").type == pafs.FileType.Directory
+               for name in (MAPS, ERRORS)):
         raise InputError(f"{out}: no {MAPS}/ or {ERRORS}/ folder; is this a `semray score --out` directory?")
     pages = Path(page_dir)
     pages.mkdir(parents=True, exist_ok=True)
-    scored = _newest(f"{out}/{MAPS}", SUMMARY_COLUMNS)
-    errors = _newest(f"{out}/{ERRORS}", ["source", "page", "scored_at", "error"])
+    parts = Parts(log)
+    scored = _newest(f"{out}/{MAPS}", SUMMARY_COLUMNS, parts)
+    errors = _newest(f"{out}/{ERRORS}", ["source", "page", "scored_at", "error"], parts)
     # a file that failed and was scored after it was replaced counts as scored, and the other way round
     last_scored: dict[str, datetime] = {}
     last_failed: dict[str, datetime] = {}
@@ -114,7 +168,7 @@ def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=L
     _histogram([r[IMAGE_SCORE] for r in scored.values()], threshold, pages / "scores.png")
 
     ranked = sorted(scored.values(), key=lambda r: -r[IMAGE_SCORE])[:top]
-    full = _full_rows(f"{out}/{MAPS}", [(r["source"], r["page"]) for r in ranked]) if ranked else {}
+    full = _full_rows(f"{out}/{MAPS}", [(r["source"], r["page"]) for r in ranked], parts) if ranked else {}
     cards = []
     for i, r in enumerate(ranked):
         name = f"{i + 1:04d}"
@@ -140,6 +194,12 @@ def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=L
     failed_rows = "".join(
         f"<tr><td><code>{html.escape(e['source'])}</code></td><td>{'file' if e['page'] < 0 else e['page']}</td>"
         f"<td>{html.escape(e['error'] or '')}</td></tr>" for e in sorted(errors.values(), key=lambda e: e["source"]))
+    broken_note = "".join(
+        f"<li><code>{html.escape(path)}</code>: {html.escape(reason)}</li>" for path, reason in parts.broken)
+    if broken_note:
+        broken_note = (f"<p><b>{len(parts.broken)} unreadable part file(s)</b>, set aside: the images in them are "
+                       f"not on this page (rerun the same `semray score` command to score them again)</p>"
+                       f"<ul id='unreadable-parts'>{broken_note}</ul>")
     reason_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{n}</td></tr>"
                           for k, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
     total = len(scored) + len(errors)
@@ -157,6 +217,7 @@ table {{ border-collapse: collapse; margin: 0.5em 0; }} td, th {{ border: 1px so
 <p><code>{html.escape(out)}</code>: {total} image(s) or file(s); <b>{len(scored)} scored</b>,
 <b>{flagged} flagged</b> (a region at or above the calibrated threshold{f" {threshold:.4g}" if threshold else ""}),
 <b>{len(errors)} failed</b>.</p>
+{broken_note}
 <h2>Image scores</h2>
 <img src="scores.png" alt="histogram of image scores">
 <h2>The {len(ranked)} most anomalous images</h2>
@@ -167,5 +228,6 @@ table {{ border-collapse: collapse; margin: 0.5em 0; }} td, th {{ border: 1px so
 {IMAGE_CHECK}
 </body></html>
 """)
-    log.info(f"[triage] {len(scored)} scored, {flagged} flagged, {len(errors)} failed; wrote {page}")
+    unreadable = f", {len(parts.broken)} unreadable part file(s) set aside" if parts.broken else ""
+    log.info(f"[triage] {len(scored)} scored, {flagged} flagged, {len(errors)} failed{unreadable}; wrote {page}")
     return page

@@ -90,3 +90,22 @@ def test_missing_folders(tmp_path):
     (tmp_path / "s" / "Anomalous").mkdir(parents=True)
     with pytest.raises(ImageReadError, match="Normal"):
         load_normal_images(tmp_path / "s")
+
+
+def test_no_anomalous_images_is_an_error_like_no_normal_ones(tmp_path):
+    root = make_root(tmp_path, names=())
+    with pytest.raises(ImageReadError, match="no images .* to evaluate on; expected NanoTWICE layout") as e:
+        load_anomalous_images(root)
+    assert e.value.path == str(root / "Anomalous" / "images")
+
+
+def test_apple_double_and_other_hidden_files_are_not_images(tmp_path):
+    """A data set copied from a Mac to a foreign disk has a ._X.tif (metadata, not a TIFF) beside
+    every X.tif: training, calibration and evaluation must not read them as images."""
+    root = make_root(tmp_path, names=("A",))
+    for folder in ("Normal", "Anomalous/images"):
+        for name in ("._N2.tif", "._A.tif", ".hidden.png"):
+            (root / folder / name).write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert [p.name for p in normal_image_paths(root)] == ["N1.tiff", "N2.tif", "N3.png"]
+    assert [i.name for i, _ in anomalous_image_paths(root)] == ["A.tif"]
+    assert len(load_normal_images(root)) == 5 and len(load_anomalous_images(root)) == 1

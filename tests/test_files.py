@@ -41,3 +41,18 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_uri_filesystem_names_the_uri_and_the_schemes_that_work(tmp_path):
+    from pyarrow import fs as pafs
+
+    from semray.errors import InputError
+    from semray.files import uri_filesystem
+
+    filesystem, inner = uri_filesystem(tmp_path.as_uri())
+    assert isinstance(filesystem, pafs.LocalFileSystem) and inner == str(tmp_path)
+    with pytest.raises(InputError, match=r"^foo://b/x: the URI scheme foo:// is not supported; .*file://, s3://, gs://"):
+        uri_filesystem("foo://b/x")
+    with pytest.raises(InputError, match=r"^file://host/x: not a usable URI \(") as e:
+        uri_filesystem("file://host/x")
+    assert "\n" not in str(e.value)

@@ -267,3 +267,36 @@ def test_no_metadata_no_pixel_size():
     assert pixel_size_um(tiff_bytes(np.zeros((40, 48), np.uint8))) is None
     assert pixel_size_um(png_bytes(np.zeros((40, 48), np.uint8))) is None
     assert pixel_size_um(b"II*\x00garbage") is None  # never an error
+
+
+def test_a_one_bit_png_reads_as_0_and_1(tmp_path):
+    """Pillow hands a 1-bit PNG over as bools whose True byte is 255: viewed as uint8 they were 255."""
+    m = RNG.random((40, 48)) > 0.5
+    Image.fromarray(m).save(tmp_path / "bw.png")
+    assert Image.open(tmp_path / "bw.png").mode == "1"
+    img = read_image(tmp_path / "bw.png")
+    check(img)
+    np.testing.assert_array_equal(img, m.astype(np.float32))
+
+
+def test_hidden_files_are_not_listed_as_images(tmp_path):
+    """macOS writes ._x.tif (AppleDouble metadata) beside x.tif on foreign disks: not an image."""
+    from semray.data.io import is_image_name, list_inputs
+
+    tifffile.imwrite(tmp_path / "x.tif", np.zeros((40, 48), np.uint8))
+    (tmp_path / "._x.tif").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / ".x.tif.tmp").write_bytes(b"")
+    assert list_inputs([str(tmp_path)]) == [str(tmp_path / "x.tif")]
+    assert list_inputs([tmp_path.as_uri()]) == [(tmp_path / "x.tif").as_uri()]
+    assert is_image_name("a.TIFF") and not is_image_name("._a.tif") and not is_image_name("a.txt")
+
+
+@pytest.mark.parametrize("uri", ["foo://bucket/x", "S3://bucket/x.tif"])
+def test_an_unsupported_uri_scheme_is_an_input_error_naming_it(uri):
+    from semray.data.io import list_inputs, read_bytes
+    from semray.errors import InputError
+
+    for call in (lambda: list_inputs([uri]), lambda: read_bytes(uri)):
+        with pytest.raises(InputError, match="not supported") as e:
+            call()
+        assert str(e.value).startswith(f"{uri}: the URI scheme {uri.split('://')[0]}://") and "s3://" in str(e.value)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semray.data.io import IMAGE_SUFFIXES, ImageReadError, read_image, read_image_pages, read_mask
+from semray.data.io import IMAGE_SUFFIXES, ImageReadError, is_image_name, read_image, read_image_pages, read_mask
 
 LAYOUT = "expected NanoTWICE layout: Normal/*.tif, Anomalous/images/*.tif, Anomalous/gt/*_gt.png"
 
@@ -37,7 +37,11 @@ def _folder(root, *parts: str) -> Path:
 
 
 def _images_in(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in d.iterdir() if p.is_file() and is_image_name(p.name))
+
+
+def _no_images(folder: Path, purpose: str) -> ImageReadError:
+    return ImageReadError(str(folder), f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) to {purpose}; {LAYOUT}")
 
 
 def normal_image_paths(root) -> list[Path]:
@@ -47,12 +51,13 @@ def normal_image_paths(root) -> list[Path]:
     folder = _folder(root, "Normal")
     paths = _images_in(folder)
     if not paths:
-        raise ImageReadError(str(folder), f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) to train on; {LAYOUT}")
+        raise _no_images(folder, "train on")
     return paths
 
 
 def anomalous_image_paths(root) -> list[tuple[Path, Path]]:
-    """Sorted (image, mask) pairs; a missing mask fails loudly rather than dropping the image."""
+    """Sorted (image, mask) pairs; a missing mask fails loudly rather than dropping the image.
+    None is an error too: every metric would be computed over nothing."""
     _folder(root)
     images, gt = _folder(root, "Anomalous", "images"), _folder(root, "Anomalous", "gt")
     pairs = []
@@ -61,6 +66,8 @@ def anomalous_image_paths(root) -> list[tuple[Path, Path]]:
         if not mask.is_file():
             raise ImageReadError(str(img), f"no ground-truth mask; expected {mask}")
         pairs.append((img, mask))
+    if not pairs:
+        raise _no_images(images, "evaluate on")
     return pairs
 
 

@@ -18,7 +18,7 @@ from PIL import PngImagePlugin
 from pyarrow import fs as pafs
 
 from semray.errors import InputError, SemrayError
-from semray.files import is_uri
+from semray.files import is_uri, uri_filesystem
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 PNG_MAGIC = b"\x89PNG"
@@ -60,8 +60,8 @@ def to_gray_float(array: np.ndarray, path: str = "<array>") -> np.ndarray:
     if a.size == 0:
         raise ImageReadError(path, f"image is {'x'.join(map(str, a.shape))}, it has no pixels")
     kind = a.dtype.kind
-    if kind == "b":
-        a, kind, scale = a.view(np.uint8), "u", np.float32(1)
+    if kind == "b":  # not a.view(uint8): Pillow's 1-bit PNGs store True as the byte 255, not 1
+        a, kind, scale = a.astype(np.uint8), "u", np.float32(1)
     elif kind in "ui":
         scale = np.float32(np.iinfo(a.dtype).max)
     elif kind == "f":
@@ -236,13 +236,16 @@ def decode_page(data: bytes, path: str, page: int, min_size: int = 32,
 
 def read_bytes(path) -> bytes:
     """A file's bytes from a local path or any URI pyarrow understands (s3://, gs://, file://);
-    every failure is an ImageReadError naming the file."""
+    every failure is an ImageReadError naming the file, but an unsupported URI scheme: an InputError,
+    as it is the user's to fix, not the file's."""
     p = os.fspath(path)
     if is_uri(p):
         try:
-            filesystem, inner = pafs.FileSystem.from_uri(p)
+            filesystem, inner = uri_filesystem(p)
             with filesystem.open_input_stream(inner) as f:
                 return f.read()
+        except InputError:
+            raise
         except Exception as e:  # pyarrow raises OSError, ArrowInvalid, ... per backend
             raise ImageReadError(p, f"cannot read file ({e})") from None
     try:
@@ -301,14 +304,21 @@ def list_inputs(inputs: list[str]) -> list[str]:
     return sorted(set(found))
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file found in a directory is taken as an image: by its suffix, and never a hidden
+    file: macOS leaves a ._x.tif (AppleDouble metadata, not an image) beside every file copied to a
+    foreign disk, and semray's own temporaries are hidden too (.x.tmp)."""
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+
+
 def _list_local(directory: str) -> list[str]:
     # Broken links are listed too: they are reported as unreadable rather than silently missed.
     return [str(p.absolute()) for p in Path(directory).rglob("*")
-            if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+            if (p.is_file() or p.is_symlink()) and is_image_name(p.name)]
 
 
 def _list_uri(uri: str) -> list[str]:
-    filesystem, root = pafs.FileSystem.from_uri(uri)
+    filesystem, root = uri_filesystem(uri)
     scheme = uri.split("://", 1)[0]
     info = filesystem.get_file_info(root)
     if info.type == pafs.FileType.File:
@@ -317,7 +327,7 @@ def _list_uri(uri: str) -> list[str]:
         raise InputError(f"{uri}: no such file or directory")
     selector = pafs.FileSelector(root, recursive=True)
     return [f"{scheme}://{f.path}" for f in filesystem.get_file_info(selector)
-            if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
+            if f.type == pafs.FileType.File and is_image_name(f.base_name)]
 
 
 def file_versions(paths: list[str]) -> dict[str, str]:
@@ -329,7 +339,7 @@ def file_versions(paths: list[str]) -> dict[str, str]:
     for path in paths:
         try:
             if is_uri(path):
-                filesystem, inner = pafs.FileSystem.from_uri(path)
+                filesystem, inner = uri_filesystem(path)
                 info = filesystem.get_file_info(inner)
                 out[path] = f"{info.size}-{info.mtime_ns}" if info.type == pafs.FileType.File else "missing"
             else:
