@@ -50,7 +50,7 @@ from semray.data.io import (
     read_bytes,
 )
 from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
-from semray.files import atomic_write, is_uri, output_file, to_json
+from semray.files import atomic_write, is_uri, output_file, to_json, uri_filesystem
 from semray.log import get_logger
 from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
 from semray.scores import DEFAULT_PIXEL_MAP, FALLBACK_PIXEL_MAP, FUSED_SCORE, PIXEL_MAPS, SCORE_NAMES, default_score
@@ -294,30 +294,50 @@ def finished_pages(out: str, log: logging.Logger = LOG) -> dict[tuple[str, str |
             for key, p in pages.items()}
 
 
+def output_filesystem(directory: str) -> tuple[pafs.FileSystem, str]:
+    """A score output's folder (local or URI) as a pyarrow filesystem and the path inside it."""
+    return uri_filesystem(directory) if is_uri(directory) else (pafs.LocalFileSystem(), os.path.abspath(directory))
+
+
+def part_files(directory: str) -> tuple[pafs.FileSystem, list[str]]:
+    """A maps/, errors/ or patches/ folder's Parquet parts, sorted; none when it does not exist.
+    Hidden files are not parts: temporaries being written, parts set aside as unreadable."""
+    filesystem, root = output_filesystem(directory)
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        return filesystem, []
+    return filesystem, sorted(f.path for f in filesystem.get_file_info(pafs.FileSelector(root))
+                              if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
+                              and not f.base_name.startswith("."))
+
+
+def set_aside(filesystem: pafs.FileSystem, path: str, error: Exception, log: logging.Logger, tag: str) -> None:
+    """An unreadable part (a disk error, a truncated upload) moved to a hidden name beside it, so that
+    the others still count and readers such as DuckDB and pandas do not trip over it; the next
+    `semray score` of the output finds its images missing and scores them again."""
+    folder, name = path.rsplit("/", 1)
+    aside = f"{folder}/.{name}.unreadable"
+    try:
+        filesystem.move(path, aside)
+        what = f"moved to {aside}; the next `semray score` of this output scores its images again"
+    except OSError:  # a read-only store: left where it is, skipped all the same
+        what = "skipped"
+    log.warning(f"[{tag}] {path}: unreadable part ({error}); {what}")
+
+
 def read_parts(directory: str, columns: list[str], log: logging.Logger = LOG) -> pa.Table:
     """The given columns of every part in a maps/, errors/ or patches/ directory (local or URI), read
-    part by part: an unreadable part (a disk error, a truncated upload) is reported and moved aside
-    under a hidden name, so that the others still count and readers such as DuckDB and pandas do not
-    trip over it. Parts written before a column existed read it as null."""
-    if is_uri(directory):
-        filesystem, root = pafs.FileSystem.from_uri(directory)
-    else:
-        filesystem, root = pafs.LocalFileSystem(), os.path.abspath(directory)
-    info = filesystem.get_file_info(root)
+    part by part: an unreadable part is set aside (set_aside) and the others still count. Parts
+    written before a column existed read it as null."""
+    filesystem, paths = part_files(directory)
     tables = []
-    if info.type == pafs.FileType.Directory:
-        for f in sorted(filesystem.get_file_info(pafs.FileSelector(root)), key=lambda f: f.path):
-            if f.type != pafs.FileType.File or not f.base_name.endswith(".parquet") or f.base_name.startswith("."):
-                continue
-            try:
-                part = pq.read_table(f.path, filesystem=filesystem)
-            except (OSError, pa.ArrowException) as e:
-                aside = f"{f.path.rsplit('/', 1)[0]}/.{f.base_name}.unreadable"
-                log.warning(f"[score] {f.path}: unreadable part ({e}); moved to {aside}, its images are scored again")
-                filesystem.move(f.path, aside)
-                continue
-            tables.append(pa.table({c: part.column(c) if c in part.column_names else pa.nulls(part.num_rows)
-                                    for c in columns}))
+    for path in paths:
+        try:
+            part = pq.read_table(path, filesystem=filesystem)
+        except (OSError, pa.ArrowException) as e:
+            set_aside(filesystem, path, e, log, "score")
+            continue
+        tables.append(pa.table({c: part.column(c) if c in part.column_names else pa.nulls(part.num_rows)
+                                for c in columns}))
     if not tables:
         return pa.table({c: pa.array([], pa.null()) for c in columns})
     return pa.concat_tables(tables, promote_options="permissive")

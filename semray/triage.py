@@ -15,7 +15,6 @@ first, as thumbnails linking to full-size overlays.
 from __future__ import annotations
 
 import html
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,10 @@ from pyarrow import fs as pafs
 
 from semray.data.io import read_image
 from semray.errors import InputError
-from semray.files import is_uri, uri_filesystem
 from semray.log import get_logger
 from semray.maps import IMAGE_SCORE
 from semray.overlay import render_overlay
-from semray.pipeline import ERRORS, MAPS, failure_reason
+from semray.pipeline import ERRORS, MAPS, failure_reason, output_filesystem, part_files, set_aside
 from semray.report import IMAGE_CHECK
 
 LOG = get_logger("triage")
@@ -46,21 +44,6 @@ _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 def _when(row: dict[str, Any]) -> datetime:
     """When a row was scored; rows written before scored_at existed count as the oldest."""
     return row.get("scored_at") or _EPOCH
-
-
-def _filesystem(directory: str) -> tuple[pafs.FileSystem, str]:
-    return uri_filesystem(directory) if is_uri(directory) else (pafs.LocalFileSystem(), os.path.abspath(directory))
-
-
-def _parts(directory: str) -> tuple[pafs.FileSystem, list[str]]:
-    """A maps/ or errors/ folder's Parquet parts, sorted; none when it does not exist. Hidden files are
-    not parts: temporaries being written, parts set aside as unreadable."""
-    filesystem, root = _filesystem(directory)
-    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
-        return filesystem, []
-    return filesystem, sorted(f.path for f in filesystem.get_file_info(pafs.FileSelector(root))
-                              if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
-                              and not f.base_name.startswith("."))
 
 
 class Parts:
@@ -80,21 +63,14 @@ class Parts:
                 columns = [c for c in columns if c in have]
             return pq.read_table(path, filesystem=filesystem, columns=columns, filters=filters)
         except (OSError, pa.ArrowException) as e:
-            folder, name = path.rsplit("/", 1)
-            aside = f"{folder}/.{name}.unreadable"
-            try:
-                filesystem.move(path, aside)
-                what = f"moved to {aside}; rerun the same `semray score` command to score its images again"
-            except OSError:  # a read-only store: leave it, it is skipped all the same
-                what = "skipped"
-            self.log.warning(f"[triage] {path}: unreadable part ({e}); {what}")
+            set_aside(filesystem, path, e, self.log, "triage")
             self.broken.append((path, f"{e}"))
             return None
 
 
 def _newest(directory: str, columns: list[str], parts: Parts) -> dict[tuple[str, int], dict[str, Any]]:
     """(source, page) -> its newest row, read part by part over the given columns."""
-    filesystem, paths = _parts(directory)
+    filesystem, paths = part_files(directory)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for path in paths:
         table = parts.read(filesystem, path, columns)
@@ -108,7 +84,7 @@ def _newest(directory: str, columns: list[str], parts: Parts) -> dict[tuple[str,
 
 def _full_rows(directory: str, wanted: list[tuple[str, int]], parts: Parts) -> dict[tuple[str, int], dict[str, Any]]:
     """The complete maps/ rows (maps included) of a few images, newest per source and page."""
-    filesystem, paths = _parts(directory)
+    filesystem, paths = part_files(directory)
     sources = sorted({s for s, _ in wanted})
     best: dict[tuple[str, int], dict[str, Any]] = {}
     for path in paths:
@@ -140,7 +116,7 @@ def _histogram(scores: list[float], threshold: float | None, path: Path) -> None
 def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=LOG) -> Path:
     """Write page_dir/index.html (and its pictures) about a `semray score --out` directory."""
     out = str(out_dir)
-    filesystem, root = _filesystem(out)
+    filesystem, root = output_filesystem(out)
     if filesystem.get_file_info(root).type != pafs.FileType.Directory:
         raise InputError(f"{out}: no such directory; give the --out directory of a `semray score` run")
     if not any(filesystem.get_file_info(f"{root.rstrip('/')}/{name}").type == pafs.FileType.Directory
