@@ -125,22 +125,21 @@ def _gaussian_kernel(sigma: float, order: int, radius: int) -> np.ndarray:
     raise ValueError(f"derivative order {order}: 0, 1 or 2")
 
 
-# The least spread an image's features are scaled by. An image more than 90% one value (a blank or
-# clipped frame, a few fibres on black) spreads over nothing, and dividing by that made its features
-# and texture map astronomically large (1e25, inf in float16 maps); NanoTWICE's images spread over
-# 0.94-0.98 of the intensity range, so this changes none of them.
-MIN_SPREAD = 0.05
-
-
 def image_level(image: np.ndarray) -> tuple[float, float]:
     """(median, 5-95% spread) of an image's intensities: robust to a few saturated defects. Every
     strip of a huge scan asks for the whole scan's, so it is measured on a regular sample of at most
-    about a million pixels (every pixel of an image up to that size): constant cost per strip."""
+    about a million pixels (every pixel of an image up to that size): constant cost per strip.
+
+    The spread is at least a quarter of the sample's whole range: an image more than 90% one value
+    (a blank or clipped frame, a few fibres on black) spreads over nothing between its percentiles,
+    and scaled by that its features and texture map were astronomically large (1e19). A fibre mat
+    spreads over most of its range (NanoTWICE's images 0.94-0.98), so this leaves it, and any
+    image of low bit depth or contrast, as it was; a constant image gets 1."""
     x = np.asarray(image)
     step = max(1, int(np.ceil(np.sqrt(x.size / (1 << 20)))))
     sample = x[::step, ::step].astype(np.float32)
     lo, median, hi = np.quantile(sample, [0.05, 0.5, 0.95])
-    return float(median), max(float(hi - lo), MIN_SPREAD)
+    return float(median), max(float(hi - lo), float(sample.max() - sample.min()) / 4) or 1.0
 
 
 def window_statistics(model: TextureModel, image: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int,
