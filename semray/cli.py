@@ -147,9 +147,8 @@ def cmd_score(args) -> int:
                         precision=args.precision, max_pixels=args.max_pixels,
                         max_failed_fraction=args.max_failed_fraction, map_scale=args.map_scale,
                         pixel_map=args.pixel_map)
-    summary = score_archive(job, address=args.address)
-    if not summary["images"] and summary["errors"]:
-        return NothingDoneError.exit_code
+    summary = score_archive(job, address=args.address)  # raises NothingDoneError when no image could be scored
+    # (a resume whose only new files are unreadable is judged by the whole output's failed fraction)
     if summary.get("too_many_failures"):
         archive = summary["archive"]
         raise PartialFailureError(

@@ -299,6 +299,13 @@ def output_filesystem(directory: str) -> tuple[pafs.FileSystem, str]:
     return uri_filesystem(directory) if is_uri(directory) else (pafs.LocalFileSystem(), os.path.abspath(directory))
 
 
+def output_root(path: str | Path) -> str:
+    """A run or output directory as every reader and writer joins paths to it: absolute, and a URI
+    without its trailing slash (s3://bucket/maps/ would give s3://bucket/maps//maps/..., an empty
+    path component that S3 refuses)."""
+    return str(path).rstrip("/") if is_uri(path) else str(Path(path).resolve())
+
+
 def part_files(directory: str) -> tuple[pafs.FileSystem, list[str]]:
     """A maps/, errors/ or patches/ folder's Parquet parts, sorted; none when it does not exist.
     Hidden files are not parts: temporaries being written, parts set aside as unreadable."""
@@ -360,14 +367,11 @@ def check_same_job(out: str, metadata: dict[str, str]) -> None:
     """Resuming into an OUT_DIR written with another model, score, stride or threshold would mix two
     jobs' maps in one table: refuse, naming what differs."""
     for table_name in (MAPS, ERRORS):
-        directory = f"{out}/{table_name}"
-        if not is_uri(directory) and not Path(directory).is_dir():
-            continue
-        dataset = pads.dataset(directory, format="parquet", exclude_invalid_files=False)
+        filesystem, paths = part_files(f"{out}/{table_name}")  # none yet: a new output, local or in a bucket
         old = None
-        for path in dataset.files:  # the first part whose footer reads (read_parts sets the others aside)
+        for path in paths:  # the first part whose footer reads (read_parts sets the others aside)
             try:
-                old = json.loads(pq.read_schema(path, filesystem=dataset.filesystem).metadata[b"semray"])
+                old = json.loads(pq.read_schema(path, filesystem=filesystem).metadata[b"semray"])
                 break
             except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
                 continue
@@ -544,8 +548,7 @@ def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger
 
     from semray.runs import read_model
 
-    run_dir = str(Path(job.run).resolve()) if not is_uri(job.run) else job.run
-    out = str(Path(job.out).resolve()) if not is_uri(job.out) else job.out
+    run_dir, out = output_root(job.run), output_root(job.out)
     if not is_uri(out):  # before any scoring: a read-only --out would fail every part write
         Path(out).mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK):

@@ -29,7 +29,15 @@ from semray.errors import InputError
 from semray.log import get_logger
 from semray.maps import IMAGE_SCORE
 from semray.overlay import render_overlay
-from semray.pipeline import ERRORS, MAPS, failure_reason, output_filesystem, part_files, set_aside
+from semray.pipeline import (
+    ERRORS,
+    MAPS,
+    failure_reason,
+    output_filesystem,
+    output_root,
+    part_files,
+    set_aside,
+)
 from semray.report import IMAGE_CHECK
 
 LOG = get_logger("triage")
@@ -115,7 +123,7 @@ def _histogram(scores: list[float], threshold: float | None, path: Path) -> None
 
 def build_triage(out_dir: str | Path, page_dir: str | Path, top: int = 50, log=LOG) -> Path:
     """Write page_dir/index.html (and its pictures) about a `semray score --out` directory."""
-    out = str(out_dir)
+    out = output_root(out_dir)
     filesystem, root = output_filesystem(out)
     if filesystem.get_file_info(root).type != pafs.FileType.Directory:
         raise InputError(f"{out}: no such directory; give the --out directory of a `semray score` run")
