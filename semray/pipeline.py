@@ -90,8 +90,10 @@ MAPS_SCHEMA = pa.schema([
 ])
 PATCH_COLUMNS = [("patch_ys", pa.list_(pa.int32())), ("patch_xs", pa.list_(pa.int32())),
                  *((f"patch_{k}", pa.list_(pa.float32())) for k in SCORE_NAMES)]
-PATCHES_SCHEMA = pa.schema([("source", pa.string()), ("page", pa.int32()), ("y", pa.int32()), ("x", pa.int32()),
-                            *((k, pa.float32()) for k in SCORE_NAMES)])
+# With the maps row's identity: a file scored again after it changed has its old and new windows
+# side by side, told apart (the newest per source and page, as for maps/) by these.
+PATCHES_SCHEMA = pa.schema([("source", pa.string()), *IDENTITY, ("page", pa.int32()), ("y", pa.int32()),
+                            ("x", pa.int32()), *((k, pa.float32()) for k in SCORE_NAMES)])
 ERRORS_SCHEMA = pa.schema([("source", pa.string()), *IDENTITY, ("page", pa.int32()), ("pages", pa.int32()),
                            ("error", pa.string())])
 # What flows from the scoring actors to the writers: a maps row or an error row, and the windows.
@@ -267,7 +269,7 @@ def _explode_patches(ok: pa.Table) -> pa.Table:
     """maps-level list columns -> one row per window."""
     parent = pc.list_parent_indices(ok.column("patch_ys"))
     flat = {k: pc.list_flatten(ok.column(f"patch_{k}")) for k in ("ys", "xs", *SCORE_NAMES)}
-    return pa.table({"source": pc.take(ok.column("source"), parent), "page": pc.take(ok.column("page"), parent),
+    return pa.table({**{k: pc.take(ok.column(k), parent) for k in ("source", "source_version", "scored_at", "page")},
                      "y": flat["ys"], "x": flat["xs"], **{k: flat[k] for k in SCORE_NAMES}}, schema=PATCHES_SCHEMA)
 
 

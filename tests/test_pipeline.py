@@ -114,6 +114,12 @@ def test_a_changed_file_is_scored_again_and_readers_take_its_newest_rows(tmp_pat
     counts = archive_counts(out)
     assert (counts["images"], counts["failures"]) == (1, 0)
     assert pq.read_table(tmp_path / "errors").num_rows == 1 and pq.read_table(tmp_path / "maps").num_rows == 1
+    # its windows carry the same identity, so patches/ of a file scored twice tells old from new
+    again = datetime(2026, 12, 3, tzinfo=timezone.utc)
+    write_part(pa_table([{**_record("/a.tif", 0, 1), "source_version": "640-3", "scored_at": again}]), out,
+               {"semray": "{}"}, patches=True)
+    windows = pq.read_table(tmp_path / "patches").to_pylist()
+    assert [(w["source"], w["source_version"], w["scored_at"]) for w in windows] == [("/a.tif", "640-3", again)]
 
 
 def test_an_unreadable_part_is_set_aside_and_the_others_still_count(tmp_path):
