@@ -43,6 +43,13 @@ def test_epoch_validator_reports_an_auroc(synth_data):
     assert stage1["val_score"] == "reconstruction" and 0 <= stage1[OBJECTIVE] <= 1
     stage2 = validator(autoencoder, create_denoiser(cfg.denoiser).eval())
     assert stage2["val_score"] in SCORE_NAMES and 0 <= stage2[OBJECTIVE] <= 1
+    # per epoch there is no memory bank or fusion statistics yet: knn and fused are zero everywhere
+    # (AUROC 0.5), never the score an epoch is judged by, even for a search that names one of them
+    assert stage2["val_score"] not in ("knn", "fused")
+    for named in ("knn", "fused"):
+        validator.score = named
+        judged = validator(autoencoder, create_denoiser(cfg.denoiser).eval())
+        assert judged["val_score"] not in ("knn", "fused") and 0 <= judged[OBJECTIVE] <= 1
 
 
 def test_a_trial_restarted_without_its_run_directory_gets_the_run_back_from_its_last_checkpoint(tmp_path):

@@ -83,8 +83,9 @@ class EpochValidator:
         for start in range(0, len(self.patches), self.batch_size):
             # a copy: arrays shared through the object store are read-only
             raw = torch.tensor(self.patches[start:start + self.batch_size], device=device)
-            if detector is not None:
-                scores = detector.scores(raw)
+            if detector is not None:  # no memory bank or fusion statistics yet (built when training ends):
+                # knn and fused are placeholders here, zero everywhere, and their AUROC a meaningless 0.5
+                scores = {k: v for k, v in detector.scores(raw).items() if k in detector.available_scores}
             else:  # stage 1: no denoiser yet, so only the reconstruction score exists
                 x = normalize_patches(raw, **norm).contiguous(memory_format=fmt)
                 with precision.autocast(device):
@@ -93,7 +94,9 @@ class EpochValidator:
             for k, v in scores.items():
                 out.setdefault(k, []).append(v.float().cpu().numpy())
         aurocs = {k: auroc(self.labels, np.concatenate(v)) for k, v in out.items()}
-        name = pick_objective(aurocs, self.score if denoiser is not None else "reconstruction")
+        wanted = self.score if denoiser is not None else "reconstruction"
+        # a search judged by knn or fused is judged per epoch by the best score that exists yet
+        name = pick_objective(aurocs, wanted if wanted in aurocs else "best")
         return {OBJECTIVE: aurocs[name], "val_score": name}
 
 
