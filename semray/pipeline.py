@@ -87,6 +87,9 @@ MAPS_SCHEMA = pa.schema([
     ("pixel_map_scale", pa.int32()), ("pixel_map_height", pa.int32()), ("pixel_map_width", pa.int32()),
     ("pixel_map", pa.list_(pa.float16())),
     ("pixel_threshold", pa.float64()),
+    # What this row was computed in (fp32 | bf16): the metadata's precision says "auto" where a GPU
+    # job's driver has no CUDA and each GPU actor resolved it for its own GPU.
+    ("precision", pa.string()),
 ])
 PATCH_COLUMNS = [("patch_ys", pa.list_(pa.int32())), ("patch_xs", pa.list_(pa.int32())),
                  *((f"patch_{k}", pa.list_(pa.float32())) for k in SCORE_NAMES)]
@@ -223,7 +226,7 @@ def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict
     scores = score_image(detector, image, s["stride"], s["batch_size"], names=None if s["patches"] else (s["score"],))
     record = {"source": source, "page": page, "height": image.shape[0], "width": image.shape[1],
               "stride": s["stride"], "patch_size": size, "score": s["score"], "threshold": s["threshold"],
-              "windows": int(scores["ys"].size),
+              "windows": int(scores["ys"].size), "precision": detector.precision.name,
               **image_record(scores, s["score"], size, s["stride"], cfg.eval.smoothing_px, s["threshold"],
                              s["quantile"], pixel_size_um)}
     if s.get("map_scale"):

@@ -170,6 +170,7 @@ def test_the_scoring_actor_stores_the_per_pixel_map_and_the_overlay_colours_it(u
     actor = ScoreImages(str(untrained_run), settings)
     source = sorted(archive.rglob("SYN*.tif"))[0]
     (record,) = actor.score_file(str(source), source.read_bytes(), None, set())
+    assert record["precision"] == actor.detector.precision.name  # what this actor resolved `auto` to
     image = read_image_pages(source)[0]
     expected = strip_pixel_maps(actor.detector, image, 8, actor.cfg.eval.pixel_blur, 4,
                                 names=("ssim_reconstruction",))["ssim_reconstruction"]
