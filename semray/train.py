@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from semray.data.patches import grid_coordinates, normalization_of
 from semray.defects import DefectModel
 from semray.device import Precision, cpu_name, memory_format_name, resolve_precision, training_format
 from semray.evaluate import calibrate_run
-from semray.files import join_uri
+from semray.files import atomic_write, join_uri
 from semray.log import duration, get_logger
 from semray.loop import AutoencoderObjective, DenoiserObjective, adam, epoch_seed, make_ema, run_epoch
 from semray.models import create_autoencoder, create_denoiser
@@ -50,6 +51,7 @@ from semray.ray_env import (
 )
 from semray.runs import (
     AUTOENCODER_FILE,
+    CONFIG_FILE,
     MODEL_FILE,
     RunError,
     atomic_torch_save,
@@ -67,6 +69,7 @@ from semray.texture import TextureModel
 LOG = get_logger("train")
 
 STATE_FILE = "state.pt"
+RUN_ID_FILE = "run_id"  # names the run's checkpoint folder under --storage (storage_name)
 TRAIN_NAME = "train"  # Ray Train's run (both stages): its checkpoints are under STORAGE/train
 
 
@@ -298,16 +301,23 @@ def _get(ref_or_value):
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    for s in optimizer.state.values():
-        for k, v in s.items():
-            if torch.is_tensor(v) and k != "step":
-                s[k] = v.to(device)
+    """A loaded optimizer state onto the parameters' device. Adam keeps its step count on the CPU,
+    except the fused (and capturable) kernel, which wants it beside the parameters: left on the CPU,
+    a resumed CUDA run failed on its first step."""
+    for group in optimizer.param_groups:
+        step_too = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if torch.is_tensor(v) and (k != "step" or step_too):
+                    state[k] = v.to(device)
 
 
 # ---------------------------------------------------------------- driver side
 # Settings that change how fast a run trains, not what it learns: a resumed run may change them
 # (auto precision may also resolve differently on another machine).
-_RESOURCE_FIELDS = {"num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker", "precision"}
+_RESOURCE_FIELDS = {"num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker", "precision",
+                    "max_failures", "checkpoints_to_keep"}  # and how failures and old checkpoints are handled
 
 
 def _check_same_run(run_dir: Path, cfg: Config) -> None:
@@ -389,9 +399,22 @@ def worker_threads(cfg: Config) -> int:
 
     if cfg.train.cpus_per_worker > 0:
         return max(1, int(cfg.train.cpus_per_worker))
-    # before a private Ray starts, its CPUs will be this machine's (semray.ray_env.init_ray)
-    total = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else os.cpu_count() or 1
-    return max(1, total // max(cfg.train.num_workers, 1))
+    if not ray.is_initialized():  # before a private Ray starts, its CPUs will be this machine's (init_ray)
+        return threads_per_worker([os.cpu_count() or 1], cfg.train.num_workers)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    eligible = [r for r in nodes if r.get("GPU", 0) > 0] if cfg.train.use_gpu else nodes
+    return threads_per_worker([int(r.get("CPU", 0)) for r in eligible or nodes], cfg.train.num_workers)
+
+
+def threads_per_worker(node_cpus: list[int], workers: int) -> int:
+    """CPUs each of `workers` asks for, given the CPUs of the nodes they can run on: the workers'
+    share of all of them, but no more than fits on one node beside its share of the others (a
+    share of the whole cluster's CPUs asked 12 of a 4-CPU GPU node, and the worker group never
+    started)."""
+    workers = max(workers, 1)
+    nodes = [c for c in node_cpus if c > 0] or [1]
+    per_node = max(nodes) // math.ceil(workers / len(nodes))
+    return max(1, min(sum(nodes) // workers, per_node))
 
 
 def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: str | None = None,
@@ -434,11 +457,11 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     init_ray(address)
     if not cfg.train.resolved_budget:
         cfg = resolve_budget(cfg, calibration, log)
+    checkpoints = join_uri(storage, storage_name(run_dir)) if storage else None  # before config.yaml: new or not
     save_config(run_dir, cfg)  # after the inputs were checked: a failed first attempt leaves no config
     log.info(f"training {cfg.model.kind} on {len(images)} normal image(s) from {data_dir} into {run_dir} "
              f"({cfg.train.num_workers} worker(s), {'GPU' if cfg.train.use_gpu else 'CPU'})")
-    path = train_stages(images, normalization, cfg, run_dir,
-                        storage=join_uri(storage, run_dir.name) if storage else None,
+    path = train_stages(images, normalization, cfg, run_dir, storage=checkpoints,
                         provenance={"pixel_size_um": training_pixel_size(data_dir, log)})
     log.info(f"trained model written to {path}")
     if is_private() and (left := placement_groups_left()):
@@ -454,6 +477,22 @@ def train_run(data_dir: str | Path, run_dir: str | Path, cfg: Config, address: s
     log.info(f"thresholds at a {c['fpr']:.1%} false-positive rate on normal windows: "
              + ", ".join(f"{k} {v:.4g}" for k, v in c["scores"].items()))
     return path
+
+
+def storage_name(run_dir: Path) -> str:
+    """The run's folder under --storage: its name and an id of its own, written into the run
+    directory when the run starts. By name alone, /exp1/dae and /exp2/dae (or a run deleted and
+    started again) shared STORAGE/dae, and Ray Train resumed the other run's checkpoints as this
+    one's. A run started before these ids keeps its old folder, so it still resumes."""
+    path = run_dir / RUN_ID_FILE
+    if path.exists():
+        return f"{run_dir.name}-{path.read_text().strip()}"
+    if (run_dir / CONFIG_FILE).exists():  # begun before run ids: its checkpoints are under its name
+        return run_dir.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex[:12]
+    atomic_write(path, run_id + "\n")
+    return f"{run_dir.name}-{run_id}"
 
 
 def split_normal_images(normal: list, cfg: Config, data_dir: str | Path = "the data") -> tuple[list, list]:

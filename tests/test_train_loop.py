@@ -98,8 +98,57 @@ def test_a_run_refuses_other_training_settings_but_not_other_resources_or_eval(t
     save_config(tmp_path, cfg)
     _check_same_run(tmp_path, cfg.updated({"train": {"num_workers": 4, "use_gpu": True},
                                            "eval": {"stride": 8, "smoothing_px": 0}}))
+    # re-submitting a failed job with --max-failures (as the README invites) or keeping more checkpoints
+    _check_same_run(tmp_path, cfg.updated({"train": {"max_failures": 2, "checkpoints_to_keep": 5}}))
     with pytest.raises(RunError, match="model.width"):
         _check_same_run(tmp_path, cfg.updated({"model": {"width": 16}}))
+
+
+def test_runs_of_one_name_keep_their_checkpoints_apart_under_storage(tmp_path):
+    """STORAGE/NAME-ID: /exp1/dae, /exp2/dae and a run deleted and started again each get their own
+    checkpoints (by name alone Ray Train resumed another run's); a run's id stays with it, and a run
+    begun before ids existed keeps its old folder (it still resumes)."""
+    import shutil
+
+    from semray.runs import save_config
+    from semray.train import storage_name
+
+    one, two = tmp_path / "exp1" / "dae", tmp_path / "exp2" / "dae"
+    first = storage_name(one)
+    assert first.startswith("dae-") and storage_name(one) == first  # kept: a resume finds its checkpoints
+    assert storage_name(two) != first
+    shutil.rmtree(one)
+    assert storage_name(one) != first  # started again: a new run
+    old = tmp_path / "old" / "dae"
+    save_config(old, Config())
+    assert storage_name(old) == "dae"
+
+
+def test_fused_adams_step_count_moves_with_its_state_and_the_loop_steps_count_stays():
+    """A resumed run loads the optimizer's state on the CPU, then moves it beside the parameters:
+    the fused kernel wants its step count there too (on a GPU it failed on the first step), the
+    per-tensor Adam on the CPU. The meta device stands in for a GPU."""
+    from semray.train import _move_optimizer_state
+
+    for fused in (True, False):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = torch.optim.Adam([p], fused=fused)
+        p.grad = torch.ones(3)
+        opt.step()
+        _move_optimizer_state(opt, torch.device("meta"))
+        state = opt.state[p]
+        assert state["exp_avg"].device.type == "meta"
+        assert state["step"].device.type == ("meta" if fused else "cpu")
+
+
+def test_each_worker_asks_for_cpus_one_node_can_give():
+    """A share of the whole cluster's CPUs could exceed every node (12 of a 4-CPU GPU node)."""
+    from semray.train import threads_per_worker
+
+    assert threads_per_worker([2], 1) == 2 and threads_per_worker([2], 2) == 1  # a laptop, as before
+    assert threads_per_worker([4, 4], 1) == 4  # --gpu, one worker, on 4-CPU GPU nodes (not 12)
+    assert threads_per_worker([4, 4, 4, 4], 4) == 4 and threads_per_worker([4], 2) == 2
+    assert threads_per_worker([8, 4, 4], 4) == 4 and threads_per_worker([0], 1) == 1
 
 
 class _Harness:
