@@ -179,9 +179,13 @@ def test_training_survives_a_killed_worker_with_the_same_metrics(cluster, traine
     # epochs leave most of the stage to interrupt.
     # The snapshot (a local file) is read every 20 ms; the job's status and the workers (HTTP calls
     # to the dashboard, which cost it and this process CPU the job needs) four times a second.
-    snapshot = storage / "killed" / "train" / "checkpoint_manager_snapshot.json"
+    def snapshot() -> Path:  # the run's checkpoints are under STORAGE/NAME-ID, ID in the run's run_id file
+        run_id = run / "run_id"
+        name = f"killed-{run_id.read_text().strip()}" if run_id.exists() else "not-yet"
+        return storage / name / "train" / "checkpoint_manager_snapshot.json"
+
     deadline, victims, next_look = time.time() + 300, [], 0.0
-    while not _registered_checkpoint(snapshot):
+    while not _registered_checkpoint(snapshot()):
         if time.time() >= next_look:
             assert time.time() < deadline and cluster.status(sid) in ("PENDING", "RUNNING"), cluster.logs(sid)[-4000:]
             if len(victims) < 2:
