@@ -138,7 +138,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from semray.pipeline import job_from_args, score_archive
+    from semray.pipeline import job_from_args, raise_for_failures, score_archive
 
     job = job_from_args(inputs=args.inputs, run=args.run, out=args.out, stride=args.stride, score=args.score,
                         workers=args.workers, cpus_per_worker=args.cpus_per_worker,
@@ -147,14 +147,7 @@ def cmd_score(args) -> int:
                         precision=args.precision, max_pixels=args.max_pixels,
                         max_failed_fraction=args.max_failed_fraction, map_scale=args.map_scale,
                         pixel_map=args.pixel_map)
-    summary = score_archive(job, address=args.address)  # raises NothingDoneError when no image could be scored
-    # (a resume whose only new files are unreadable is judged by the whole output's failed fraction)
-    if summary.get("too_many_failures"):
-        archive = summary["archive"]
-        raise PartialFailureError(
-            f"{archive['failures']} of {archive['images'] + archive['failures']} image(s) failed "
-            f"({archive['failed_fraction']:.1%}), above --max-failed-fraction {job.max_failed_fraction:g}; "
-            f"everything else is written; reasons in {summary['out']}/summary.json and errors/")
+    raise_for_failures(score_archive(job, address=args.address), job.max_failed_fraction)
     return 0
 
 

@@ -49,7 +49,7 @@ from semray.data.io import (
     pixel_size_um,
     read_bytes,
 )
-from semray.errors import ConfigError, InputError, NothingDoneError, SemrayError
+from semray.errors import ConfigError, InputError, NothingDoneError, PartialFailureError, SemrayError
 from semray.files import atomic_write, is_uri, output_file, to_json, uri_filesystem
 from semray.log import get_logger
 from semray.ray_env import check_private_gpus, init_ray, wait_for_resources
@@ -545,6 +545,19 @@ def version_bytes(version: str | None) -> int:
     """A file's size from its version ("SIZE-MTIME_NS", semray.data.io.file_versions); 0 if unknown."""
     head = (version or "").split("-", 1)[0]
     return int(head) if head.isdigit() else 0
+
+
+def raise_for_failures(summary: dict[str, Any], max_failed_fraction: float) -> None:
+    """How a finished job ends, from its summary (score_archive has raised NothingDoneError already
+    when a new output could score nothing): exit 3 when more than max_failed_fraction of the whole
+    output's images failed. A resume that scored nothing new because its only new files were bad is
+    judged the same way, not as "nothing could be done" (a nightly job marked failed for one bad file)."""
+    if summary.get("too_many_failures"):
+        archive = summary["archive"]
+        raise PartialFailureError(
+            f"{archive['failures']} of {archive['images'] + archive['failures']} image(s) failed "
+            f"({archive['failed_fraction']:.1%}), above --max-failed-fraction {max_failed_fraction:g}; "
+            f"everything else is written; reasons in {summary['out']}/summary.json and errors/")
 
 
 def score_archive(job: ScoreJob, address: str | None = None, log: logging.Logger = LOG) -> dict[str, Any]:

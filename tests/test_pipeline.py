@@ -348,12 +348,6 @@ def test_resume_scores_only_what_is_missing(tmp_path, run_dir, archive, capsys):
     # (refused before Ray starts, so checked in this process)
     code, _, err = main_in_process(capsys, "score", images, "--run", run_dir, "--out", out, "--score", "smooth")
     assert code == 2 and "another scoring job" in err and f"score: '{DEFAULT_SCORE}'" in err
-    # a night whose only new file is unreadable: recorded, and judged by the whole output's failed
-    # fraction (1 of 4 here, allowed), not "nothing could be done" (exit 4) for the whole job
-    (images / "corrupt.tif").write_bytes(b"not an image")
-    proc = run_cli("score", images, "--run", run_dir, "--out", out, "--max-failed-fraction", 0.5, timeout=400)
-    assert "3 already done" in proc.stdout and "scoring 1" in proc.stdout, proc.stdout
-    assert [r["source"] for r in _table(out / "errors").to_pylist()] == [str(images / "corrupt.tif")]
 
 
 def test_an_output_in_a_bucket_is_new_until_it_has_parts_and_joins_without_double_slashes(tmp_path):
@@ -366,6 +360,20 @@ def test_an_output_in_a_bucket_is_new_until_it_has_parts_and_joins_without_doubl
     check_same_job(output_root(out), {"semray": "{}"})  # nothing to compare with: no error
     assert output_root(out) == f"file://{tmp_path}/scored" and output_root("s3://b/maps/") == "s3://b/maps"
     assert output_root(tmp_path / "x" / ".." / "y") == str(tmp_path / "y")
+
+
+def test_a_resume_whose_only_new_file_is_bad_is_judged_by_the_whole_outputs_failures():
+    """A night that scored nothing new because its one new file was unreadable: exit 0 while the
+    whole output's failed fraction is allowed (it was exit 4, "nothing could be done", for the job),
+    exit 3 above it."""
+    from semray.errors import PartialFailureError
+    from semray.pipeline import raise_for_failures
+
+    night = {"images": 0, "errors": 1, "out": "OUT", "too_many_failures": False,
+             "archive": {"images": 200, "failures": 1, "failed_fraction": 1 / 201}}
+    raise_for_failures(night, 0.01)
+    with pytest.raises(PartialFailureError, match="1 of 201 image"):
+        raise_for_failures({**night, "too_many_failures": True}, 0.001)
 
 
 def test_a_small_job_gets_one_actor_and_a_large_one_all_that_fit():
