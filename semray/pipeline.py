@@ -142,7 +142,7 @@ def read_batch(batch: pa.Table) -> pa.Table:
         try:
             blob, error = read_bytes(path), None
         except Exception as e:  # ImageReadError, or anything a remote filesystem raises
-            blob, error = b"", str(e)
+            blob, error = b"", error_message(path, e)
         paths.append(path)
         data.append(blob)
         errors.append(error)
@@ -196,7 +196,7 @@ class ScoreImages:
         try:
             pages = page_count(data, source)
         except Exception as e:
-            return [_error(source, WHOLE_FILE, WHOLE_FILE, str(e))]
+            return [_error(source, WHOLE_FILE, WHOLE_FILE, error_message(source, e))]
         out = []
         pixel_size = pixel_size_um(data)
         for page in range(pages):
@@ -208,7 +208,7 @@ class ScoreImages:
                 out.append({**score_page(self.detector, self.cfg, image, source, page, self.s, pixel_size),
                             "pages": pages})
             except Exception as e:  # this page is bad; the file's other pages may be fine
-                out.append(_error(source, page, pages, str(e)))
+                out.append(_error(source, page, pages, error_message(source, e)))
         return out
 
 
@@ -241,6 +241,19 @@ def score_page(detector, cfg, image: np.ndarray, source: str, page: int, s: dict
         record.update({"patch_ys": scores["ys"], "patch_xs": scores["xs"],
                        **{f"patch_{k}": scores[k] for k in SCORE_NAMES}})
     return record
+
+
+def error_message(source: str, e: BaseException) -> str:
+    """An exception as an error row's message, in the form every reader expects ("FILE: reason
+    (particulars)": failure_reason counts by the reason). semray's own errors name the file already
+    or say what is wrong; anything else (a MemoryError, which has no message at all; a GPU out of
+    memory) is named by its kind, which an empty message or a message without the file lost."""
+    text = str(e)
+    if text.startswith(f"{source}: "):
+        return text
+    if isinstance(e, SemrayError) and text:
+        return f"{source}: {text}"
+    return f"{source}: {type(e).__name__}" + (f" ({' '.join(text.split())[:300]})" if text else "")
 
 
 def _error(source: str, page: int, pages: int, message: str) -> dict[str, Any]:

@@ -376,6 +376,21 @@ def test_a_resume_whose_only_new_file_is_bad_is_judged_by_the_whole_outputs_fail
         raise_for_failures({**night, "too_many_failures": True}, 0.001)
 
 
+def test_every_error_row_names_its_file_and_a_reason_to_count_it_by():
+    """A MemoryError has no message (its row's reason was empty, counted as "unknown"), and an
+    exception that is not semray's does not name the file: both come out as FILE: KIND (message)."""
+    from semray.data.io import ImageReadError
+    from semray.pipeline import error_message, failure_reason
+
+    assert error_message("/a.tif", MemoryError()) == "/a.tif: MemoryError"
+    oom = error_message("/a.tif", RuntimeError("CUDA out of memory.\nTried to allocate 2.00 GiB"))
+    assert oom == "/a.tif: RuntimeError (CUDA out of memory. Tried to allocate 2.00 GiB)"
+    assert failure_reason(oom) == "RuntimeError"
+    assert failure_reason(error_message("/a.tif", MemoryError())) == "MemoryError"
+    read = ImageReadError("/a.tif", "not a TIFF or PNG image")
+    assert error_message("/a.tif", read) == str(read) and failure_reason(str(read)) == "not a TIFF or PNG image"
+
+
 def test_a_small_job_gets_one_actor_and_a_large_one_all_that_fit():
     """An actor's start costs more than scoring a few small files: one per BYTES_PER_ACTOR of input,
     no more than there are files or room for, and at least one."""
