@@ -97,10 +97,13 @@ PATCH_COLUMNS = [("patch_ys", pa.list_(pa.int32())), ("patch_xs", pa.list_(pa.in
 # side by side, told apart (the newest per source and page, as for maps/) by these.
 PATCHES_SCHEMA = pa.schema([("source", pa.string()), *IDENTITY, ("page", pa.int32()), ("y", pa.int32()),
                             ("x", pa.int32()), *((k, pa.float32()) for k in SCORE_NAMES)])
+# retry: the file's bytes could not be fetched (a storage timeout, a network share gone, a permission):
+# unlike a file that is not an image, the next run over the output tries it again (finished_pages).
 ERRORS_SCHEMA = pa.schema([("source", pa.string()), *IDENTITY, ("page", pa.int32()), ("pages", pa.int32()),
-                           ("error", pa.string())])
+                           ("error", pa.string()), ("retry", pa.bool_())])
 # What flows from the scoring actors to the writers: a maps row or an error row, and the windows.
-RECORD_SCHEMA = pa.schema([*MAPS_SCHEMA, ("error", pa.string()), ("windows", pa.int64()), *PATCH_COLUMNS])
+RECORD_SCHEMA = pa.schema([*MAPS_SCHEMA, ("error", pa.string()), ("retry", pa.bool_()), ("windows", pa.int64()),
+                           *PATCH_COLUMNS])
 WHOLE_FILE = -1  # the page of an error that concerns the whole file (unreadable, not an image)
 MESSAGES_SHOWN = 20  # failures listed in the summary (all of them are in errors/)
 
@@ -191,8 +194,8 @@ class ScoreImages:
         return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
     def score_file(self, source: str, data: bytes, read_error: str | None, skip: set[int]) -> list[dict[str, Any]]:
-        if read_error:
-            return [_error(source, WHOLE_FILE, WHOLE_FILE, read_error)]
+        if read_error:  # its bytes never came: tried again by the next run over the output
+            return [{**_error(source, WHOLE_FILE, WHOLE_FILE, read_error), "retry": True}]
         try:
             pages = page_count(data, source)
         except Exception as e:
@@ -299,13 +302,16 @@ def finished_pages(out: str, log: logging.Logger = LOG) -> dict[tuple[str, str |
     """(source, source_version) -> the pages earlier runs over OUT_DIR wrote to maps/ or errors/ for
     that content of the file, or {WHOLE_FILE} when nothing is left to do (every page written, or
     the file failed as a whole). A file replaced since (another size or modification time) has
-    another version, so it is scored again. Parts are only ever complete files, so reading them is
-    enough to resume; one that cannot be read is set aside (see read_parts) and its images redone."""
+    another version, so it is scored again; a file whose bytes could not be fetched is tried again.
+    Parts are only ever complete files, so reading them is enough to resume; one that cannot be read
+    is set aside (see read_parts) and its images redone."""
     pages: dict[tuple[str, str | None], set[int]] = {}
     totals: dict[tuple[str, str | None], int] = {}
     for table_name in (MAPS, ERRORS):
-        table = read_parts(f"{out}/{table_name}", ["source", "source_version", "page", "pages"], log)
-        for source, version, page, total in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+        table = read_parts(f"{out}/{table_name}", ["source", "source_version", "page", "pages", "retry"], log)
+        for source, version, page, total, retry in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+            if retry:  # a read that failed (parts before this column: null, done as before)
+                continue
             pages.setdefault((source, version), set()).add(page)
             totals[(source, version)] = total
     return {key: ({WHOLE_FILE} if totals[key] == WHOLE_FILE or len(p) >= totals[key] else p)

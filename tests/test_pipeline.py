@@ -96,6 +96,23 @@ def test_write_part_and_what_a_rerun_skips(tmp_path):
     assert done == {("/a.tif", None): {WHOLE_FILE}, ("/junk.tif", None): {WHOLE_FILE}, ("/stack.tif", None): {0, 1}}
 
 
+def test_a_file_whose_bytes_never_came_is_tried_again_and_a_file_that_is_no_image_is_not(tmp_path, untrained_run):
+    """A storage timeout overnight is not a property of the file: the next run over the output tries
+    it again. A file that is not an image stays done (it would fail the same way every night)."""
+    from semray.pipeline import ScoreImages
+
+    settings = {"stride": 16, "score": "feature", "threshold": 1.0, "quantile": 0.99, "batch_size": 256,
+                "patches": False, "cpus_per_worker": 1, "gpus_per_worker": 0}
+    actor = ScoreImages(str(untrained_run), settings)
+    (timeout,) = actor.score_file("/net/a.tif", b"", "/net/a.tif: cannot read file (timed out)", set())
+    (junk,) = actor.score_file("/net/b.tif", b"junk", None, set())
+    assert timeout["retry"] is True and not junk.get("retry")
+    out = str(tmp_path)
+    write_part(pa_table([timeout, junk]), out, {"semray": "{}"}, patches=False)
+    assert pq.read_table(tmp_path / "errors").column("retry").to_pylist() == [True, None]
+    assert set(finished_pages(out)) == {("/net/b.tif", None)}
+
+
 def test_a_changed_file_is_scored_again_and_readers_take_its_newest_rows(tmp_path):
     from datetime import datetime, timezone
 
