@@ -725,14 +725,16 @@ def _write_summary(out: str, summary: dict[str, Any]) -> None:
 
 def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
     """The maps/ row of one image (matched by its absolute path, or by its file name when unique)."""
+    out = output_root(out)  # a path or a URI, as `semray score --out` takes it
     directory = f"{out}/{MAPS}"
-    if not Path(directory).is_dir():
+    filesystem, root = output_filesystem(directory)
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
         raise InputError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?")
+    filesystem, paths = part_files(directory)
+    if not paths:
+        raise InputError(f"{directory}: no score parts (*.parquet) in it; is this a `semray score --out` directory?")
     try:
-        dataset = pads.dataset(directory, format="parquet")
-        if "page" not in dataset.schema.names:  # no parts at all (an empty folder has no columns)
-            raise InputError(f"{directory}: no score parts (*.parquet) in it; is this a `semray score --out` "
-                             "directory?")
+        dataset = pads.dataset(paths, filesystem=filesystem, format="parquet")
         table = dataset.to_table(filter=(pc.field("page") == page))
     except pa.ArrowException as e:  # a part that is not Parquet or was cut short; pyarrow names it
         reason = " ".join(str(e).split())[:300]

@@ -116,7 +116,7 @@ def test_a_file_whose_bytes_never_came_is_tried_again_and_a_file_that_is_no_imag
 def test_a_changed_file_is_scored_again_and_readers_take_its_newest_rows(tmp_path):
     from datetime import datetime, timezone
 
-    from semray.pipeline import archive_counts, current_versions
+    from semray.pipeline import archive_counts, current_versions, find_record
 
     out = str(tmp_path)
     old = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -128,6 +128,8 @@ def test_a_changed_file_is_scored_again_and_readers_take_its_newest_rows(tmp_pat
     write_part(pa_table([{**_record("/a.tif", 0, 1), "source_version": "512-2", "scored_at": new}]), out,
                {"semray": "{}"}, patches=False)
     assert current_versions(out) == {"/a.tif": "512-2"}
+    # overlay's reader finds the newest row in an output given as a URI too (here file://, as s3:// would be)
+    assert find_record(f"file://{tmp_path}/", "/a.tif")["source_version"] == "512-2"
     counts = archive_counts(out)
     assert (counts["images"], counts["failures"]) == (1, 0)
     assert pq.read_table(tmp_path / "errors").num_rows == 1 and pq.read_table(tmp_path / "maps").num_rows == 1
