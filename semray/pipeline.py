@@ -97,8 +97,8 @@ PATCH_COLUMNS = [("patch_ys", pa.list_(pa.int32())), ("patch_xs", pa.list_(pa.in
 # side by side, told apart (the newest per source and page, as for maps/) by these.
 PATCHES_SCHEMA = pa.schema([("source", pa.string()), *IDENTITY, ("page", pa.int32()), ("y", pa.int32()),
                             ("x", pa.int32()), *((k, pa.float32()) for k in SCORE_NAMES)])
-# retry: the file's bytes could not be fetched (a storage timeout, a network share gone, a permission):
-# unlike a file that is not an image, the next run over the output tries it again (finished_pages).
+# retry: the file's bytes could not be fetched (an I/O or storage error: a timeout, a share gone):
+# unlike a file that is missing or not an image, the next run over the output tries it again.
 ERRORS_SCHEMA = pa.schema([("source", pa.string()), *IDENTITY, ("page", pa.int32()), ("pages", pa.int32()),
                            ("error", pa.string()), ("retry", pa.bool_())])
 # What flows from the scoring actors to the writers: a maps row or an error row, and the windows.
@@ -139,19 +139,21 @@ class ScoreJob:
 
 # ---------------------------------------------------------------- reading
 def read_batch(batch: pa.Table) -> pa.Table:
-    """Ray Data stage 'read bytes': a failed read travels on as an error, not an exception."""
-    paths, data, errors = [], [], []
+    """Ray Data stage 'read bytes': a failed read travels on as an error, not an exception, with
+    whether it may pass (read_retry: an I/O or storage error, tried again by the next run)."""
+    paths, data, errors, retry = [], [], [], []
     for path in batch.column("source").to_pylist():
         try:
-            blob, error = read_bytes(path), None
+            blob, error, transient = read_bytes(path), None, None
         except Exception as e:  # ImageReadError, or anything a remote filesystem raises
-            blob, error = b"", error_message(path, e)
+            blob, error, transient = b"", error_message(path, e), getattr(e, "transient", True)
         paths.append(path)
         data.append(blob)
         errors.append(error)
+        retry.append(transient)
     return pa.table({"source": paths, "source_version": batch.column("source_version"),
                      "data": pa.array(data, pa.large_binary()), "read_error": errors,
-                     "skip_pages": batch.column("skip_pages")})
+                     "read_retry": pa.array(retry, pa.bool_()), "skip_pages": batch.column("skip_pages")})
 
 
 # ---------------------------------------------------------------- scoring actors
@@ -188,14 +190,16 @@ class ScoreImages:
         records: list[dict[str, Any]] = []
         rows = batch.to_pylist()
         for row in rows:
-            found = self.score_file(row["source"], row["data"], row["read_error"], set(row["skip_pages"] or []))
+            found = self.score_file(row["source"], row["data"], row["read_error"], set(row["skip_pages"] or []),
+                                    bool(row.get("read_retry")))
             stamp = {"source_version": row.get("source_version"), "scored_at": datetime.now(timezone.utc)}
             records.extend({**record, **stamp} for record in found)
         return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
-    def score_file(self, source: str, data: bytes, read_error: str | None, skip: set[int]) -> list[dict[str, Any]]:
-        if read_error:  # its bytes never came: tried again by the next run over the output
-            return [{**_error(source, WHOLE_FILE, WHOLE_FILE, read_error), "retry": True}]
+    def score_file(self, source: str, data: bytes, read_error: str | None, skip: set[int],
+                   retry: bool = False) -> list[dict[str, Any]]:
+        if read_error:  # retry: its bytes never came (a storage error), tried again by the next run
+            return [{**_error(source, WHOLE_FILE, WHOLE_FILE, read_error), "retry": retry or None}]
         try:
             pages = page_count(data, source)
         except Exception as e:

@@ -104,13 +104,23 @@ def test_a_file_whose_bytes_never_came_is_tried_again_and_a_file_that_is_no_imag
     settings = {"stride": 16, "score": "feature", "threshold": 1.0, "quantile": 0.99, "batch_size": 256,
                 "patches": False, "cpus_per_worker": 1, "gpus_per_worker": 0}
     actor = ScoreImages(str(untrained_run), settings)
-    (timeout,) = actor.score_file("/net/a.tif", b"", "/net/a.tif: cannot read file (timed out)", set())
+    (timeout,) = actor.score_file("/net/a.tif", b"", "/net/a.tif: cannot read file (timed out)", set(), retry=True)
     (junk,) = actor.score_file("/net/b.tif", b"junk", None, set())
     assert timeout["retry"] is True and not junk.get("retry")
     out = str(tmp_path)
     write_part(pa_table([timeout, junk]), out, {"semray": "{}"}, patches=False)
     assert pq.read_table(tmp_path / "errors").column("retry").to_pylist() == [True, None]
     assert set(finished_pages(out)) == {("/net/b.tif", None)}
+    # which reads may pass: an I/O error, not a missing file (a broken link fails the same way every night)
+    import pyarrow as pa
+
+    from semray.pipeline import read_batch
+
+    (tmp_path / "broken.tif").symlink_to(tmp_path / "nowhere.tif")
+    (tmp_path / "a-directory.tif").mkdir()
+    sources = [str(tmp_path / "broken.tif"), str(tmp_path / "a-directory.tif"), "/proc/self/mem"]
+    read = read_batch(pa.table({"source": sources, "source_version": [None] * 3, "skip_pages": [[]] * 3}))
+    assert read.column("read_retry").to_pylist() == [False, False, True], read.column("read_error").to_pylist()
 
 
 def test_a_changed_file_is_scored_again_and_readers_take_its_newest_rows(tmp_path):

@@ -31,14 +31,16 @@ DEFAULT_MAX_PIXELS = 625_000_000
 
 
 class ImageReadError(SemrayError):
-    """One error type for every unreadable input; message names the file and the reason."""
+    """One error type for every unreadable input; message names the file and the reason.
+    transient: the bytes could not be fetched (an I/O or storage error, which may pass), as opposed
+    to a file that is missing, a directory, or not an image (which fails the same way every time)."""
 
-    def __init__(self, path: str, reason: str):
-        self.path, self.reason = str(path), reason
+    def __init__(self, path: str, reason: str, transient: bool = False):
+        self.path, self.reason, self.transient = str(path), reason, transient
         super().__init__(f"{self.path}: {reason}")
 
     def __reduce__(self):  # keep it picklable across worker processes
-        return type(self), (self.path, self.reason)
+        return type(self), (self.path, self.reason, self.transient)
 
 
 def _channels_last(a: np.ndarray, path: str) -> np.ndarray:
@@ -246,8 +248,10 @@ def read_bytes(path) -> bytes:
                 return f.read()
         except InputError:
             raise
-        except Exception as e:  # pyarrow raises OSError, ArrowInvalid, ... per backend
-            raise ImageReadError(p, f"cannot read file ({e})") from None
+        except FileNotFoundError:
+            raise ImageReadError(p, "no such file") from None
+        except Exception as e:  # pyarrow raises OSError, ArrowInvalid, ... per backend: a timeout, a permission
+            raise ImageReadError(p, f"cannot read file ({e})", transient=True) from None
     try:
         with open(p, "rb") as f:
             return f.read()
@@ -255,8 +259,8 @@ def read_bytes(path) -> bytes:
         raise ImageReadError(p, "no such file") from None
     except IsADirectoryError:
         raise ImageReadError(p, "is a directory, not an image file") from None
-    except OSError as e:
-        raise ImageReadError(p, f"cannot read file ({e.strerror or e})") from None
+    except OSError as e:  # an I/O error of the disk or the network share, which may pass
+        raise ImageReadError(p, f"cannot read file ({e.strerror or e})", transient=True) from None
 
 
 def read_image_pages(path, min_size: int = 32) -> list[np.ndarray]:
