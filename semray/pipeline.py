@@ -731,12 +731,11 @@ def find_record(out: str, image: str, page: int = 0) -> dict[str, Any]:
     """The maps/ row of one image (matched by its absolute path, or by its file name when unique)."""
     out = output_root(out)  # a path or a URI, as `semray score --out` takes it
     directory = f"{out}/{MAPS}"
-    filesystem, root = output_filesystem(directory)
-    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
-        raise InputError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?")
     filesystem, paths = part_files(directory)
-    if not paths:
-        raise InputError(f"{directory}: no score parts (*.parquet) in it; is this a `semray score --out` directory?")
+    if not paths:  # which of the two, asked only when there is no part
+        missing = filesystem.get_file_info(output_filesystem(directory)[1]).type != pafs.FileType.Directory
+        raise InputError(f"{out}: no {MAPS}/ folder; is this a `semray score --out` directory?" if missing else
+                         f"{directory}: no score parts (*.parquet) in it; is this a `semray score --out` directory?")
     try:
         dataset = pads.dataset(paths, filesystem=filesystem, format="parquet")
         table = dataset.to_table(filter=(pc.field("page") == page))

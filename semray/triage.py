@@ -64,12 +64,15 @@ class Parts:
 
     def read(self, filesystem: pafs.FileSystem, path: str, columns: list[str] | None = None,
              filters: Any = None) -> pa.Table | None:
-        """The part's columns that exist (parts written before a column existed lack it), or None."""
+        """The part's rows that pass `filters`, or its `columns` that exist (parts written before a
+        column existed lack it), or None; the file is opened once, its footer read once."""
         try:
-            if columns is not None:
-                have = set(pq.read_schema(path, filesystem=filesystem).names)
-                columns = [c for c in columns if c in have]
-            return pq.read_table(path, filesystem=filesystem, columns=columns, filters=filters)
+            if filters is not None:
+                return pq.read_table(path, filesystem=filesystem, filters=filters)
+            with filesystem.open_input_file(path) as f:
+                part = pq.ParquetFile(f)
+                have = set(part.schema_arrow.names)
+                return part.read(columns=None if columns is None else [c for c in columns if c in have])
         except (OSError, pa.ArrowException) as e:
             set_aside(filesystem, path, e, self.log, "triage")
             self.broken.append((path, f"{e}"))
